@@ -1,0 +1,78 @@
+"""tether: a complete, fast WebSocket toolkit for Python.
+
+Importing tether is cheap: the asyncio layer loads on first use of ``serve``, ``connect`` and the
+other names below.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    HandshakeError,
+    InvalidState,
+    InvalidStatus,
+    InvalidURI,
+    ProtocolError,
+    TetherError,
+)
+from .protocol import CloseCode, Headers, Request, Response, State
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CLOSED",
+    "CLOSING",
+    "CONNECTING",
+    "OPEN",
+    "CloseCode",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "HandshakeError",
+    "Headers",
+    "InvalidState",
+    "InvalidStatus",
+    "InvalidURI",
+    "ProtocolError",
+    "Request",
+    "Response",
+    "Server",
+    "State",
+    "TetherError",
+    "WebSocket",
+    "connect",
+    "serve",
+]
+
+# The browser's readyState constants.
+CONNECTING = State.CONNECTING
+OPEN = State.OPEN
+CLOSING = State.CLOSING
+CLOSED = State.CLOSED
+
+if TYPE_CHECKING:
+    from .asyncio.client import connect
+    from .asyncio.connection import WebSocket
+    from .asyncio.server import Server, serve
+
+_LAZY = {
+    "connect": "tether.asyncio.client",
+    "WebSocket": "tether.asyncio.connection",
+    "Server": "tether.asyncio.server",
+    "serve": "tether.asyncio.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tether' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

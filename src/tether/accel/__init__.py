@@ -1,0 +1,31 @@
+"""Hot leaf functions, compiled when possible.
+
+The implementation is chosen once, at import: the C extension ``_speedups`` when it was built and
+``TETHER_NO_EXTENSIONS`` is not set to a true value, else the pure-Python ``_python``, which is
+the specification. ``IMPLEMENTATION`` says which one is live ("c" or "python").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ..typing import BytesLike
+
+__all__ = ["apply_mask", "IMPLEMENTATION"]
+
+apply_mask: Callable[[BytesLike, BytesLike], bytes]
+
+if os.environ.get("TETHER_NO_EXTENSIONS", "").lower() in ("", "0", "false", "no"):
+    try:
+        from ._speedups import apply_mask
+    except ImportError:  # not built: no compiler at install time, or BUILD_EXTENSION=no
+        from ._python import apply_mask
+
+        IMPLEMENTATION = "python"
+    else:
+        IMPLEMENTATION = "c"
+else:
+    from ._python import apply_mask
+
+    IMPLEMENTATION = "python"

@@ -1,0 +1,1 @@
+"""Applications built on tether: what the command-line interface runs."""

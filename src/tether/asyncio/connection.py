@@ -1,0 +1,475 @@
+"""The asyncio connection: an ``asyncio.Protocol`` that drives a sans-I/O :class:`Connection`.
+
+Everything runs in ``data_received``: the core parses, and complete messages go straight to a
+waiting ``recv()`` or to a bounded queue. No task or coroutine exists per message. Flow control
+both ways: reading pauses while more than ``max_queue`` messages wait for the application, and
+``send()`` waits while the transport holds more than ``write_limit`` unsent bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from ..exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidState,
+)
+from ..protocol.connection import Connection, State
+from ..protocol.events import BinaryMessage, CloseFrame, Pong, TextMessage
+from ..protocol.http11 import Request, Response
+from ..typing import Data
+
+__all__ = ["WebSocket"]
+
+logger = logging.getLogger("tether")
+
+_CLOSED: Any = object()  # wakes a waiting recv() when the connection closes
+_OK_CODES = (1000, 1001, 1005)
+
+
+class WebSocket(asyncio.Protocol):
+    """An open WebSocket connection, on either side.
+
+    Receive with ``async for message in ws`` or ``await ws.recv()``: ``str`` for text,
+    ``bytes`` for binary. Send with ``await ws.send(message)``. Close with
+    ``await ws.close(code, reason)``. The attributes follow the browser's WebSocket where they
+    can: ``ready_state``, ``subprotocol``, ``extensions``, ``buffered_amount``,
+    ``close_code``, ``close_reason``.
+
+    Args:
+        protocol: the sans-I/O connection to drive.
+        max_queue: how many received messages may wait for the application before reading
+            from the socket pauses.
+        write_limit: how many unsent bytes the transport may hold before ``send()`` waits.
+        close_timeout: how long to wait for the closing handshake and the TCP close.
+    """
+
+    def __init__(
+        self,
+        protocol: Connection,
+        *,
+        max_queue: int = 32,
+        write_limit: int = 65536,
+        close_timeout: float = 10.0,
+    ) -> None:
+        self.protocol = protocol
+        self.max_queue = max_queue
+        self.write_limit = write_limit
+        self.close_timeout = close_timeout
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.request: Request | None = None
+        self.response: Response | None = None
+        self.remote_address: Any = None
+        self.local_address: Any = None
+        self.latency = 0.0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.opened_at = 0.0
+
+        self._messages: deque[Data] = deque()
+        self._waiter: asyncio.Future[Any] | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._closed = self.loop.create_future()
+        self._lost = False
+
+    # -- the browser's vocabulary ------------------------------------------------------------
+
+    @property
+    def ready_state(self) -> State:
+        """CONNECTING (0), OPEN (1), CLOSING (2) or CLOSED (3), as in the browser."""
+        return State.CLOSED if self._lost else self.protocol.state
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the server selected, or ``None``."""
+        return getattr(self.protocol, "subprotocol", None)
+
+    @property
+    def extensions(self) -> str:
+        """The negotiated extensions, as the browser reports them ("" when none)."""
+        extension = self.protocol.extension
+        return "" if extension is None else str(extension)
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes accepted by ``send()`` and not yet handed to the kernel."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return 0
+        return transport.get_write_buffer_size()
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code from the peer: 1005 if its close frame had none, 1006 if the
+        connection ended without one; ``None`` while the connection is not closed."""
+        if self.protocol.close_rcvd is not None:
+            return self.protocol.close_rcvd.code
+        return 1006 if self._lost else None
+
+    @property
+    def close_reason(self) -> str | None:
+        """The close reason from the peer ("" if none); ``None`` while not closed."""
+        if self.protocol.close_rcvd is not None:
+            return self.protocol.close_rcvd.reason
+        return "" if self._lost else None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(self.write_limit, self.write_limit // 4)
+        self.remote_address = transport.get_extra_info("peername")
+        self.local_address = transport.get_extra_info("sockname")
+        self.opened_at = self.loop.time()
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        protocol = self.protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        if events:
+            self._process_events(events)
+        if protocol.receive_error is not None and self._close_timer is None:
+            self._receive_close()  # a protocol error: answered like a close frame
+        output = protocol.data_to_send()
+        if output:
+            self._write(output)
+
+    def eof_received(self) -> None:
+        self.protocol.receive_eof()
+        self._process_events(self.protocol.events_received())
+        self._write(self.protocol.data_to_send())
+        # Returning None lets asyncio close the transport.
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if not self.protocol.eof_received:
+            self.protocol.receive_eof()
+        self.protocol.data_to_send()  # nowhere to send it any more
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(_CLOSED)
+        self._waiter = None
+        for drain in self._drain_waiters:
+            if not drain.done():
+                drain.set_result(None)
+        self._drain_waiters.clear()
+        for future, _ in self._pings.values():
+            if not future.done():
+                future.set_exception(self._closed_error())
+                future.exception()  # retrieved here: nobody may be awaiting this ping
+        self._pings.clear()
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self._log_close()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        for drain in self._drain_waiters:
+            if not drain.done():
+                drain.set_result(None)
+        self._drain_waiters.clear()
+
+    # -- events and output -------------------------------------------------------------------
+
+    def _process_events(self, events: list[Any]) -> None:
+        for event in events:
+            cls = type(event)
+            if cls is TextMessage or cls is BinaryMessage:
+                waiter = self._waiter
+                if waiter is not None and not waiter.done():
+                    self._waiter = None
+                    waiter.set_result(event[0])
+                else:
+                    self._messages.append(event[0])
+                    if len(self._messages) >= self.max_queue and not self._reading_paused:
+                        self._pause_reading()
+            elif cls is Pong:
+                self._receive_pong(event.data)
+            elif cls is CloseFrame:
+                self._receive_close()
+            else:
+                self._process_other_event(event)
+
+    def _receive_close(self) -> None:
+        if not self.protocol.close_reply_pending():
+            self._start_close_timer()
+        elif not self._messages and self._waiter is not None:
+            self._reply_close()  # the application has seen everything: answer now
+        else:
+            # Answer once the application has read what came before the close frame (see
+            # recv), or after close_timeout at the latest.
+            self._close_timer = self.loop.call_later(self.close_timeout, self._reply_close)
+
+    def _reply_close(self) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self.protocol.send_close()
+        self._write(self.protocol.data_to_send())
+        self._start_close_timer()
+
+    def _process_other_event(self, event: Any) -> None:
+        """Events the subclasses care about: the handshake's Request and Response."""
+
+    def _write(self, output: list[bytes]) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        for chunk in output:
+            if chunk:
+                self.bytes_sent += len(chunk)
+                transport.write(chunk)
+            else:
+                # The core says: close the TCP connection. Half-close so the peer can still
+                # read everything we sent, then wait (bounded) for it to close its side.
+                if transport.can_write_eof():
+                    transport.write_eof()
+                else:
+                    transport.close()
+                self._start_close_timer()
+
+    def _start_close_timer(self) -> None:
+        if self._close_timer is None and not self._lost:
+            self._close_timer = self.loop.call_later(self.close_timeout, self._abort)
+
+    def _abort(self) -> None:
+        self._close_timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _closed_error(self) -> ConnectionClosed:
+        rcvd, sent = self.protocol.close_rcvd, self.protocol.close_sent
+        ok = rcvd is not None and sent is not None and rcvd.code in _OK_CODES
+        ok = ok and sent is not None and sent.code in _OK_CODES
+        cls = ConnectionClosedOK if ok else ConnectionClosedError
+        error = cls(rcvd, sent, self.protocol.close_rcvd_then_sent)
+        error.__cause__ = self.protocol.receive_error
+        return error
+
+    def _log_close(self) -> None:
+        if not logger.isEnabledFor(logging.INFO) or self.protocol.state is State.CONNECTING:
+            return
+        if self.request is None and self.response is None:
+            return
+        duration = self.loop.time() - self.opened_at
+        error = self.protocol.receive_error
+        detail = f" error={error}" if error is not None else ""
+        logger.info(
+            "%s %s closed code=%s duration=%.3fs in=%dB out=%dB%s",
+            _format_address(self.remote_address),
+            self.request.path if self.request is not None else "-",
+            self.close_code,
+            duration,
+            self.bytes_received,
+            self.bytes_sent,
+            detail,
+        )
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def recv(self) -> Data:
+        """The next message: ``str`` for text, ``bytes`` for binary.
+
+        Raises:
+            ConnectionClosedOK: the connection closed normally and every message was read.
+            ConnectionClosedError: the connection closed with an error.
+            RuntimeError: another coroutine is already waiting in ``recv()``.
+        """
+        messages = self._messages
+        if messages:
+            message = messages.popleft()
+            if self._reading_paused and len(messages) <= self.max_queue // 4:
+                self._reading_paused = False
+                if self.transport is not None:
+                    self.transport.resume_reading()
+            return message
+        if self._lost or self.protocol.input_closed:
+            if self.protocol.close_reply_pending():
+                self._reply_close()
+            await self._wait_lost()
+            raise self._closed_error()
+        if self._waiter is not None:
+            raise RuntimeError("another coroutine is already waiting for the next message")
+        waiter = self._waiter = self.loop.create_future()
+        try:
+            message = await waiter
+        finally:
+            if self._waiter is waiter:
+                self._waiter = None
+        if message is _CLOSED:
+            raise self._closed_error()
+        return message  # type: ignore[no-any-return]
+
+    def __aiter__(self) -> AsyncIterator[Data]:
+        return self
+
+    async def __anext__(self) -> Data:
+        try:
+            return await self.recv()
+        except ConnectionClosedOK:
+            raise StopAsyncIteration from None
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def send(self, message: Data | bytearray | memoryview | Iterable[Data]) -> None:
+        """Send a message: ``str`` as text, bytes-like as binary, an iterable of them as a
+        fragmented message. Waits while the transport's buffer is above ``write_limit``.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            TypeError: ``message`` is of another type.
+        """
+        try:
+            if isinstance(message, str):
+                self.protocol.send_text(message.encode())
+            elif isinstance(message, (bytes, bytearray, memoryview)):
+                self.protocol.send_binary(message)
+            elif isinstance(message, Iterable):
+                self._send_fragments(message)
+            else:
+                raise TypeError(f"cannot send {type(message).__name__}: use str or bytes")
+        except InvalidState:
+            if self.protocol.state is State.OPEN:
+                raise  # misuse, e.g. a new message while a fragmented one is in progress
+            await self._wait_lost_if_closing()
+            raise self._closed_error() from None
+        self._write(self.protocol.data_to_send())
+        if self._writing_paused:
+            await self._drain()
+
+    def _send_fragments(self, fragments: Iterable[Data]) -> None:
+        iterator = iter(fragments)
+        current = next(iterator, None)
+        if current is None:
+            raise ValueError("cannot send an empty sequence of fragments")
+        text = isinstance(current, str)
+        first = True
+        while current is not None:
+            if isinstance(current, str) != text:
+                raise TypeError("all fragments of a message must be str, or all bytes")
+            data = current.encode() if isinstance(current, str) else current
+            following = next(iterator, None)
+            fin = following is None
+            if first:
+                if text:
+                    self.protocol.send_text(data, fin)
+                else:
+                    self.protocol.send_binary(data, fin)
+                first = False
+            else:
+                self.protocol.send_continuation(data, fin)
+            current = following
+
+    async def _drain(self) -> None:
+        if self._lost:
+            raise self._closed_error()
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+        if self._lost:
+            raise self._closed_error()
+
+    async def ping(self, data: bytes | None = None) -> float:
+        """Send a ping and wait for its pong; return the round trip in seconds.
+
+        Raises:
+            ConnectionClosed: the connection closed before the pong arrived.
+        """
+        if data is None:
+            data = os.urandom(4)
+            while data in self._pings:
+                data = os.urandom(4)
+        elif data in self._pings:
+            raise ValueError("a ping with this payload is already waiting for its pong")
+        try:
+            self.protocol.send_ping(data)
+        except InvalidState:
+            raise self._closed_error() from None
+        future: asyncio.Future[float] = self.loop.create_future()
+        self._pings[data] = (future, self.loop.time())
+        self._write(self.protocol.data_to_send())
+        return await future
+
+    async def pong(self, data: bytes = b"") -> None:
+        """Send an unsolicited pong (a one-way heartbeat)."""
+        try:
+            self.protocol.send_pong(data)
+        except InvalidState:
+            raise self._closed_error() from None
+        self._write(self.protocol.data_to_send())
+
+    def _receive_pong(self, data: bytes) -> None:
+        if data not in self._pings:
+            return
+        now = self.loop.time()
+        # A pong answers its ping and, implicitly, every earlier one (RFC 6455 §5.5.3).
+        for key in list(self._pings):
+            future, sent_at = self._pings.pop(key)
+            if not future.done():
+                future.set_result(now - sent_at)
+            if key == data:
+                self.latency = now - sent_at
+                break
+
+    # -- closing -----------------------------------------------------------------------------
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection: send a close frame, wait for the peer's and for the TCP
+        close, at most ``close_timeout`` seconds; then abort.
+
+        Raises:
+            ValueError: ``code`` is not valid on the wire or ``reason`` passes 123 bytes.
+        """
+        if self.protocol.state is State.CONNECTING:
+            self._abort()
+        elif self.protocol.close_reply_pending():
+            self._reply_close()
+        else:
+            self.protocol.send_close(code, reason)
+            self._write(self.protocol.data_to_send())
+            self._start_close_timer()
+        await self._wait_lost()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is closed."""
+        await self._wait_lost()
+
+    async def _wait_lost(self) -> None:
+        await asyncio.shield(self._closed)
+
+    async def _wait_lost_if_closing(self) -> None:
+        if self.protocol.state is not State.OPEN:
+            self._start_close_timer()
+            await self._wait_lost()
+
+
+def _format_address(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)

@@ -1,0 +1,276 @@
+"""The ``tether`` command: ``tether echo`` runs a server, ``tether connect`` is a client.
+
+``main(argv)`` returns the exit code, so tests call it in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+
+__all__ = ["main"]
+
+logger = logging.getLogger("tether")
+
+
+def _size(text: str) -> int:
+    """A byte count: 1048576, 1MiB, 64KiB, 1MB, 64k."""
+    units = {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2,
+             "gb": 1000**3, "k": 1024, "m": 1024**2, "g": 1024**3, "b": 1}
+    lowered = text.strip().lower()
+    for suffix, factor in units.items():
+        if lowered.endswith(suffix) and lowered[: -len(suffix)].strip().isdigit():
+            return int(lowered[: -len(suffix)]) * factor
+    if lowered.isdigit():
+        return int(lowered)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 1048576 or 1MiB")
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a header such as 'Name: value'")
+    return name.strip(), value.strip()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tether",
+        description="tether: a complete, fast WebSocket toolkit (RFC 6455 + RFC 7692).",
+    )
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    echo = commands.add_parser(
+        "echo",
+        help="run a WebSocket echo server",
+        description="Run a WebSocket server that sends every message back: text as text, "
+        "binary as binary. Logs one line per connection. Ctrl-C closes every connection "
+        "with 1001 (going away) and exits.",
+    )
+    echo.add_argument("--host", default="127.0.0.1", help="address to listen on "
+                      "(default: %(default)s; use 0.0.0.0 for every interface)")
+    echo.add_argument("--port", type=int, default=8765, help="port (default: %(default)s)")
+    echo.add_argument("--max-size", type=_size, default=2**20, metavar="BYTES",
+                      help="largest message accepted, e.g. 1MiB (default: 1048576); larger "
+                      "ones close the connection with 1009")
+    echo.add_argument("--no-compression", action="store_true",
+                      help="refuse permessage-deflate (on by default)")
+    echo.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+
+    connect = commands.add_parser(
+        "connect",
+        help="an interactive WebSocket client",
+        description="Connect to a WebSocket server. Each line you type is sent as a text "
+        "message; messages received are printed. Works in a pipe too: "
+        "printf 'hi\\n' | tether connect ws://127.0.0.1:8765 prints the echo, closes "
+        "cleanly and exits 0. Ctrl-D or Ctrl-C closes the connection.",
+    )
+    connect.add_argument("url", help="ws:// or wss:// URL")
+    connect.add_argument("-H", "--header", action="append", type=_header, default=[],
+                         metavar="'Name: value'", help="extra request header (repeatable)")
+    connect.add_argument("--subprotocol", action="append", default=[], metavar="P",
+                         help="subprotocol to offer (repeatable, preferred first)")
+    connect.add_argument("--origin", help="Origin header to send")
+    connect.add_argument("--max-size", type=_size, default=2**20, metavar="BYTES",
+                         help="largest message accepted (default: 1048576)")
+    connect.add_argument("--no-compression", action="store_true",
+                         help="do not offer permessage-deflate")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "echo":
+        _configure_logging(args.quiet)
+        return _run(_echo(args))
+    if args.command == "connect":
+        return _run(_connect(args))
+    parser.print_help()
+    return 2
+
+
+def _configure_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(coro: Any) -> int:
+    try:
+        return int(asyncio.run(coro))
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+        return 130
+
+
+def _install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not on the main thread, or Windows
+            pass
+
+
+async def _echo(args: argparse.Namespace) -> int:
+    from .apps.echo import echo
+    from .asyncio.server import serve
+
+    stop = asyncio.Event()
+    _install_stop_signals(stop)
+    try:
+        server = await serve(
+            echo,
+            args.host,
+            args.port,
+            max_size=args.max_size,
+            compression=None if args.no_compression else "deflate",
+        )
+    except OSError as exc:
+        print(f"tether echo: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    for sock in server.sockets:
+        host, port = sock.getsockname()[:2]
+        logger.info("echo server listening on ws://%s:%s", _url_host(host), port)
+    await stop.wait()
+    logger.info("shutting down: closing %d connection(s) with 1001", len(server.connections))
+    await server.close(1001, "server shutting down")
+    return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _connect(args: argparse.Namespace) -> int:
+    from .asyncio.client import connect
+    from .exceptions import ConnectionClosed, HandshakeError, InvalidURI
+
+    try:
+        ws = await connect(
+            args.url,
+            headers=args.header,
+            subprotocols=args.subprotocol,
+            origin=args.origin,
+            max_size=args.max_size,
+            compression=None if args.no_compression else "deflate",
+        )
+    except (InvalidURI, HandshakeError, OSError, TimeoutError) as exc:
+        print(f"tether connect: {exc}", file=sys.stderr)
+        return 1
+
+    console = _Console(interactive=sys.stdin.isatty() and sys.stdout.isatty())
+    console.status(f"Connected to {args.url}" + (
+        f" (subprotocol {ws.subprotocol})" if ws.subprotocol else ""))
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    threading.Thread(target=console.read_lines, args=(loop, lines), daemon=True).start()
+    stop = asyncio.Event()
+    _install_stop_signals(stop)
+
+    async def receive() -> None:
+        try:
+            async for message in ws:
+                console.message(message)
+        except ConnectionClosed:
+            pass
+
+    async def send() -> None:
+        while True:
+            line = await lines.get()
+            if line is None:
+                return
+            try:
+                await ws.send(line)
+            except ConnectionClosed:
+                return
+
+    receiver = asyncio.ensure_future(receive())
+    sender = asyncio.ensure_future(send())
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([receiver, sender, stopper], return_when=asyncio.FIRST_COMPLETED)
+    if not receiver.done():
+        # Input ended or Ctrl-C: close cleanly; messages already on their way still print.
+        await ws.close(1000)
+    await receiver
+    for task in (sender, stopper):
+        task.cancel()
+    code, reason = ws.close_code, ws.close_reason
+    console.status(f"Connection closed: {code}" + (f" {reason}" if reason else ""))
+    return 0 if code in (1000, 1001) else 1
+
+
+class _Console:
+    """Terminal I/O for ``tether connect``: messages print above the line being typed."""
+
+    PROMPT = "> "
+
+    def __init__(self, interactive: bool) -> None:
+        self.interactive = interactive
+        self.lock = threading.Lock()
+        self.readline: Any = None
+        if interactive:
+            try:
+                import readline
+
+                self.readline = readline
+            except ImportError:  # pragma: no cover - platforms without readline
+                pass
+
+    def read_lines(self, loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]
+                   ) -> None:
+        """Runs in a daemon thread: each line read goes to ``lines``; None at the end."""
+        try:
+            while True:
+                if self.interactive:
+                    line = input(self.PROMPT)
+                else:
+                    raw = sys.stdin.readline()
+                    if not raw:
+                        break
+                    line = raw.rstrip("\r\n")
+                loop.call_soon_threadsafe(lines.put_nowait, line)
+        except (EOFError, KeyboardInterrupt, OSError, ValueError):
+            pass
+        try:
+            loop.call_soon_threadsafe(lines.put_nowait, None)
+        except RuntimeError:  # the loop already ended
+            pass
+
+    def message(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            text = f"<binary, {len(message)} bytes> {message[:64].hex()}"
+            if len(message) > 64:
+                text += "..."
+        else:
+            text = message
+        self._print(text, sys.stdout)
+
+    def status(self, text: str) -> None:
+        self._print(text, sys.stderr)
+
+    def _print(self, text: str, stream: Any) -> None:
+        with self.lock:
+            if self.interactive:
+                # Clear the line being typed, print above it, then redraw it.
+                typed = self.readline.get_line_buffer() if self.readline else ""
+                stream.write(f"\r\x1b[K{text}\n")
+                stream.flush()
+                sys.stdout.write(self.PROMPT + typed)
+                sys.stdout.flush()
+            else:
+                stream.write(text + "\n")
+                stream.flush()

@@ -1,0 +1,202 @@
+"""The server's side: the opening handshake (RFC 6455 §4.2) in front of a :class:`Connection`.
+
+Flow: :meth:`receive_data` until a :class:`Request` event; the application decides; then
+``send_response(accept(request))`` to upgrade, or ``send_response(reject(status, text))``.
+An unparseable request is answered by the core itself (400, 414 or 431) and the connection closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ..exceptions import HandshakeError
+from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Side, State
+from .extensions.base import Extension, ServerExtensionFactory
+from .extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from .handshake import accept_key, check_request, error_response_headers
+from .headers import parse_extensions, parse_token_list, serialize_extensions
+from .http11 import (
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
+    MAX_REQUEST_LINE,
+    Headers,
+    Request,
+    RequestParser,
+    Response,
+)
+
+__all__ = ["ServerProtocol", "SelectSubprotocol"]
+
+SelectSubprotocol = Callable[[Sequence[str], Sequence[str]], "str | None"]
+"""(offered by the client, supported by the server) -> chosen subprotocol or None."""
+
+
+def _first_supported(offered: Sequence[str], supported: Sequence[str]) -> str | None:
+    """The server's most preferred subprotocol among those the client offered."""
+    for subprotocol in supported:
+        if subprotocol in offered:
+            return subprotocol
+    return None
+
+
+class ServerProtocol(Connection):
+    """A server connection, from the upgrade request to the end.
+
+    Args:
+        subprotocols: the subprotocols the server speaks, most preferred first.
+        select_subprotocol: chooses among the client's offer; by default the server's most
+            preferred one that the client offered.
+        extensions: extension factories, in order of preference; by default
+            permessage-deflate with memory-frugal settings. Pass ``()`` for none.
+        max_message_size, auto_close_reply: see :class:`Connection`.
+        max_request_line, max_headers, max_header_bytes: limits on the upgrade request.
+
+    Attributes:
+        request: the upgrade request, once received.
+        response: the handshake response, once sent.
+        handshake_error: why the handshake failed, or ``None``.
+        subprotocol: the negotiated subprotocol, or ``None``.
+    """
+
+    def __init__(
+        self,
+        *,
+        subprotocols: Sequence[str] = (),
+        select_subprotocol: SelectSubprotocol | None = None,
+        extensions: Sequence[ServerExtensionFactory] | None = None,
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+        auto_close_reply: bool = True,
+        max_request_line: int = MAX_REQUEST_LINE,
+        max_headers: int = MAX_HEADERS,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+    ) -> None:
+        super().__init__(Side.SERVER, state=State.CONNECTING,
+            max_message_size=max_message_size, auto_close_reply=auto_close_reply,
+        )
+        self.subprotocols = list(subprotocols)
+        self.select_subprotocol = select_subprotocol or _first_supported
+        self.extension_factories = (
+            [ServerPerMessageDeflateFactory()] if extensions is None else list(extensions)
+        )
+        self.request: Request | None = None
+        self.response: Response | None = None
+        self.handshake_error: HandshakeError | None = None
+        self.subprotocol: str | None = None
+        self._parser: RequestParser | None = RequestParser(
+            max_request_line, max_headers, max_header_bytes
+        )
+        self._pending: tuple[Extension | None, str | None] | None = None
+        self._after_request = b""
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state is not State.CONNECTING:
+            super().receive_data(data)
+            return
+        if self._parser is None:  # request complete, waiting for the response
+            self._after_request += data
+            return
+        try:
+            result = self._parser.feed(data)
+        except HandshakeError as exc:
+            self._parser = None
+            self.handshake_error = exc
+            self.send_response(self.reject(exc.status_hint, str(exc)))
+            return
+        if result is not None:
+            self.request, self._after_request = result
+            self._parser = None
+            self._events.append(self.request)
+
+    def receive_eof(self) -> None:
+        if self.state is State.CONNECTING:
+            self._parser = None
+            self.handshake_error = self.handshake_error or HandshakeError(
+                "connection closed during the opening handshake"
+            )
+        super().receive_eof()
+
+    def accept(self, request: Request) -> Response:
+        """Validate the upgrade request and build the response: 101, or an error response
+        (426 or 400) that says what was wrong. Send it with :meth:`send_response`."""
+        try:
+            key = check_request(request)
+            extension, extensions_header = self._negotiate_extensions(request.headers)
+            subprotocol = self._negotiate_subprotocol(request.headers)
+        except HandshakeError as exc:
+            self.handshake_error = exc
+            return self.reject(exc.status_hint, str(exc))
+        headers = Headers(
+            [
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Accept", accept_key(key)),
+            ]
+        )
+        if extensions_header:
+            headers.add("Sec-WebSocket-Extensions", extensions_header)
+        if subprotocol is not None:
+            headers.add("Sec-WebSocket-Protocol", subprotocol)
+        self._pending = (extension, subprotocol)
+        return Response(101, headers)
+
+    def reject(self, status: int, text: str, headers: Headers | None = None) -> Response:
+        """Build a plain-text error response; ``text`` becomes its one-line body."""
+        body = (text.rstrip("\n") + "\n").encode()
+        response_headers = error_response_headers(status, body)
+        for name, value in headers or ():
+            response_headers.add(name, value)
+        return Response(status, response_headers, body)
+
+    def send_response(self, response: Response) -> None:
+        """Send the handshake response. A 101 opens the connection (and processes any frames
+        that followed the request); anything else closes it."""
+        if self.state is not State.CONNECTING:
+            raise RuntimeError("the handshake response was already sent")
+        self.response = response
+        self._output.append(response.serialize())
+        if response.status == 101 and self._pending is not None:
+            self.extension, self.subprotocol = self._pending
+            self.state = State.OPEN
+            data, self._after_request = self._after_request, b""
+            self.receive_data(data)
+        else:
+            if self.handshake_error is None:
+                self.handshake_error = HandshakeError(
+                    f"handshake rejected with HTTP {response.status}", response.status
+                )
+            self._discard = True
+            self.state = State.CLOSED
+            self._send_eof()
+
+    def _negotiate_extensions(self, headers: Headers) -> tuple[Extension | None, str]:
+        values = headers.get_all("Sec-WebSocket-Extensions")
+        if not values or not self.extension_factories:
+            return None, ""
+        try:
+            offers = parse_extensions(values)
+        except HandshakeError as exc:
+            raise HandshakeError(f"invalid Sec-WebSocket-Extensions header: {exc}") from None
+        # RFC 6455 §9.1: offers are listed in the client's order of preference; accept the
+        # first one a factory accepts. tether knows one extension using RSV1, so one at most.
+        for name, params in offers:
+            for factory in self.extension_factories:
+                if factory.name != name:
+                    continue
+                accepted = factory.accept(params)
+                if accepted is not None:
+                    response_params, extension = accepted
+                    return extension, serialize_extensions([(name, response_params)])
+        return None, ""
+
+    def _negotiate_subprotocol(self, headers: Headers) -> str | None:
+        values = headers.get_all("Sec-WebSocket-Protocol")
+        if not values:
+            return None
+        try:
+            offered = parse_token_list(values, "subprotocol")
+        except HandshakeError as exc:
+            raise HandshakeError(f"invalid Sec-WebSocket-Protocol header: {exc}") from None
+        chosen = self.select_subprotocol(offered, self.subprotocols)
+        if chosen is not None and chosen not in offered:
+            raise ValueError(f"select_subprotocol returned {chosen!r}, which was not offered")
+        return chosen
