@@ -9,7 +9,7 @@ from typing import Any
 
 from ..exceptions import HandshakeError, InvalidURI
 from ..protocol.client import ClientProtocol, parse_uri
-from ..protocol.connection import DEFAULT_MAX_MESSAGE_SIZE, State
+from ..protocol.connection import DEFAULT_MAX_MESSAGE_SIZE
 from ..protocol.extensions.base import ClientExtensionFactory
 from ..protocol.http11 import Response
 from .connection import WebSocket
@@ -149,7 +149,6 @@ class connect:
             connection = await asyncio.wait_for(task, self.open_timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(f"timed out opening {self.uri}") from None
-        assert connection.protocol.state is State.OPEN
         self.connection = connection
         return connection
 

@@ -76,6 +76,10 @@ class WebSocket(asyncio.Protocol):
 
         self._messages: deque[Data] = deque()
         self._waiter: asyncio.Future[Any] | None = None
+        # True from handing a message to the application until it asks for the next one:
+        # meanwhile it may still answer that message, so a close reply waits (see
+        # _receive_close).
+        self._processing = False
         self._reading_paused = False
         self._writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -198,6 +202,7 @@ class WebSocket(asyncio.Protocol):
                 waiter = self._waiter
                 if waiter is not None and not waiter.done():
                     self._waiter = None
+                    self._processing = True
                     waiter.set_result(event[0])
                 else:
                     self._messages.append(event[0])
@@ -213,11 +218,12 @@ class WebSocket(asyncio.Protocol):
     def _receive_close(self) -> None:
         if not self.protocol.close_reply_pending():
             self._start_close_timer()
-        elif not self._messages and self._waiter is not None:
-            self._reply_close()  # the application has seen everything: answer now
+        elif not self._messages and not self._processing:
+            self._reply_close()  # nothing the application could still answer: reply now
         else:
-            # Answer once the application has read what came before the close frame (see
-            # recv), or after close_timeout at the latest.
+            # The application has messages from before the close frame to read or answer:
+            # reply when it asks for the next message, waits for the close or closes, and
+            # after close_timeout at the latest.
             self._close_timer = self.loop.call_later(self.close_timeout, self._reply_close)
 
     def _reply_close(self) -> None:
@@ -300,8 +306,10 @@ class WebSocket(asyncio.Protocol):
             ConnectionClosedError: the connection closed with an error.
             RuntimeError: another coroutine is already waiting in ``recv()``.
         """
+        self._processing = False
         messages = self._messages
         if messages:
+            self._processing = True
             message = messages.popleft()
             if self._reading_paused and len(messages) <= self.max_queue // 4:
                 self._reading_paused = False
@@ -457,6 +465,8 @@ class WebSocket(asyncio.Protocol):
 
     async def wait_closed(self) -> None:
         """Wait until the connection is closed."""
+        if self.protocol.close_reply_pending():
+            self._reply_close()
         await self._wait_lost()
 
     async def _wait_lost(self) -> None:

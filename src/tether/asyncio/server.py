@@ -114,6 +114,7 @@ class ServerConnection(WebSocket):
 
     def data_received(self, data: bytes) -> None:
         if self.protocol.state is State.CONNECTING and self.protocol.handshake_error is None:
+            self.bytes_received += len(data)
             self.protocol.receive_data(data)
             if self.protocol.handshake_error is not None:  # unparseable request, answered
                 self._write(self.protocol.data_to_send())
@@ -212,15 +213,19 @@ class Server:
         """Start listening."""
         loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
-        self._server = await loop.create_server(
-            self._make_connection,
-            self.host if self.sock is None else None,
-            self.port if self.sock is None else None,
-            sock=self.sock,
-            ssl=self.ssl,
-            backlog=self.backlog,
-            reuse_port=self.reuse_port or None,
-        )
+        if self.sock is not None:
+            self._server = await loop.create_server(
+                self._make_connection, sock=self.sock, ssl=self.ssl, backlog=self.backlog
+            )
+        else:
+            self._server = await loop.create_server(
+                self._make_connection,
+                self.host,
+                self.port or 0,
+                ssl=self.ssl,
+                backlog=self.backlog,
+                reuse_port=self.reuse_port or None,
+            )
         return self
 
     @property

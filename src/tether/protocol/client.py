@@ -143,7 +143,7 @@ class ClientProtocol(Connection):
         if result is not None:
             response, after = result
             self._process_response(response)
-            if self.state is State.OPEN and after:
+            if self.handshake_error is None and after:
                 self.receive_data(after)
 
     def receive_eof(self) -> None:

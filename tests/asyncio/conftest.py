@@ -1,0 +1,39 @@
+"""Helpers for the asyncio tests: real sockets on loopback, timeouts in units."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import tether
+
+# Every timeout is a multiple of this, scaled for slow machines.
+UNIT = 0.1 * float(os.environ.get("TETHER_TESTS_TIMEOUT_FACTOR", "1"))
+
+T = TypeVar("T")
+
+
+def run(coro: Awaitable[T], timeout: float = 100 * UNIT) -> T:
+    """Run a test coroutine with a hard bound, so a hang fails instead of blocking CI."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+async def echo(ws: tether.WebSocket) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+@asynccontextmanager
+async def serving(
+    handler: Callable[[Any], Awaitable[None]] = echo, **options: Any
+) -> AsyncIterator[tuple[tether.Server, str]]:
+    """A server on a free loopback port; yields (server, ws://... URL)."""
+    async with tether.serve(handler, "127.0.0.1", 0, **options) as server:
+        yield server, f"ws://127.0.0.1:{server.port_number}"

@@ -1,0 +1,362 @@
+"""The asyncio connection, on real loopback sockets: messages, the browser's attributes,
+ping, close codes, flow control both ways."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import tether
+from tether.asyncio.connection import WebSocket
+
+from .conftest import UNIT, run, serving
+
+
+class TestMessages:
+    def test_text_is_str_and_binary_is_bytes(self) -> None:
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                await ws.send("héllo")
+                assert await ws.recv() == "héllo"
+                await ws.send(b"\x00\xff")
+                assert await ws.recv() == b"\x00\xff"
+                await ws.send(bytearray(b"ba"))
+                assert await ws.recv() == b"ba"
+                await ws.send(memoryview(b"xmvx")[1:3])
+                assert await ws.recv() == b"mv"
+
+        run(main())
+
+    @pytest.mark.parametrize("compression", ["deflate", None])
+    @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 500_000])
+    def test_sizes_round_trip(self, compression: str | None, size: int) -> None:
+        async def main() -> None:
+            async with serving(compression=compression) as (_, url), tether.connect(
+                url, compression=compression
+            ) as ws:
+                payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+                await ws.send(payload)
+                assert await ws.recv() == payload
+                await ws.send("x" * size)
+                assert await ws.recv() == "x" * size
+
+        run(main())
+
+    def test_async_for_ends_on_normal_close(self) -> None:
+        async def handler(ws: WebSocket) -> None:
+            for i in range(3):
+                await ws.send(str(i))
+            await ws.close(1000, "done")
+
+        async def main() -> None:
+            async with serving(handler) as (_, url), tether.connect(url) as ws:
+                received = [message async for message in ws]
+                assert received == ["0", "1", "2"]
+                assert ws.close_code == 1000
+                assert ws.close_reason == "done"
+                assert ws.ready_state == tether.CLOSED
+
+        run(main())
+
+    def test_fragmented_send(self) -> None:
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                await ws.send(["fra", "gmen", "ted"])
+                assert await ws.recv() == "fragmented"
+                await ws.send([b"a", b"b"])
+                assert await ws.recv() == b"ab"
+                with pytest.raises(TypeError):
+                    await ws.send(["a", b"b"])  # type: ignore[list-item]
+
+        run(main())
+
+    def test_unsupported_type(self) -> None:
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                with pytest.raises(TypeError):
+                    await ws.send(42)  # type: ignore[arg-type]
+
+        run(main())
+
+    def test_concurrent_recv_is_refused(self) -> None:
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                first = asyncio.ensure_future(ws.recv())
+                await asyncio.sleep(UNIT)
+                with pytest.raises(RuntimeError):
+                    await ws.recv()
+                await ws.send("x")
+                assert await first == "x"
+
+        run(main())
+
+    def test_messages_sent_before_close_are_all_answered(self) -> None:
+        """The echo server answers every message that arrived before the client's close frame,
+        even when they arrive in the same packet (the close reply waits for the handler)."""
+
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                for i in range(20):
+                    ws.protocol.send_text(str(i).encode())
+                ws.protocol.send_close(1000)
+                ws._write(ws.protocol.data_to_send())
+                received = [message async for message in ws]
+                assert received == [str(i) for i in range(20)]
+                assert ws.close_code == 1000
+
+        run(main())
+
+
+class TestBrowserAttributes:
+    def test_open_state_and_attributes(self) -> None:
+        seen: dict[str, Any] = {}
+
+        async def handler(ws: WebSocket) -> None:
+            assert ws.request is not None
+            seen.update(
+                path=ws.request.path,
+                query=ws.request.query_params,
+                header=ws.request.headers.get("X-Test"),
+                remote=ws.remote_address,
+                state=ws.ready_state,
+                subprotocol=ws.subprotocol,
+                extensions=ws.extensions,
+            )
+            await ws.send("ready")
+            await ws.wait_closed()
+
+        async def main() -> None:
+            async with serving(handler, subprotocols=["chat.v2", "chat.v1"]) as (_, url):
+                async with tether.connect(
+                    url + "/room?token=abc&x=1",
+                    subprotocols=["chat.v1", "chat.v2"],
+                    headers={"X-Test": "yes"},
+                ) as ws:
+                    assert ws.ready_state == tether.OPEN == 1
+                    assert await ws.recv() == "ready"
+                    assert ws.subprotocol == "chat.v2"  # the server's preference
+                    assert ws.extensions.startswith("permessage-deflate")
+                    assert ws.buffered_amount == 0
+                    assert ws.close_code is None
+                await ws.wait_closed()
+                assert ws.ready_state == tether.CLOSED == 3
+            assert seen["path"] == "/room"
+            assert seen["query"] == {"token": ["abc"], "x": ["1"]}
+            assert seen["header"] == "yes"
+            assert seen["remote"][0] == "127.0.0.1"
+            assert seen["state"] == tether.OPEN
+            assert seen["subprotocol"] == "chat.v2"
+            assert "server_max_window_bits=12" in seen["extensions"]
+
+        run(main())
+
+    def test_no_compression_means_no_extensions(self) -> None:
+        async def main() -> None:
+            async with serving(compression=None) as (_, url), tether.connect(url) as ws:
+                assert ws.extensions == ""
+
+        run(main())
+
+    def test_closing_state(self) -> None:
+        async def handler(ws: WebSocket) -> None:
+            await asyncio.sleep(5 * UNIT)  # not reading: the close reply waits
+
+        async def main() -> None:
+            async with serving(handler) as (_, url), tether.connect(url) as ws:
+                closing = asyncio.ensure_future(ws.close())
+                await asyncio.sleep(0)
+                assert ws.ready_state == tether.CLOSING == 2
+                await closing
+                assert ws.ready_state == tether.CLOSED
+
+        run(main())
+
+
+class TestPing:
+    def test_ping_measures_latency(self) -> None:
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                latency = await ws.ping()
+                assert 0 < latency < 50 * UNIT
+                assert ws.latency == latency
+                assert 0 < await ws.ping(b"payload") < 50 * UNIT
+                await ws.pong(b"unsolicited")  # must not disturb anything
+                await ws.send("still")
+                assert await ws.recv() == "still"
+
+        run(main())
+
+    def test_ping_fails_when_closed(self) -> None:
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                await ws.close()
+                with pytest.raises(tether.ConnectionClosedOK):
+                    await ws.ping()
+
+        run(main())
+
+
+class TestClose:
+    def test_client_close_code_and_reason_reach_server(self) -> None:
+        async def main() -> None:
+            seen: asyncio.Future[tuple[int, str, int | None, str | None]] = (
+                asyncio.get_running_loop().create_future()
+            )
+
+            async def handler(ws: WebSocket) -> None:
+                try:
+                    await ws.recv()
+                except tether.ConnectionClosedError as exc:
+                    seen.set_result((exc.code, exc.reason, ws.close_code, ws.close_reason))
+
+            async with serving(handler) as (_, url):
+                async with tether.connect(url) as ws:
+                    await ws.close(4000, "bye now")
+                    assert ws.close_code == 4000  # the server echoes the code
+                assert await seen == (4000, "bye now", 4000, "bye now")
+
+        run(main())
+
+    def test_handler_return_closes_1000(self) -> None:
+        async def handler(ws: WebSocket) -> None:
+            return
+
+        async def main() -> None:
+            async with serving(handler) as (_, url), tether.connect(url) as ws:
+                with pytest.raises(tether.ConnectionClosedOK):
+                    await ws.recv()
+                assert ws.close_code == 1000
+
+        run(main())
+
+    def test_handler_exception_closes_1011(self, caplog: pytest.LogCaptureFixture) -> None:
+        async def handler(ws: WebSocket) -> None:
+            raise RuntimeError("boom")
+
+        async def main() -> None:
+            async with serving(handler) as (_, url), tether.connect(url) as ws:
+                with pytest.raises(tether.ConnectionClosedError) as info:
+                    await ws.recv()
+                assert info.value.code == 1011
+                assert ws.close_reason == "internal error"  # no details on the wire
+
+        run(main())
+        assert "boom" in caplog.text  # but the traceback is in the log
+
+    def test_send_after_close_raises(self) -> None:
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                await ws.close()
+                with pytest.raises(tether.ConnectionClosedOK):
+                    await ws.send("late")
+                with pytest.raises(tether.ConnectionClosedOK):
+                    await ws.recv()
+
+        run(main())
+
+    def test_invalid_close_code_is_refused_locally(self) -> None:
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                with pytest.raises(ValueError):
+                    await ws.close(1006)
+                with pytest.raises(ValueError):
+                    await ws.close(1000, "x" * 124)
+                await ws.send("still open")
+                assert await ws.recv() == "still open"
+
+        run(main())
+
+    def test_message_too_big_closes_1009(self) -> None:
+        async def main() -> None:
+            async with serving(max_size=1000) as (_, url), tether.connect(url) as ws:
+                await ws.send(b"x" * 1000)
+                assert await ws.recv() == b"x" * 1000
+                await ws.send(b"x" * 1001)
+                with pytest.raises(tether.ConnectionClosedError) as info:
+                    await ws.recv()
+                assert info.value.code == 1009
+                assert "exceeds limit of 1000 bytes" in info.value.reason
+
+        run(main())
+
+    def test_abrupt_disconnect_is_1006(self) -> None:
+        async def handler(ws: WebSocket) -> None:
+            assert ws.transport is not None
+            ws.transport.abort()
+            await ws.wait_closed()
+
+        async def main() -> None:
+            async with serving(handler) as (_, url), tether.connect(url) as ws:
+                with pytest.raises(tether.ConnectionClosedError) as info:
+                    await ws.recv()
+                assert info.value.code == 1006
+                assert ws.close_code == 1006
+
+        run(main())
+
+    def test_peer_that_never_answers_close_is_aborted(self) -> None:
+        async def main() -> None:
+            async with serving(close_timeout=3 * UNIT) as (server, url):
+                async with tether.connect(url, close_timeout=3 * UNIT) as ws:
+                    # Make the server deaf: it never sees our close frame.
+                    server_ws = next(iter(server.connections))
+                    assert server_ws.transport is not None
+                    server_ws.transport.pause_reading()
+                    loop = asyncio.get_running_loop()
+                    started = loop.time()
+                    await ws.close()
+                    assert loop.time() - started >= 3 * UNIT * 0.9
+                    assert ws.ready_state == tether.CLOSED
+                    assert ws.close_code == 1006
+
+        run(main())
+
+
+class TestFlowControl:
+    def test_reading_pauses_when_the_application_is_behind(self) -> None:
+        gate = asyncio.Event()
+        connections: list[WebSocket] = []
+
+        async def handler(ws: WebSocket) -> None:
+            connections.append(ws)
+            await gate.wait()
+            async for message in ws:
+                await ws.send(message)
+
+        async def main() -> None:
+            async with serving(handler, max_queue=4) as (_, url), tether.connect(url) as ws:
+                for i in range(50):
+                    await ws.send(str(i))
+                await asyncio.sleep(3 * UNIT)
+                server_ws = connections[0]
+                assert server_ws._reading_paused
+                assert len(server_ws._messages) < 50
+                gate.set()
+                assert [await ws.recv() for _ in range(50)] == [str(i) for i in range(50)]
+                assert not server_ws._reading_paused
+
+        run(main())
+
+    def test_send_waits_while_the_peer_does_not_read(self) -> None:
+        async def handler(ws: WebSocket) -> None:
+            await asyncio.sleep(1000)  # never reads: max_queue=1 soon pauses the transport
+
+        async def main() -> None:
+            async with serving(handler, max_queue=1, max_size=None) as (_, url):
+                async with tether.connect(url, compression=None, write_limit=65536) as ws:
+                    chunk = b"x" * 65536
+                    blocked = False
+                    for _ in range(2000):  # up to 128 MiB, far more than socket buffers hold
+                        try:
+                            await asyncio.wait_for(ws.send(chunk), 5 * UNIT)
+                        except asyncio.TimeoutError:
+                            blocked = True
+                            break
+                    assert blocked, "send() never waited although the peer reads nothing"
+                    assert ws.buffered_amount > 65536
+                    assert ws.transport is not None
+                    ws.transport.abort()
+
+        run(main(), timeout=300 * UNIT)
