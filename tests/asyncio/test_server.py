@@ -1,0 +1,213 @@
+"""The asyncio server on loopback: HTTP answers to bad or plain requests, process_request,
+handshake timeout, graceful shutdown, interop with the websockets library's client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+
+import pytest
+
+import tether
+from tether.asyncio.connection import WebSocket
+from tether.asyncio.server import ServerConnection
+
+from .conftest import UNIT, echo, run, serving
+
+KEY = base64.b64encode(os.urandom(16)).decode()
+
+
+async def raw_request(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes; return the status, headers (lower-case names) and body of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    data = await asyncio.wait_for(reader.read(), 50 * UNIT)  # the server closes after errors
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body
+
+
+def upgrade(path: str = "/", **overrides: str | None) -> bytes:
+    headers = {
+        "Host": "127.0.0.1",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": KEY,
+        "Sec-WebSocket-Version": "13",
+    }
+    for name, value in overrides.items():
+        name = name.replace("_", "-")
+        if value is None:
+            headers.pop(name, None)
+        else:
+            headers[name] = value
+    lines = [f"GET {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class TestHandshakeAnswers:
+    """RFC 6455 §4.2.1-4.2.2 over a real socket: what a bad request gets back."""
+
+    @pytest.mark.parametrize(
+        "request_bytes, status, phrase",
+        [
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 426, "speaks WebSocket only"),
+            (upgrade(Sec_WebSocket_Version="8"), 426, "must be 13"),
+            (upgrade(Sec_WebSocket_Version=None), 426, "must be 13"),
+            (upgrade(Sec_WebSocket_Key=None), 400, "missing Sec-WebSocket-Key"),
+            (upgrade(Sec_WebSocket_Key="short"), 400, "Sec-WebSocket-Key"),
+            (upgrade(Upgrade="h2c"), 400, "Upgrade header must include websocket"),
+            (upgrade(Connection="keep-alive"), 400, "Connection header must include Upgrade"),
+            (upgrade().replace(b"GET", b"POST", 1), 400, "requires GET"),
+            (upgrade(Host=None), 400, "missing Host"),
+            (b"\x16\x03\x01garbage\r\n\r\n", 400, "invalid HTTP"),
+            (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "request target exceeds"),
+            (upgrade(X_Big="y" * 20000), 431, "header block exceeds"),
+        ],
+    )
+    def test_error_answers(self, request_bytes: bytes, status: int, phrase: str) -> None:
+        async def main() -> None:
+            async with serving() as (server, _):
+                got, headers, body = await raw_request(server.port_number, request_bytes)
+                assert got == status
+                assert phrase in body.decode()
+                assert body.endswith(b"\n") and body.count(b"\n") == 1  # one line
+                assert headers["content-type"].startswith("text/plain")
+                if status == 426:
+                    assert headers["upgrade"] == "websocket"
+                    assert headers["sec-websocket-version"] == "13"
+
+        run(main())
+
+    def test_101_with_accept_key(self) -> None:
+        async def main() -> None:
+            async with serving() as (server, _):
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port_number)
+                writer.write(upgrade(Sec_WebSocket_Key="dGhlIHNhbXBsZSBub25jZQ=="))
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+                assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head
+                writer.close()
+
+        run(main())
+
+
+class TestProcessRequest:
+    def test_sync_hook_answers_instead_of_upgrading(self) -> None:
+        def process_request(ws: ServerConnection, request: tether.Request) -> tether.Response | None:
+            if request.path == "/healthz":
+                return tether.Response(200, tether.Headers([("Content-Length", "3")]), b"ok\n")
+            if request.query_params.get("token") != ["secret"]:
+                return ws.protocol.reject(401, "missing or invalid token")
+            return None
+
+        async def main() -> None:
+            async with serving(process_request=process_request) as (server, url):
+                status, _, body = await raw_request(
+                    server.port_number, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                )
+                assert (status, body) == (200, b"ok\n")
+                with pytest.raises(tether.InvalidStatus) as info:
+                    await tether.connect(url + "/?token=wrong")
+                assert info.value.response.status == 401
+                assert info.value.response.body == b"missing or invalid token\n"
+                async with tether.connect(url + "/?token=secret") as ws:
+                    await ws.send("in")
+                    assert await ws.recv() == "in"
+
+        run(main())
+
+    def test_async_hook(self) -> None:
+        async def process_request(
+            ws: ServerConnection, request: tether.Request
+        ) -> tether.Response | None:
+            await asyncio.sleep(UNIT)
+            if request.path != "/ok":
+                return ws.protocol.reject(404, "no such path")
+            return None
+
+        async def main() -> None:
+            async with serving(process_request=process_request) as (_, url):
+                with pytest.raises(tether.InvalidStatus) as info:
+                    await tether.connect(url + "/nope")
+                assert info.value.response.status == 404
+                async with tether.connect(url + "/ok") as ws:
+                    await ws.send("yes")
+                    assert await ws.recv() == "yes"
+
+        run(main())
+
+
+class TestLimits:
+    def test_slow_handshake_is_dropped(self) -> None:
+        async def main() -> None:
+            async with serving(open_timeout=3 * UNIT) as (server, url):
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port_number)
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+                data = await asyncio.wait_for(reader.read(), 50 * UNIT)
+                assert data == b""  # dropped
+                writer.close()
+                async with tether.connect(url) as ws:  # others still get in
+                    await ws.send("ok")
+                    assert await ws.recv() == "ok"
+
+        run(main())
+
+
+class TestShutdown:
+    def test_close_sends_1001_to_every_client(self) -> None:
+        async def main() -> None:
+            server = await tether.serve(echo, "127.0.0.1", 0)
+            url = f"ws://127.0.0.1:{server.port_number}"
+            clients = [await tether.connect(url) for _ in range(5)]
+            await server.close()
+            for ws in clients:
+                with pytest.raises(tether.ConnectionClosedOK):
+                    await ws.recv()
+                assert ws.close_code == 1001
+                assert ws.close_reason == "server shutting down"
+            with pytest.raises(OSError):
+                await tether.connect(url)
+
+        run(main())
+
+    def test_close_aborts_what_does_not_finish(self) -> None:
+        async def stubborn(ws: WebSocket) -> None:
+            try:
+                await asyncio.sleep(1000)
+            except asyncio.CancelledError:
+                await asyncio.sleep(1000)
+
+        async def main() -> None:
+            server = await tether.serve(stubborn, "127.0.0.1", 0, close_timeout=2 * UNIT)
+            ws = await tether.connect(f"ws://127.0.0.1:{server.port_number}")
+            ws.transport.pause_reading()  # type: ignore[union-attr]  # never answers close
+            await server.close(timeout=3 * UNIT)
+            assert not server.connections
+
+        run(main())
+
+
+class TestInterop:
+    """tether's server against the websockets library's client (another implementation)."""
+
+    @pytest.mark.parametrize("compression", ["deflate", None])
+    def test_websockets_client(self, compression: str | None) -> None:
+        websockets_client = pytest.importorskip("websockets.asyncio.client")
+
+        async def main() -> None:
+            async with serving() as (_, url):
+                async with websockets_client.connect(url, compression=compression) as ws:
+                    for message in ["hello", b"\x00" * 100_000, "é" * 70_000]:
+                        await ws.send(message)
+                        assert await ws.recv() == message
+                    await ws.ping()
+
+        run(main())

@@ -1,0 +1,182 @@
+"""The command line, as a user runs it: real processes on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+import tether
+from tether.cli import main
+
+UNIT = 0.1 * float(os.environ.get("TETHER_TESTS_TIMEOUT_FACTOR", "1"))
+TETHER = [sys.executable, "-m", "tether"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 100 * UNIT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=UNIT).close()
+            return
+        except OSError:
+            time.sleep(UNIT / 2)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+@contextmanager
+def echo_server(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        TETHER + ["echo", "--port", str(port), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_port(port, proc)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stdout and proc.stderr
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+class TestHelp:
+    def test_help_explains_every_command(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(SystemExit) as info:
+            main(["--help"])
+        assert info.value.code == 0
+        out = capsys.readouterr().out
+        assert "echo" in out and "connect" in out
+
+    @pytest.mark.parametrize("command, options", [
+        ("echo", ["--host", "--port", "--max-size", "--no-compression"]),
+        ("connect", ["--header", "--subprotocol", "--no-compression"]),
+    ])
+    def test_command_help(
+        self, capsys: pytest.CaptureFixture[str], command: str, options: list[str]
+    ) -> None:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        for option in options:
+            assert option in out
+
+    def test_bad_size_is_a_clear_error(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(SystemExit) as info:
+            main(["echo", "--max-size", "lots"])
+        assert info.value.code == 2
+        assert "not a size" in capsys.readouterr().err
+
+
+class TestEchoAndConnect:
+    def test_pipe_prints_echo_and_exits_0(self) -> None:
+        with echo_server() as (server, port):
+            result = subprocess.run(
+                TETHER + ["connect", f"ws://127.0.0.1:{port}"],
+                input=b"hi\nsecond line\n",
+                capture_output=True,
+                timeout=100 * UNIT,
+            )
+            assert result.returncode == 0, result.stderr
+            assert result.stdout == b"hi\nsecond line\n"
+            assert b"Connection closed: 1000" in result.stderr
+            server.send_signal(signal.SIGINT)
+            assert server.wait(100 * UNIT) == 0
+            assert server.stderr is not None
+            log = server.stderr.read().decode()
+            # One line per connection, with its close code, duration and bytes.
+            assert "closed code=1000" in log and "duration=" in log and "in=" in log
+
+    @pytest.mark.parametrize("extra", [[], ["--no-compression"]])
+    def test_connect_options(self, extra: list[str]) -> None:
+        with echo_server(*extra) as (_, port):
+            result = subprocess.run(
+                TETHER + ["connect", f"ws://127.0.0.1:{port}/path", "-H", "X-A: b",
+                          "--subprotocol", "p", *extra],
+                input=b"x\n",
+                capture_output=True,
+                timeout=100 * UNIT,
+            )
+            assert result.returncode == 0, result.stderr
+            assert result.stdout == b"x\n"
+
+    def test_ctrl_c_closes_clients_with_1001_and_exits_0(self) -> None:
+        with echo_server() as (server, port):
+
+            async def client() -> tuple[int | None, str | None]:
+                async with tether.connect(f"ws://127.0.0.1:{port}") as ws:
+                    await ws.send("hello")
+                    assert await ws.recv() == "hello"
+                    server.send_signal(signal.SIGINT)
+                    with pytest.raises(tether.ConnectionClosedOK):
+                        await ws.recv()
+                    return ws.close_code, ws.close_reason
+
+            assert asyncio.run(asyncio.wait_for(client(), 100 * UNIT)) == (
+                1001, "server shutting down")
+            assert server.wait(100 * UNIT) == 0
+
+    def test_sigterm_too(self) -> None:
+        with echo_server() as (server, _):
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(100 * UNIT) == 0
+
+    def test_max_size_option(self) -> None:
+        with echo_server("--max-size", "1KiB") as (_, port):
+
+            async def client() -> int | None:
+                async with tether.connect(f"ws://127.0.0.1:{port}") as ws:
+                    await ws.send("x" * 1025)
+                    with pytest.raises(tether.ConnectionClosedError):
+                        await ws.recv()
+                    return ws.close_code
+
+            assert asyncio.run(asyncio.wait_for(client(), 100 * UNIT)) == 1009
+
+
+class TestErrors:
+    def test_connect_refused_is_a_clear_error(self) -> None:
+        result = subprocess.run(
+            TETHER + ["connect", f"ws://127.0.0.1:{free_port()}"],
+            input=b"", capture_output=True, timeout=100 * UNIT,
+        )
+        assert result.returncode == 1
+        assert result.stderr.startswith(b"tether connect:")
+        assert b"Traceback" not in result.stderr
+
+    def test_connect_bad_url(self) -> None:
+        result = subprocess.run(TETHER + ["connect", "http://example.com/"],
+                                input=b"", capture_output=True, timeout=100 * UNIT)
+        assert result.returncode == 1
+        assert b"not a WebSocket URI" in result.stderr
+
+    def test_port_in_use(self) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+            port = sock.getsockname()[1]
+            result = subprocess.run(TETHER + ["echo", "--port", str(port)],
+                                    capture_output=True, timeout=100 * UNIT)
+        assert result.returncode == 1
+        assert b"cannot listen" in result.stderr
+        assert b"Traceback" not in result.stderr
