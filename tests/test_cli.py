@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -180,3 +180,66 @@ class TestErrors:
         assert result.returncode == 1
         assert b"cannot listen" in result.stderr
         assert b"Traceback" not in result.stderr
+
+
+class TestInteractive:
+    """``tether connect`` in a terminal, checked on the screen a user sees (pyte renders the
+    terminal output): a message that arrives while the user types prints above the line being
+    typed, which stays intact."""
+
+    def test_message_does_not_garble_the_typed_line(self) -> None:
+        pty = pytest.importorskip("pty")
+        pyte = pytest.importorskip("pyte")
+        pytest.importorskip("prompt_toolkit")
+
+        async def push_while_typing(ws: tether.WebSocket) -> None:
+            await ws.recv()  # "go"
+            await pushed_go.wait()  # the user has typed half a line
+            await ws.send("incoming!")
+            async for message in ws:
+                await ws.send(message)
+
+        pushed_go = asyncio.Event()
+        screen = pyte.Screen(80, 24)
+        stream = pyte.ByteStream(screen)
+
+        def lines() -> list[str]:
+            return [line.rstrip() for line in screen.display if line.strip()]
+
+        async def scenario() -> None:
+            async with tether.serve(push_while_typing, "127.0.0.1", 0) as server:
+                master, slave = pty.openpty()
+                env = dict(os.environ, TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1")
+                proc = await asyncio.create_subprocess_exec(
+                    *TETHER, "connect", f"ws://127.0.0.1:{server.port_number}",
+                    stdin=slave, stdout=slave, stderr=slave, env=env,
+                )
+                os.close(slave)
+                loop = asyncio.get_running_loop()
+
+                async def until(predicate: "Callable[[], bool]") -> None:
+                    while not predicate():
+                        chunk = await asyncio.wait_for(
+                            loop.run_in_executor(None, os.read, master, 4096), 100 * UNIT)
+                        stream.feed(chunk)
+
+                try:
+                    await until(lambda: any(line.startswith(">") for line in lines()))
+                    os.write(master, b"go\r")
+                    os.write(master, b"half-typ")
+                    await until(lambda: lines()[-1] == "> half-typ")
+                    pushed_go.set()
+                    await until(lambda: "incoming!" in lines())
+                    await until(lambda: lines()[-1] == "> half-typ")
+                    # The message is above the prompt, the partial line intact below it.
+                    assert lines()[-2:] == ["incoming!", "> half-typ"]
+                    os.write(master, b"ed\r")
+                    await until(lambda: "half-typed" in lines()[:-1] and lines()[-1] == ">")
+                    os.write(master, b"\x04")  # Ctrl-D closes the connection
+                    assert await asyncio.wait_for(proc.wait(), 100 * UNIT) == 0
+                finally:
+                    if proc.returncode is None:
+                        proc.kill()
+                    os.close(master)
+
+        asyncio.run(asyncio.wait_for(scenario(), 300 * UNIT))

@@ -11,7 +11,8 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from . import __version__
@@ -172,12 +173,10 @@ async def _connect(args: argparse.Namespace) -> int:
         print(f"tether connect: {exc}", file=sys.stderr)
         return 1
 
-    console = _Console(interactive=sys.stdin.isatty() and sys.stdout.isatty())
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    console = _Console()
     console.status(f"Connected to {args.url}" + (
         f" (subprotocol {ws.subprotocol})" if ws.subprotocol else ""))
-    loop = asyncio.get_running_loop()
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
-    threading.Thread(target=console.read_lines, args=(loop, lines), daemon=True).start()
     stop = asyncio.Event()
     _install_stop_signals(stop)
 
@@ -189,66 +188,80 @@ async def _connect(args: argparse.Namespace) -> int:
             pass
 
     async def send() -> None:
-        while True:
-            line = await lines.get()
-            if line is None:
-                return
+        async for line in (_prompt_lines() if interactive else _piped_lines()):
             try:
                 await ws.send(line)
             except ConnectionClosed:
                 return
 
     receiver = asyncio.ensure_future(receive())
-    sender = asyncio.ensure_future(send())
-    stopper = asyncio.ensure_future(stop.wait())
-    await asyncio.wait([receiver, sender, stopper], return_when=asyncio.FIRST_COMPLETED)
-    if not receiver.done():
-        # Input ended or Ctrl-C: close cleanly; messages already on their way still print.
-        await ws.close(1000)
-    await receiver
-    for task in (sender, stopper):
-        task.cancel()
+    with _patched_stdout(interactive):
+        sender = asyncio.ensure_future(send())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([receiver, sender, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not receiver.done():
+            # Input ended or Ctrl-C: close cleanly; messages already on their way still print.
+            await ws.close(1000)
+        await receiver
+        for task in (sender, stopper):
+            task.cancel()
+        await asyncio.gather(sender, stopper, return_exceptions=True)
     code, reason = ws.close_code, ws.close_reason
     console.status(f"Connection closed: {code}" + (f" {reason}" if reason else ""))
     return 0 if code in (1000, 1001) else 1
 
 
+async def _piped_lines() -> AsyncIterator[str]:
+    """Lines from a non-interactive stdin (a pipe or a file). A daemon thread reads them, so a
+    stdin that stays open never keeps the process alive after the connection closes."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read() -> None:
+        for raw in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, raw.rstrip("\r\n"))
+        loop.call_soon_threadsafe(lines.put_nowait, None)
+
+    threading.Thread(target=read, daemon=True).start()
+    while (line := await lines.get()) is not None:
+        yield line
+
+
+async def _prompt_lines() -> AsyncIterator[str]:
+    """Lines typed at a prompt. With prompt_toolkit (``pip install tether[cli]``), messages
+    that arrive print above the line being typed, which stays intact; without it, plain
+    line input."""
+    try:
+        from prompt_toolkit import PromptSession
+    except ImportError:
+        async for line in _piped_lines():
+            yield line
+        return
+    session: Any = PromptSession()
+    while True:
+        try:
+            yield await session.prompt_async("> ")
+        except (EOFError, KeyboardInterrupt):
+            return
+
+
+@contextmanager
+def _patched_stdout(interactive: bool) -> Iterator[None]:
+    """Route prints through prompt_toolkit while a prompt is on screen."""
+    if interactive:
+        try:
+            from prompt_toolkit.patch_stdout import patch_stdout
+        except ImportError:
+            pass
+        else:
+            with patch_stdout(raw=True):
+                yield
+            return
+    yield
+
+
 class _Console:
-    """Terminal I/O for ``tether connect``: messages print above the line being typed."""
-
-    PROMPT = "> "
-
-    def __init__(self, interactive: bool) -> None:
-        self.interactive = interactive
-        self.lock = threading.Lock()
-        self.readline: Any = None
-        if interactive:
-            try:
-                import readline
-
-                self.readline = readline
-            except ImportError:  # pragma: no cover - platforms without readline
-                pass
-
-    def read_lines(self, loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]
-                   ) -> None:
-        """Runs in a daemon thread: each line read goes to ``lines``; None at the end."""
-        try:
-            while True:
-                if self.interactive:
-                    line = input(self.PROMPT)
-                else:
-                    raw = sys.stdin.readline()
-                    if not raw:
-                        break
-                    line = raw.rstrip("\r\n")
-                loop.call_soon_threadsafe(lines.put_nowait, line)
-        except (EOFError, KeyboardInterrupt, OSError, ValueError):
-            pass
-        try:
-            loop.call_soon_threadsafe(lines.put_nowait, None)
-        except RuntimeError:  # the loop already ended
-            pass
+    """What ``tether connect`` prints: messages on stdout, status lines on stderr."""
 
     def message(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
@@ -257,20 +270,7 @@ class _Console:
                 text += "..."
         else:
             text = message
-        self._print(text, sys.stdout)
+        print(text, flush=True)
 
     def status(self, text: str) -> None:
-        self._print(text, sys.stderr)
-
-    def _print(self, text: str, stream: Any) -> None:
-        with self.lock:
-            if self.interactive:
-                # Clear the line being typed, print above it, then redraw it.
-                typed = self.readline.get_line_buffer() if self.readline else ""
-                stream.write(f"\r\x1b[K{text}\n")
-                stream.flush()
-                sys.stdout.write(self.PROMPT + typed)
-                sys.stdout.flush()
-            else:
-                stream.write(text + "\n")
-                stream.flush()
+        print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,277 @@
+"""tether.accel: the C and pure-Python ``apply_mask`` behave the same (RFC 6455 §5.3)."""
+
+from __future__ import annotations
+
+import array
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import tether.accel
+from tether.accel import _python
+
+try:
+    from tether.accel import _speedups
+except ImportError as exc:  # not built
+    _speedups = None
+    _SPEEDUPS_ERROR = str(exc)
+else:
+    _SPEEDUPS_ERROR = ""
+
+IMPLEMENTATIONS = [
+    pytest.param(_python, id="python"),
+    pytest.param(
+        _speedups,
+        id="c",
+        marks=pytest.mark.skipif(
+            _speedups is None, reason=f"tether.accel._speedups is not built: {_SPEEDUPS_ERROR}"
+        ),
+    ),
+]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def accel(request: pytest.FixtureRequest) -> ModuleType:
+    """Each implementation of the accelerated functions."""
+    return request.param  # type: ignore[no-any-return]
+
+
+def reference_mask(data: bytes, mask: bytes) -> bytes:
+    """RFC 6455 §5.3: "octet i of the transformed data is the XOR of octet i of the original
+    data with octet at index i modulo 4 of the masking key"."""
+    return bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+class TestApplyMask:
+    """RFC 6455 §5.3: client-to-server masking."""
+
+    def test_rfc_example(self, accel: ModuleType) -> None:
+        # §5.7: "Hello" masked with 37 fa 21 3d.
+        masked = accel.apply_mask(b"Hello", b"\x37\xfa\x21\x3d")
+        assert masked == b"\x7f\x9f\x4d\x51\x58"
+        assert accel.apply_mask(masked, b"\x37\xfa\x21\x3d") == b"Hello"
+
+    @pytest.mark.parametrize(
+        ("data", "mask", "expected"),
+        [
+            (b"", b"\x01\x02\x03\x04", b""),
+            (b"\x00\x00\x00\x00", b"\x01\x02\x03\x04", b"\x01\x02\x03\x04"),
+            (b"\xff" * 6, b"\x0f\xf0\x00\xff", b"\xf0\x0f\xff\x00\xf0\x0f"),
+            (b"abcdefgh", b"\x00\x00\x00\x00", b"abcdefgh"),
+        ],
+    )
+    def test_vectors(self, accel: ModuleType, data: bytes, mask: bytes, expected: bytes) -> None:
+        assert accel.apply_mask(data, mask) == expected
+
+    def test_all_small_lengths(self, accel: ModuleType) -> None:
+        mask = b"\x6d\xb6\xb2\x80"
+        for n in range(41):
+            data = bytes((i * 37 + 11) & 0xFF for i in range(n))
+            result = accel.apply_mask(data, mask)
+            assert type(result) is bytes
+            assert result == reference_mask(data, mask), n
+
+    @pytest.mark.parametrize("n", [63, 64, 65, 4095, 4096, 4097, 65535, 65536, 1_000_003])
+    def test_big_lengths(self, accel: ModuleType, n: int) -> None:
+        data = random.Random(n).randbytes(n)
+        mask = b"\xa5\x5a\x01\xfe"
+        assert accel.apply_mask(data, mask) == _python_mask_reference(data, mask)
+
+    def test_input_types(self, accel: ModuleType) -> None:
+        data = bytes(range(50))
+        mask = b"\x01\x02\x03\x04"
+        expected = reference_mask(data, mask)
+        for d in (data, bytearray(data), memoryview(data), memoryview(bytearray(data))):
+            for m in (mask, bytearray(mask), memoryview(mask)):
+                result = accel.apply_mask(d, m)
+                assert type(result) is bytes and result == expected
+
+    def test_memoryview_slices(self, accel: ModuleType) -> None:
+        buf = bytes(range(200))
+        mask = b"\x10\x20\x30\x40"
+        for view in (
+            memoryview(buf)[3:150],  # contiguous, at an offset
+            memoryview(buf)[::2],  # non-contiguous
+            memoryview(buf)[1::3],
+            memoryview(buf)[::-1],
+            memoryview(buf)[5:5],
+        ):
+            assert accel.apply_mask(view, mask) == reference_mask(view.tobytes(), mask)
+
+    def test_non_contiguous_mask(self, accel: ModuleType) -> None:
+        mask = memoryview(b"\x01x\x02x\x03x\x04x")[::2]
+        assert accel.apply_mask(b"\x00" * 5, mask) == b"\x01\x02\x03\x04\x01"
+
+    def test_multi_byte_items(self, accel: ModuleType) -> None:
+        items = array.array("H", range(10))
+        data = items.tobytes()
+        assert accel.apply_mask(memoryview(items), b"abcd") == reference_mask(data, b"abcd")
+        assert accel.apply_mask(memoryview(items)[::2], b"abcd") == reference_mask(
+            memoryview(items)[::2].tobytes(), b"abcd"
+        )
+
+    def test_input_is_not_modified(self, accel: ModuleType) -> None:
+        data = bytearray(b"unchanged")
+        accel.apply_mask(data, b"\xff\xff\xff\xff")
+        assert data == b"unchanged"
+
+    @pytest.mark.parametrize("mask", [b"", b"\x01", b"\x01\x02\x03", b"\x01\x02\x03\x04\x05"])
+    @pytest.mark.parametrize("data", [b"", b"abcd", b"x" * 100])
+    def test_mask_of_wrong_length(self, accel: ModuleType, data: bytes, mask: bytes) -> None:
+        with pytest.raises(ValueError, match="mask must contain 4 bytes"):
+            accel.apply_mask(data, mask)
+        with pytest.raises(ValueError, match="mask must contain 4 bytes"):
+            accel.apply_mask(data, bytearray(mask))
+
+    @pytest.mark.parametrize("data", ["text", 42, None])
+    def test_data_of_wrong_type(self, accel: ModuleType, data: object) -> None:
+        with pytest.raises(TypeError):
+            accel.apply_mask(data, b"abcd")
+
+    def test_mask_of_wrong_type(self, accel: ModuleType) -> None:
+        with pytest.raises(TypeError):
+            accel.apply_mask(b"data", "abcd")
+        with pytest.raises(TypeError):
+            accel.apply_mask(b"data", None)
+
+    def test_wrong_number_of_arguments(self, accel: ModuleType) -> None:
+        with pytest.raises(TypeError):
+            accel.apply_mask(b"data")
+        with pytest.raises(TypeError):
+            accel.apply_mask(b"data", b"abcd", b"extra")
+
+
+def _python_mask_reference(data: bytes, mask: bytes) -> bytes:
+    # For big inputs: XOR in 4-byte steps, still independent of both implementations.
+    n = len(data)
+    repeated = (mask * (n // 4 + 1))[:n]
+    return bytes(a ^ b for a, b in zip(data, repeated))
+
+
+@pytest.mark.skipif(_speedups is None, reason="tether.accel._speedups is not built")
+class TestDifferential:
+    """The compiled implementation against its specification, on random inputs."""
+
+    def test_random(self) -> None:
+        rng = random.Random(6455)
+        for _ in range(500):
+            buf = rng.randbytes(rng.randrange(0, 3000))
+            mask = rng.randbytes(4)
+            start = rng.randrange(0, len(buf) + 1)
+            stop = rng.randrange(start, len(buf) + 1)
+            step = rng.choice([1, 1, 1, 2, 3, 7, -1])
+            view = memoryview(buf)[start:stop:step]
+            kind = rng.choice(["view", "bytes", "bytearray"])
+            data: object = view
+            if kind == "bytes":
+                data = view.tobytes()
+            elif kind == "bytearray":
+                data = bytearray(view.tobytes())
+            assert _speedups.apply_mask(data, mask) == _python.apply_mask(data, mask), (
+                start, stop, step, kind
+            )
+
+    def test_same_exceptions(self) -> None:
+        for data, mask in [(b"x", b"abc"), (b"", b""), ("s", b"abcd"), (None, b"abcd")]:
+            errors = []
+            for module in (_python, _speedups):
+                try:
+                    module.apply_mask(data, mask)
+                except Exception as exc:  # noqa: BLE001 - comparing what each raises
+                    errors.append(type(exc))
+                else:
+                    errors.append(None)
+            assert errors[0] == errors[1], (data, mask, errors)
+
+    def test_same_names(self) -> None:
+        assert _python.__all__ == ["apply_mask"]
+        assert all(hasattr(_speedups, name) for name in _python.__all__)
+
+
+def _implementation_in_subprocess(env_value: str | None, block_speedups: bool = False) -> str:
+    env = dict(os.environ)
+    env.pop("TETHER_NO_EXTENSIONS", None)
+    if env_value is not None:
+        env["TETHER_NO_EXTENSIONS"] = env_value
+    code = "import tether.accel as a; print(a.IMPLEMENTATION, a.apply_mask.__module__)"
+    if block_speedups:
+        code = "import sys; sys.modules['tether.accel._speedups'] = None; " + code
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+class TestSelection:
+    """accel/__init__.py picks one implementation at import; TETHER_NO_EXTENSIONS forces
+    Python."""
+
+    def test_live_implementation(self) -> None:
+        forced = os.environ.get("TETHER_NO_EXTENSIONS", "").lower() not in ("", "0", "false", "no")
+        built = any(Path(tether.accel.__file__).parent.glob("_speedups*.so")) or any(
+            Path(tether.accel.__file__).parent.glob("_speedups*.pyd")
+        )
+        if forced or not built:
+            assert tether.accel.IMPLEMENTATION == "python"
+            assert tether.accel.apply_mask is _python.apply_mask
+        else:
+            assert tether.accel.IMPLEMENTATION == "c"
+            assert _speedups is not None
+            assert tether.accel.apply_mask is _speedups.apply_mask
+
+    @pytest.mark.parametrize("value", ["1", "yes", "true", "TRUE"])
+    def test_forced_python(self, value: str) -> None:
+        assert _implementation_in_subprocess(value) == "python tether.accel._python"
+
+    @pytest.mark.skipif(_speedups is None, reason="tether.accel._speedups is not built")
+    @pytest.mark.parametrize("value", [None, "", "0", "false", "no", "NO"])
+    def test_c_by_default(self, value: str | None) -> None:
+        assert _implementation_in_subprocess(value).startswith("c ")
+
+    def test_fallback_when_not_built(self) -> None:
+        assert _implementation_in_subprocess(None, block_speedups=True) == (
+            "python tether.accel._python"
+        )
+
+
+
+# Objects that are not bytes-like: lists and tuples of ints, and ints (bytes(4) is b"\0" * 4,
+# a mask that silently does nothing).
+NON_BUFFERS = [(b"data", 4), (b"data", [1, 2, 3, 4]), (b"data", (1, 2, 3, 4)),
+               ([1, 2, 3], b"abcd"), ((1, 2), b"abcd"), (b"x", 5)]
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        pytest.param(
+            _python,
+            id="python",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG: _python.apply_mask converts its arguments with bytes() and "
+                "int.from_bytes(), so it accepts ints and lists of ints (apply_mask(b'data', "
+                "4) returns b'data' unmasked) where _speedups raises TypeError: the "
+                "specification accepts more types than the compiled twin",
+            ),
+        ),
+        pytest.param(
+            _speedups,
+            id="c",
+            marks=pytest.mark.skipif(_speedups is None, reason="_speedups is not built"),
+        ),
+    ],
+)
+@pytest.mark.parametrize(("data", "mask"), NON_BUFFERS)
+def test_non_buffer_arguments_raise_type_error(
+    module: ModuleType, data: object, mask: object
+) -> None:
+    """Both implementations accept bytes, bytearray and memoryview only (STYLE.md: same
+    accepted types and exceptions)."""
+    with pytest.raises(TypeError):
+        module.apply_mask(data, mask)
