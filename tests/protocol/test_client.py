@@ -210,6 +210,15 @@ class TestResponse:
         [(fin, rsv, opcode, payload, mask)] = output(client)[0]
         assert (opcode, payload) == (PONG, b"p")
 
+    def test_large_frame_in_the_same_read(self) -> None:
+        # More bytes than max_header_bytes follow the 101 in one read.
+        client = new_client()
+        payload = bytes(range(256)) * 100
+        client.receive_data(response_bytes(client) + server_frame(BINARY, payload))
+        [response, message] = client.events_received()
+        assert isinstance(response, Response)
+        assert_events([message], [BinaryMessage(payload)])
+
     def test_wrong_accept(self) -> None:
         client = new_client()
         client.receive_data(response_bytes(client, accept=accept_key("other")))

@@ -669,11 +669,6 @@ class TestClosing:
         assert client.data_to_send() == []  # no reply to the reply; no EOF from the client
         assert client.close_rcvd_then_sent is False
 
-    def test_close_frame_str(self) -> None:
-        assert str(CloseFrame(1005, "")) == "close frame without code"
-        assert str(CloseFrame(1000, "")) == "close frame 1000"
-        assert str(CloseFrame(1001, "bye")) == "close frame 1001 (bye)"
-
 
 class TestDeferredCloseReply:
     """RFC 6455 §5.5.1 ("as soon as practical") with ``auto_close_reply=False``."""

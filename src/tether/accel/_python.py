@@ -18,15 +18,17 @@ def apply_mask(data: BytesLike, mask: BytesLike) -> bytes:
     Raises:
         ValueError: ``mask`` is not 4 bytes long.
     """
-    if isinstance(data, memoryview) and not data.c_contiguous:
-        data = data.tobytes()
-    mask = bytes(mask)
+    # memoryview() accepts exactly the buffer types and raises TypeError for anything else.
+    view = memoryview(data)
+    if not view.c_contiguous:
+        view = memoryview(view.tobytes())
+    mask = memoryview(mask).tobytes()
     if len(mask) != 4:
         raise ValueError("mask must contain 4 bytes")
-    n = len(data) if not isinstance(data, memoryview) else data.nbytes
+    n = view.nbytes
     if n == 0:
         return b""
     # One big-integer XOR instead of a per-byte loop: the fastest pure-Python way.
     repeated = mask * (n >> 2) + mask[: n & 3]
-    value = int.from_bytes(data, "little") ^ int.from_bytes(repeated, "little")
+    value = int.from_bytes(view, "little") ^ int.from_bytes(repeated, "little")
     return value.to_bytes(n, "little")

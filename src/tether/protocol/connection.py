@@ -134,6 +134,8 @@ class Connection:
         self._msg_wire_size = 0  # bytes of payload on the wire so far
         self._msg_size = 0  # bytes of payload after decompression so far
         self._decoder: codecs.IncrementalDecoder | None = None
+        # Fail-fast UTF-8 check of a text frame still arriving: (probe decoder, bytes checked).
+        self._probe: tuple[codecs.IncrementalDecoder, int] | None = None
         # The message being sent in fragments: its opcode, or 0.
         self._send_opcode = 0
 
@@ -237,6 +239,8 @@ class Connection:
                 if opcode != _BINARY and not rsv1 and length > 0:
                     self._check_partial_text(buf, opcode, start, end_of_data)
                 return pos
+            if self._probe is not None:
+                self._probe = None  # the frame it checked is complete
             if expect_mask:
                 payload = apply_mask(memoryview(buf)[start:end], buf[start - 4 : start])
             elif type(buf) is bytes:
@@ -287,15 +291,21 @@ class Connection:
             raise FrameError(f"reserved opcode {opcode}")
         limit = self.max_message_size
         if limit is not None:
-            so_far = self._msg_wire_size if opcode == _CONT else 0
-            compressed = rsv or (opcode == _CONT and self._msg_compressed)
-            # A compressed frame can be a little larger than what it inflates to (stored
-            # blocks); zlib's deflateBound gives the slack.
-            wire_limit = limit + (limit >> 11) + 64 if compressed else limit
-            if so_far + length > wire_limit:
-                raise MessageTooBig(
-                    f"message of at least {so_far + length} bytes exceeds limit of {limit} bytes"
-                )
+            if rsv or (opcode == _CONT and self._msg_compressed):
+                # Compressed frames are inflated as they arrive, so only one is ever buffered:
+                # bound each frame (a frame may be slightly larger than what it inflates to;
+                # zlib's deflateBound gives the slack) and the inflated size (in decode).
+                if length > limit + (limit >> 11) + 64:
+                    raise MessageTooBig(
+                        f"compressed frame of {length} bytes exceeds limit of {limit} bytes"
+                    )
+            else:
+                so_far = self._msg_wire_size if opcode == _CONT else 0
+                if so_far + length > limit:
+                    raise MessageTooBig(
+                        f"message of at least {so_far + length} bytes exceeds limit of "
+                        f"{limit} bytes"
+                    )
         return rsv
 
     def _check_partial_text(
@@ -304,30 +314,39 @@ class Connection:
         """Fail fast on invalid UTF-8 in the part of a text frame received so far.
 
         Autobahn 6.4.*: a receiver should fail on the first invalid byte, not when the frame
-        ends. The check runs on a copy of the decoder's state, so the complete frame is then
-        processed exactly as if it had arrived at once.
+        ends. A probe decoder, started from a copy of the message decoder's state, checks each
+        newly arrived byte once; the complete frame is then processed exactly as if it had
+        arrived at once.
         """
-        if opcode == _CONT:
-            if self._msg_opcode != _TEXT or self._msg_compressed:
+        if self._probe is None:
+            if opcode == _CONT:
+                if self._msg_opcode != _TEXT or self._msg_compressed:
+                    return
+                state = self._decoder.getstate() if self._decoder is not None else (b"", 0)
+            elif opcode == _TEXT:
+                state = (b"", 0)
+            else:
                 return
-            state = self._decoder.getstate() if self._decoder is not None else (b"", 0)
-        elif opcode == _TEXT:
-            state = (b"", 0)
+            probe: codecs.IncrementalDecoder = _Utf8Decoder()
+            probe.setstate(state)
+            checked = 0
         else:
+            probe, checked = self._probe
+        first = start + checked
+        if first >= end_of_data:
             return
         if self._is_server:
             mask = buf[start - 4 : start]
-            if len(mask) < 4:
-                return
-            chunk = apply_mask(memoryview(buf)[start:end_of_data], mask)
+            if checked & 3:  # keep the mask aligned with the payload offset
+                mask = mask[checked & 3 :] + mask[: checked & 3]
+            chunk = apply_mask(memoryview(buf)[first:end_of_data], mask)
         else:
-            chunk = bytes(memoryview(buf)[start:end_of_data])
-        probe = _Utf8Decoder()
-        probe.setstate(state)
+            chunk = bytes(memoryview(buf)[first:end_of_data])
         try:
             probe.decode(chunk, False)
         except UnicodeDecodeError:
             raise InvalidUTF8("invalid UTF-8 in text message") from None
+        self._probe = (probe, end_of_data - start)
 
     def _receive_data_frame(self, opcode: int, fin: int, rsv1: int, payload: bytes) -> None:
         if opcode:

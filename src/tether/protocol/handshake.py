@@ -102,18 +102,13 @@ def check_request(request: Request) -> str:
 
 def error_response_headers(status: int, body: bytes) -> Headers:
     """The header fields of a plain-text error response that closes the connection."""
-    headers = Headers(
-        [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            ("Connection", "close"),
-        ]
-    )
+    headers = Headers()
     if status == 426:
         # RFC 9110 §15.5.22: a 426 MUST say which protocol to upgrade to; RFC 6455 §4.2.2:
         # and which WebSocket versions the server understands.
-        headers = Headers(
-            [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")] + list(headers)
-        )
-        headers._items[3] = ("Connection", "Upgrade, close")
+        headers.add("Upgrade", "websocket")
+        headers.add("Sec-WebSocket-Version", "13")
+    headers.add("Content-Type", "text/plain; charset=utf-8")
+    headers.add("Content-Length", str(len(body)))
+    headers.add("Connection", "Upgrade, close" if status == 426 else "close")
     return headers

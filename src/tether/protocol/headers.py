@@ -6,7 +6,8 @@ exactly what was wrong.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from ..exceptions import InvalidMessage
 
@@ -70,14 +71,15 @@ def _quoted_string(text: str, pos: int) -> tuple[str, int]:
     raise InvalidMessage("unterminated quoted string")
 
 
-def parse_token_list(values: Iterable[str], what: str = "token") -> list[str]:
-    """Parse comma-separated tokens from one or more header values (Connection, Upgrade,
-    Sec-WebSocket-Protocol).
+T = TypeVar("T")
 
-    Raises:
-        InvalidMessage: a value is not a list of tokens.
-    """
-    result: list[str] = []
+
+def _parse_list(
+    values: Iterable[str], parse_item: Callable[[str, int], tuple[T, int]], what: str
+) -> list[T]:
+    """RFC 9110 §5.6.1: a comma-separated list (``#element``) across one or more header values;
+    empty elements are tolerated."""
+    result: list[T] = []
     for value in values:
         pos = 0
         while True:
@@ -86,11 +88,7 @@ def parse_token_list(values: Iterable[str], what: str = "token") -> list[str]:
                 pos = _skip_ows(value, pos + 1)
             if pos == len(value):
                 break
-            item, pos = _token(value, pos, what)
-            # Upgrade allows protocol/version; keep it whole.
-            if pos < len(value) and value[pos] == "/":
-                version, pos = _token(value, pos + 1, what)
-                item = f"{item}/{version}"
+            item, pos = parse_item(value, pos)
             result.append(item)
             pos = _skip_ows(value, pos)
             if pos < len(value) and value[pos] != ",":
@@ -98,6 +96,25 @@ def parse_token_list(values: Iterable[str], what: str = "token") -> list[str]:
                     f"expected ',' at position {pos} in {what} list, found {value[pos]!r}"
                 )
     return result
+
+
+def parse_token_list(values: Iterable[str], what: str = "token") -> list[str]:
+    """Parse comma-separated tokens from one or more header values (Connection, Upgrade,
+    Sec-WebSocket-Protocol).
+
+    Raises:
+        InvalidMessage: a value is not a list of tokens.
+    """
+
+    def token(text: str, pos: int) -> tuple[str, int]:
+        item, pos = _token(text, pos, what)
+        # Upgrade allows protocol/version (RFC 9110 §7.8); keep it whole.
+        if pos < len(text) and text[pos] == "/":
+            version, pos = _token(text, pos + 1, what)
+            item = f"{item}/{version}"
+        return item, pos
+
+    return _parse_list(values, token, what)
 
 
 def _extension(text: str, pos: int) -> tuple[ExtensionHeader, int]:
@@ -131,23 +148,7 @@ def parse_extensions(values: Iterable[str]) -> list[ExtensionHeader]:
     Raises:
         InvalidMessage: a value breaks the RFC 6455 §9.1 grammar.
     """
-    result: list[ExtensionHeader] = []
-    for value in values:
-        pos = 0
-        while True:
-            pos = _skip_ows(value, pos)
-            while pos < len(value) and value[pos] == ",":
-                pos = _skip_ows(value, pos + 1)
-            if pos == len(value):
-                break
-            ext, pos = _extension(value, pos)
-            result.append(ext)
-            pos = _skip_ows(value, pos)
-            if pos < len(value) and value[pos] != ",":
-                raise InvalidMessage(
-                    f"expected ',' at position {pos} in extension list, found {value[pos]!r}"
-                )
-    return result
+    return _parse_list(values, _extension, "extension")
 
 
 def serialize_extensions(extensions: Sequence[ExtensionHeader]) -> str:

@@ -177,27 +177,28 @@ class _Parser:
 
     def _feed(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser,
               data: bytes) -> bytes | None:
-        """Feed ``data``; return the bytes after the message once the headers are complete."""
+        """Feed ``data``; once the headers are complete, return the bytes after the message
+        (after an upgrade: the start of the WebSocket stream)."""
+        if self.headers_complete:
+            return self._feed_parser(parser, data)
+        # Never hand the parser more than the header block may hold.
+        allowance = self.max_header_bytes - self.header_bytes
+        head, rest = data[:allowance], data[allowance:]
+        self.header_bytes += len(head)
+        leftover = self._feed_parser(parser, head)
         if not self.headers_complete:
-            allowance = self.max_header_bytes - self.header_bytes
-            if len(data) > allowance:
-                head, rest = data[:allowance], data[allowance:]
-            else:
-                head, rest = data, b""
-            self.header_bytes += len(head)
-            leftover = self._feed_parser(parser, head)
-            if not self.headers_complete:
-                if rest or self.header_bytes >= self.max_header_bytes:
-                    raise HandshakeError(
-                        f"header block exceeds {self.max_header_bytes} bytes", 431
-                    )
-                return None
-            return (leftover or b"") + rest
-        return self._feed_parser(parser, data)
+            if rest or self.header_bytes >= self.max_header_bytes:
+                raise HandshakeError(f"header block exceeds {self.max_header_bytes} bytes", 431)
+            return None
+        if not rest:
+            return leftover
+        if self.message_complete:
+            return leftover + rest
+        return self._feed_parser(parser, rest)  # the rest of a body
 
     def _feed_parser(
         self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes
-    ) -> bytes | None:
+    ) -> bytes:
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -208,6 +209,12 @@ class _Parser:
             cause = exc.__context__ if isinstance(exc.__context__, HandshakeError) else None
             if cause is not None:
                 raise cause from None
+            if self.headers_complete and "Upgrade" in str(exc):
+                # llhttp stops at every 101, but httptools reports an upgrade only when the
+                # Upgrade and Connection headers say so. Hand the response over: the caller's
+                # checks then say what is missing.
+                self.message_complete = True
+                return b""
             raise InvalidMessage(f"invalid HTTP message: {exc}") from None
         return b""
 

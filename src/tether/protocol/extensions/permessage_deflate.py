@@ -159,7 +159,35 @@ def _bits(value: str | None, default: int = 15) -> int:
     return default if value is None else _WINDOW_BITS[value]
 
 
-class ServerPerMessageDeflateFactory(ServerExtensionFactory):
+class _Settings:
+    """What both sides' factories share: the zlib settings of the extension they build."""
+
+    def __init__(self, compress_level: int, mem_level: int, min_size: int) -> None:
+        self.compress_level = compress_level
+        self.mem_level = mem_level
+        self.min_size = min_size
+
+    def _build(
+        self,
+        remote_no_context_takeover: bool,
+        local_no_context_takeover: bool,
+        remote_max_window_bits: int,
+        local_max_window_bits: int,
+        params: ExtensionParams,
+    ) -> PerMessageDeflate:
+        return PerMessageDeflate(
+            remote_no_context_takeover,
+            local_no_context_takeover,
+            remote_max_window_bits,
+            local_max_window_bits,
+            compress_level=self.compress_level,
+            mem_level=self.mem_level,
+            min_size=self.min_size,
+            params=params,
+        )
+
+
+class ServerPerMessageDeflateFactory(_Settings, ServerExtensionFactory):
     """The server's permessage-deflate negotiation.
 
     Args:
@@ -190,9 +218,7 @@ class ServerPerMessageDeflateFactory(ServerExtensionFactory):
         self.client_no_context_takeover = client_no_context_takeover
         self.server_max_window_bits = server_max_window_bits
         self.client_max_window_bits = client_max_window_bits
-        self.compress_level = compress_level
-        self.mem_level = mem_level
-        self.min_size = min_size
+        super().__init__(compress_level, mem_level, min_size)
 
     def accept(self, offer: ExtensionParams) -> tuple[ExtensionParams, Extension] | None:
         try:
@@ -217,20 +243,10 @@ class ServerPerMessageDeflateFactory(ServerExtensionFactory):
         if "client_max_window_bits" in seen:
             client_bits = min(_bits(seen["client_max_window_bits"]), self.client_max_window_bits)
             response.append(("client_max_window_bits", str(client_bits)))
-        extension = PerMessageDeflate(
-            remote_no_context_takeover=client_nct,
-            local_no_context_takeover=server_nct,
-            remote_max_window_bits=client_bits,
-            local_max_window_bits=server_bits,
-            compress_level=self.compress_level,
-            mem_level=self.mem_level,
-            min_size=self.min_size,
-            params=response,
-        )
-        return response, extension
+        return response, self._build(client_nct, server_nct, client_bits, server_bits, response)
 
 
-class ClientPerMessageDeflateFactory(ClientExtensionFactory):
+class ClientPerMessageDeflateFactory(_Settings, ClientExtensionFactory):
     """The client's permessage-deflate offer and the check of the server's answer.
 
     Args:
@@ -266,9 +282,7 @@ class ClientPerMessageDeflateFactory(ClientExtensionFactory):
         self.client_no_context_takeover = client_no_context_takeover
         self.server_max_window_bits = server_max_window_bits
         self.client_max_window_bits = client_max_window_bits
-        self.compress_level = compress_level
-        self.mem_level = mem_level
-        self.min_size = min_size
+        super().__init__(compress_level, mem_level, min_size)
 
     def offer(self) -> ExtensionParams:
         params: ExtensionParams = []
@@ -311,13 +325,5 @@ class ClientPerMessageDeflateFactory(ClientExtensionFactory):
             # We promised to stay within our offered window.
             client_bits = int(self.client_max_window_bits)
         client_nct = self.client_no_context_takeover or "client_no_context_takeover" in seen
-        return PerMessageDeflate(
-            remote_no_context_takeover="server_no_context_takeover" in seen,
-            local_no_context_takeover=client_nct,
-            remote_max_window_bits=server_bits,
-            local_max_window_bits=client_bits,
-            compress_level=self.compress_level,
-            mem_level=self.mem_level,
-            min_size=self.min_size,
-            params=response,
-        )
+        server_nct = "server_no_context_takeover" in seen
+        return self._build(server_nct, client_nct, server_bits, client_bits, response)
