@@ -339,6 +339,27 @@ async def _echo_case(uri: str) -> None:
             await ws.send(message)
 
 
+async def _run_case(uri: str) -> tuple[bool, str] | None:
+    """Run one case; None if it ended normally, else (expected?, what the client saw)."""
+    task = asyncio.ensure_future(_echo_case(uri))
+    try:
+        done, _ = await asyncio.wait({task}, timeout=CASE_TIMEOUT)
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if not done:
+        return False, f"client still running after {CASE_TIMEOUT}s (cancelled)"
+    exc = task.exception()
+    if exc is None:
+        return None
+    if isinstance(exc, (tether.ConnectionClosed, tether.TetherError, OSError)):
+        # Expected in many cases: kosoku fails the connection on purpose.
+        return True, f"{type(exc).__name__}: {exc}"
+    # A bug in tether: record it, keep going, fail at the end.
+    return False, f"unexpected {type(exc).__name__}: {exc}"
+
+
 async def _drive_client(base: str, client_errors: dict[str, str], protocol_errors: list[str],
                         case_ids: list[str]) -> None:
     async with tether.connect(f"{base}/getCaseCount") as ws:
@@ -347,19 +368,11 @@ async def _drive_client(base: str, client_errors: dict[str, str], protocol_error
         protocol_errors.append(f"/getCaseCount said {count}, kosoku serves {len(case_ids)}")
     for n in range(1, count + 1):
         case_id = case_ids[n - 1] if n <= len(case_ids) else f"#{n}"
-        try:
-            await asyncio.wait_for(
-                _echo_case(f"{base}/runCase?case={n}&agent={AGENT}"), CASE_TIMEOUT
-            )
-        except (tether.ConnectionClosed, tether.TetherError, OSError) as exc:
-            # Expected in many cases: kosoku fails the connection on purpose.
-            client_errors[case_id] = f"{type(exc).__name__}: {exc}"
-        except asyncio.TimeoutError:
-            client_errors[case_id] = f"client still running after {CASE_TIMEOUT}s (cancelled)"
-            protocol_errors.append(f"case {case_id}: {client_errors[case_id]}")
-        except Exception as exc:  # a bug in tether: record it, keep going, fail at the end
-            client_errors[case_id] = f"unexpected {type(exc).__name__}: {exc}"
-            protocol_errors.append(f"case {case_id}: {client_errors[case_id]}")
+        error = await _run_case(f"{base}/runCase?case={n}&agent={AGENT}")
+        if error is not None:
+            client_errors[case_id] = error[1]
+            if not error[0]:
+                protocol_errors.append(f"case {case_id}: {error[1]}")
     try:
         async with tether.connect(f"{base}/updateReports?agent={AGENT}"):
             pass  # kosoku drops this connection without a close frame
@@ -381,8 +394,11 @@ def test_autobahn_client() -> None:
             await _drive_client(base, client_errors, protocol_errors, case_ids)
             try:
                 return list(await asyncio.wait_for(server.get_result(), 60))
-            except kosoku.FailureError as failure:
+            except kosoku.FailureError as failure:  # carries every result
                 return list(failure.results)
+            except asyncio.TimeoutError:
+                pytest.fail("kosoku did not report results within 60s of /updateReports; "
+                            f"protocol errors: {protocol_errors}", pytrace=False)
 
     started = time.monotonic()
     try:

@@ -383,11 +383,13 @@ class Connection:
                 text = self._decoder.decode(payload, bool(fin))
             except UnicodeDecodeError:
                 raise InvalidUTF8("invalid UTF-8 in text message") from None
-            self._msg_parts.append(text)  # type: ignore[arg-type]
+            if text:  # empty fragments cost nothing to keep: never keep them
+                self._msg_parts.append(text)  # type: ignore[arg-type]
             if fin:
                 self._events.append(TextMessage("".join(self._msg_parts)))  # type: ignore[arg-type]
         else:
-            self._msg_parts.append(payload)  # type: ignore[arg-type]
+            if payload:
+                self._msg_parts.append(payload)  # type: ignore[arg-type]
             if fin:
                 self._events.append(BinaryMessage(b"".join(self._msg_parts)))  # type: ignore[arg-type]
         if fin:
