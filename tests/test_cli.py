@@ -105,7 +105,8 @@ class TestEchoAndConnect:
             assert server.stderr is not None
             log = server.stderr.read().decode()
             # One line per connection, with its close code, duration and bytes.
-            assert "closed code=1000" in log and "duration=" in log and "in=" in log
+            assert "event=open" in log and "event=close" in log
+            assert "code=1000" in log and "duration=" in log and "in=" in log
 
     @pytest.mark.parametrize("extra", [[], ["--no-compression"]])
     def test_connect_options(self, extra: list[str]) -> None:

@@ -102,18 +102,17 @@ class TestHandshakeAnswers:
 class TestProcessRequest:
     def test_sync_hook_answers_instead_of_upgrading(self) -> None:
         def process_request(ws: ServerConnection, request: tether.Request) -> tether.Response | None:
-            if request.path == "/healthz":
-                return tether.Response(200, tether.Headers([("Content-Length", "3")]), b"ok\n")
             if request.query_params.get("token") != ["secret"]:
                 return ws.protocol.reject(401, "missing or invalid token")
             return None
 
         async def main() -> None:
             async with serving(process_request=process_request) as (server, url):
-                status, _, body = await raw_request(
+                # A plain GET is not an upgrade: 426, before any hook runs.
+                status, _, _ = await raw_request(
                     server.port_number, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
                 )
-                assert (status, body) == (200, b"ok\n")
+                assert status == 426
                 with pytest.raises(tether.InvalidStatus) as info:
                     await tether.connect(url + "/?token=wrong")
                 assert info.value.response.status == 401

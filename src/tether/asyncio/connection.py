@@ -49,6 +49,11 @@ class WebSocket(asyncio.Protocol):
             from the socket pauses.
         write_limit: how many unsent bytes the transport may hold before ``send()`` waits.
         close_timeout: how long to wait for the closing handshake and the TCP close.
+        ping_interval: send a ping this often (seconds; None: never). Keeps idle links open
+            through proxies and finds dead peers.
+        ping_timeout: fail the connection with 1011 when a ping's pong does not come back in
+            this time (None: never). Suspended while reading is paused because the
+            application is behind: a peer that sent that much is alive.
     """
 
     def __init__(
@@ -58,8 +63,12 @@ class WebSocket(asyncio.Protocol):
         max_queue: int = 32,
         write_limit: int = 65536,
         close_timeout: float = 10.0,
+        ping_interval: float | None = None,
+        ping_timeout: float | None = None,
     ) -> None:
         self.protocol = protocol
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self.max_queue = max_queue
         self.write_limit = write_limit
         self.close_timeout = close_timeout
@@ -85,6 +94,8 @@ class WebSocket(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
         self._close_timer: asyncio.TimerHandle | None = None
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._keepalive_ping: bytes | None = None  # the heartbeat ping awaiting its pong
         self._closed = self.loop.create_future()
         self._lost = False
 
@@ -166,6 +177,9 @@ class WebSocket(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(_CLOSED)
@@ -278,23 +292,60 @@ class WebSocket(asyncio.Protocol):
         return error
 
     def _log_close(self) -> None:
-        if not logger.isEnabledFor(logging.INFO) or self.protocol.state is State.CONNECTING:
+        if not logger.isEnabledFor(logging.INFO) or self.response is None:
             return
-        if self.request is None and self.response is None:
+        if self.response.status != 101:
             return
-        duration = self.loop.time() - self.opened_at
         error = self.protocol.receive_error
-        detail = f" error={error}" if error is not None else ""
+        detail = f' error="{error}"' if error is not None else ""
         logger.info(
-            "%s %s closed code=%s duration=%.3fs in=%dB out=%dB%s",
-            _format_address(self.remote_address),
+            "event=close remote=%s path=%s code=%s duration=%.3fs in=%dB out=%dB%s",
+            format_address(self.remote_address),
             self.request.path if self.request is not None else "-",
             self.close_code,
-            duration,
+            self.loop.time() - self.opened_at,
             self.bytes_received,
             self.bytes_sent,
             detail,
         )
+
+    # -- heartbeat ---------------------------------------------------------------------------
+
+    def start_keepalive(self) -> None:
+        """Start the heartbeat (the I/O layer calls it once the connection is open)."""
+        if self.ping_interval is not None and not self._lost:
+            self._keepalive_timer = self.loop.call_later(self.ping_interval, self._send_heartbeat)
+
+    def _send_heartbeat(self) -> None:
+        self._keepalive_timer = None
+        if self._lost or self.protocol.state is not State.OPEN:
+            return
+        payload = os.urandom(4)
+        self.protocol.send_ping(payload)
+        self._keepalive_ping = payload
+        self._pings[payload] = (self.loop.create_future(), self.loop.time())
+        self._write(self.protocol.data_to_send())
+        if self.ping_timeout is not None:
+            self._keepalive_timer = self.loop.call_later(self.ping_timeout, self._heartbeat_lost)
+        else:
+            self.start_keepalive()
+
+    def _heartbeat_lost(self) -> None:
+        self._keepalive_timer = None
+        if self._lost:
+            return
+        if self._reading_paused:
+            # We stopped reading, so the pong may be sitting unread: not the peer's fault.
+            self._keepalive_timer = self.loop.call_later(self.ping_timeout or 1.0,
+                                                         self._heartbeat_lost)
+            return
+        logger.info("event=timeout remote=%s reason=keepalive", format_address(
+            self.remote_address))
+        # The peer is gone or stuck: send a close frame for form's sake and drop the link now
+        # rather than wait close_timeout for a peer that does not answer.
+        self.protocol.fail(1011, "keepalive ping timeout")
+        self._write(self.protocol.data_to_send())
+        self._abort()
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -433,13 +484,19 @@ class WebSocket(asyncio.Protocol):
 
     def _receive_pong(self, data: bytes) -> None:
         if data not in self._pings:
-            return
+            return  # unsolicited (a one-way heartbeat, §5.5.3) or late: nothing to settle
         now = self.loop.time()
         # A pong answers its ping and, implicitly, every earlier one (RFC 6455 §5.5.3).
         for key in list(self._pings):
             future, sent_at = self._pings.pop(key)
             if not future.done():
                 future.set_result(now - sent_at)
+            if key == self._keepalive_ping:
+                self._keepalive_ping = None
+                if self._keepalive_timer is not None:
+                    self._keepalive_timer.cancel()
+                    self._keepalive_timer = None
+                self.start_keepalive()
             if key == data:
                 self.latency = now - sent_at
                 break
@@ -478,7 +535,8 @@ class WebSocket(asyncio.Protocol):
             await self._wait_lost()
 
 
-def _format_address(address: Any) -> str:
+def format_address(address: Any) -> str:
+    """host:port, with brackets around IPv6 hosts."""
     if isinstance(address, tuple) and len(address) >= 2:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

@@ -1,9 +1,23 @@
 """The asyncio server: ``serve(handler, host, port)``.
 
-The opening handshake runs inside ``data_received`` (no task until it succeeds); then one task
-per connection runs ``handler(ws)``. When the handler returns, the connection closes with 1000;
-when it raises, with 1011 and the traceback in the log. ``Server.close()`` refuses new
-connections and closes every open one with 1001.
+The opening handshake runs inside ``data_received`` (no task until it needs to wait for an async
+hook); then one task per connection runs ``handler(ws)``. When the handler returns, the
+connection closes with 1000; when it raises, with 1011 and the traceback in the log.
+``Server.close()`` refuses new connections and closes every open one with 1001.
+
+Each request goes through these steps, and the first that answers ends the handshake:
+
+====================  ======  =============================================================
+step                  answer  when
+====================  ======  =============================================================
+capacity              503     more than ``max_connections`` connections
+routing               404     no route for the path; an HTTP route answers plain requests
+upgrade validation    426/400 plain HTTP on a WebSocket path / a malformed upgrade
+origin                403     ``allowed_origins`` is set and the Origin is not in it
+authentication        401     ``authenticate`` returns None (sync or async)
+process_request       any     the application's own hook returns a Response (sync or async)
+upgrade               101     the handler runs
+====================  ======  =============================================================
 """
 
 from __future__ import annotations
@@ -13,28 +27,36 @@ import inspect
 import logging
 import socket
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from typing import Any, Union
 
+from ..auth import OriginPolicy
 from ..exceptions import ConnectionClosed
 from ..protocol.connection import DEFAULT_MAX_MESSAGE_SIZE, State
 from ..protocol.extensions.base import ServerExtensionFactory
-from ..protocol.http11 import Request, Response
+from ..protocol.http11 import Headers, Request, Response
 from ..protocol.server import SelectSubprotocol, ServerProtocol
-from .connection import WebSocket, logger
+from .connection import WebSocket, format_address, logger
+from .router import Router, WebSocketHandler, text_response
 
-__all__ = ["serve", "Server", "ServerConnection", "Handler", "ProcessRequest"]
+__all__ = ["serve", "Server", "ServerConnection", "Handler", "ProcessRequest", "Authenticate"]
 
-Handler = Callable[[WebSocket], Awaitable[None]]
+Handler = WebSocketHandler
 ProcessRequest = Callable[
-    ["ServerConnection", Request], "Response | None | Awaitable[Response | None]"
+    ["ServerConnection", Request], Union[Response, None, Awaitable[Union[Response, None]]]
 ]
-"""Sees the upgrade request first; returns a Response to answer with instead of upgrading,
-or None to go on with the handshake. May be sync or async."""
+"""Sees the upgrade request after the built-in policies; returns a Response to answer with
+instead of upgrading, or None to go on. May be sync or async."""
+Authenticate = Callable[[Request], Union[Any, Awaitable[Any]]]
+"""Returns the principal (put on ``ws.user``) or None to refuse with 401. Sync or async."""
 
 
 class ServerConnection(WebSocket):
-    """The server's side of one connection: handshake, then the handler."""
+    """The server's side of one connection: handshake, then the handler.
+
+    Attributes:
+        user: what ``authenticate`` returned for this connection (None without it).
+    """
 
     protocol: ServerProtocol
 
@@ -44,10 +66,16 @@ class ServerConnection(WebSocket):
             max_queue=server.max_queue,
             write_limit=server.write_limit,
             close_timeout=server.close_timeout,
+            ping_interval=server.ping_interval,
+            ping_timeout=server.ping_timeout,
         )
         self.server = server
+        self.user: Any = None
+        self.handler: WebSocketHandler | None = None
         self.handler_task: asyncio.Task[None] | None = None
         self._open_timer: asyncio.TimerHandle | None = None
+
+    # -- the opening handshake -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -62,32 +90,121 @@ class ServerConnection(WebSocket):
         # A client that never finishes its request (slowloris) is dropped.
         self._open_timer = None
         if self.protocol.state is State.CONNECTING and self.transport is not None:
-            logger.info("%s handshake timed out", self.remote_address)
+            logger.info("event=timeout remote=%s reason=handshake", format_address(
+                self.remote_address))
             self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.protocol.state is State.CONNECTING and self.protocol.handshake_error is None:
+            self.bytes_received += len(data)
+            self.protocol.receive_data(data)
+            if self.protocol.handshake_error is not None:  # unparseable request, answered
+                self._write(self.protocol.data_to_send())
+                self._log_rejected(self.protocol.handshake_error.status_hint)
+                return
+            self._process_events(self.protocol.events_received())
+            return
+        super().data_received(data)
 
     def _process_other_event(self, event: Any) -> None:
         if isinstance(event, Request):
             self.request = event
-            process = self.server.process_request
-            if process is None:
-                self._respond(self.protocol.accept(event))
-                return
-            result = process(self, event)
-            if inspect.isawaitable(result):
-                self.loop.create_task(self._respond_later(event, result))
+            response = self._check_request(event)
+            if response is not None:
+                self._respond(response)
             else:
-                self._respond(result if result is not None else self.protocol.accept(event))
+                self._run_hooks(event)
 
-    async def _respond_later(
-        self, request: Request, pending: Awaitable[Response | None]
+    def _check_request(self, request: Request) -> Response | None:
+        """The synchronous steps: capacity, routing, upgrade validation, origin."""
+        server = self.server
+        if server.max_connections is not None and len(server.connections) > server.max_connections:
+            return text_response(503, "server at capacity; try again later",
+                                 Headers([("Retry-After", "5")]))
+        handler = server.route_websocket(request.path)
+        if handler is None or "Upgrade" not in request.headers:
+            http_handler = server.router.resolve_http(request) if server.router else None
+            if http_handler is not None:
+                self.loop.create_task(self._answer_http(http_handler, request))
+                return None
+            if handler is None:
+                return text_response(404, "not found")
+        self.handler = handler
+        invalid = self.protocol.validate(request)
+        if invalid is not None:
+            return invalid
+        if server.origin_policy is not None:
+            refusal = server.origin_policy.check(request)
+            if refusal is not None:
+                return self.protocol.reject(403, refusal)
+        return None
+
+    async def _answer_http(self, http_handler: Any, request: Request) -> None:
+        try:
+            result = http_handler(request)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception:
+            logger.exception("HTTP handler for %s failed", request.path)
+            result = text_response(500, "internal server error")
+        if self.protocol.state is State.CONNECTING and not self._lost:
+            headers = result.headers
+            if "Connection" not in headers:
+                headers.add("Connection", "close")
+            self._respond(result)
+
+    def _run_hooks(self, request: Request) -> None:
+        """The hooks that may be async: authentication, then process_request. The common
+        case, no hook or sync hooks, completes here without a task."""
+        server = self.server
+        if server.authenticate is not None:
+            user = server.authenticate(request)
+            if inspect.isawaitable(user):
+                self.loop.create_task(self._run_hooks_later(request, user))
+                return
+            if user is None:
+                self._respond(self._unauthorized())
+                return
+            self.user = user
+        if server.process_request is not None:
+            result = server.process_request(self, request)
+            if inspect.isawaitable(result):
+                self.loop.create_task(self._run_hooks_later(request, None, result))
+                return
+            if result is not None:
+                self._respond(result)
+                return
+        self._respond(self.protocol.accept(request))
+
+    async def _run_hooks_later(
+        self,
+        request: Request,
+        pending_user: Awaitable[Any] | None,
+        pending_response: Awaitable[Response | None] | None = None,
     ) -> None:
         try:
-            response = await pending
+            if pending_user is not None:
+                self.user = await pending_user
+                if self.user is None:
+                    response: Response | None = self._unauthorized()
+                elif self.server.process_request is not None:
+                    result = self.server.process_request(self, request)
+                    response = await result if inspect.isawaitable(result) else result
+                else:
+                    response = None
+            else:
+                assert pending_response is not None
+                response = await pending_response
         except Exception:
-            logger.exception("process_request failed")
+            logger.exception("handshake hook failed")
             response = self.protocol.reject(500, "internal server error")
         if self.protocol.state is State.CONNECTING and not self._lost:
             self._respond(response if response is not None else self.protocol.accept(request))
+
+    def _unauthorized(self) -> Response:
+        return self.protocol.reject(
+            401, "missing or invalid token", Headers([("WWW-Authenticate", "Bearer")])
+        )
 
     def _respond(self, response: Response) -> None:
         if self._open_timer is not None:
@@ -100,30 +217,38 @@ class ServerConnection(WebSocket):
         self._write(self.protocol.data_to_send())
         if response.status == 101:
             self.opened_at = self.loop.time()
+            self._log_open()
+            self.start_keepalive()
             self.handler_task = self.loop.create_task(self._run_handler())
             if events:
                 self._process_events(events)
         else:
+            self._log_rejected(response.status)
+
+    def _log_open(self) -> None:
+        if logger.isEnabledFor(logging.INFO):
             logger.info(
-                "%s %s rejected %d: %s",
-                self.remote_address,
+                "event=open remote=%s path=%s user=%s subprotocol=%s compression=%s",
+                format_address(self.remote_address),
                 self.request.path if self.request else "-",
-                response.status,
-                self.protocol.handshake_error,
+                self.user if self.user is not None else "-",
+                self.subprotocol or "-",
+                "on" if self.protocol.extension is not None else "off",
             )
 
-    def data_received(self, data: bytes) -> None:
-        if self.protocol.state is State.CONNECTING and self.protocol.handshake_error is None:
-            self.bytes_received += len(data)
-            self.protocol.receive_data(data)
-            if self.protocol.handshake_error is not None:  # unparseable request, answered
-                self._write(self.protocol.data_to_send())
-                logger.info("%s bad request: %s", self.remote_address,
-                            self.protocol.handshake_error)
-                return
-            self._process_events(self.protocol.events_received())
-            return
-        super().data_received(data)
+    def _log_rejected(self, status: int) -> None:
+        if logger.isEnabledFor(logging.INFO):
+            error = self.protocol.handshake_error
+            reason = f' reason="{error}"' if error is not None and status >= 400 else ""
+            logger.info(
+                "event=http remote=%s path=%s status=%d%s",
+                format_address(self.remote_address),
+                self.request.path if self.request else "-",
+                status,
+                reason,
+            )
+
+    # -- after the handshake -------------------------------------------------------------------
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._open_timer is not None:
@@ -133,8 +258,9 @@ class ServerConnection(WebSocket):
         self.server.connections.discard(self)
 
     async def _run_handler(self) -> None:
+        assert self.handler is not None
         try:
-            await self.server.handler(self)
+            await self.handler(self)
         except ConnectionClosed:
             pass
         except Exception:
@@ -150,17 +276,19 @@ class Server:
     """A WebSocket server. Use ``async with serve(...) as server`` or ``await serve(...)``.
 
     Attributes:
-        connections: every connection currently open (or opening).
+        connections: every connection currently open or opening.
     """
 
     def __init__(
         self,
-        handler: Handler,
+        handler: WebSocketHandler | Router,
         host: str | Sequence[str] | None = None,
         port: int | None = None,
         *,
         sock: socket.socket | None = None,
         ssl: ssl_module.SSLContext | None = None,
+        authenticate: Authenticate | None = None,
+        allowed_origins: Iterable[str] | OriginPolicy | None = None,
         process_request: ProcessRequest | None = None,
         subprotocols: Sequence[str] = (),
         select_subprotocol: SelectSubprotocol | None = None,
@@ -169,6 +297,9 @@ class Server:
         max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
         max_queue: int = 32,
         write_limit: int = 65536,
+        max_connections: int | None = None,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
         open_timeout: float = 10.0,
         close_timeout: float = 10.0,
         backlog: int = 1024,
@@ -176,20 +307,31 @@ class Server:
     ) -> None:
         if compression not in ("deflate", None):
             raise ValueError(f"unsupported compression {compression!r}: use 'deflate' or None")
-        self.handler = handler
+        if isinstance(handler, Router):
+            self.router: Router | None = handler
+            self.handler: WebSocketHandler | None = None
+        else:
+            self.router = None
+            self.handler = handler
         self.host = host
         self.port = port
         self.sock = sock
         self.ssl = ssl
+        self.authenticate = authenticate
+        if allowed_origins is None or isinstance(allowed_origins, OriginPolicy):
+            self.origin_policy = allowed_origins
+        else:
+            self.origin_policy = OriginPolicy(allowed_origins)
         self.process_request = process_request
         self.subprotocols = list(subprotocols)
         self.select_subprotocol = select_subprotocol
-        self.extensions = (
-            [] if compression is None and extensions is None else extensions
-        )
+        self.extensions = [] if compression is None and extensions is None else extensions
         self.max_size = max_size
         self.max_queue = max_queue
         self.write_limit = write_limit
+        self.max_connections = max_connections
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self.open_timeout = open_timeout
         self.close_timeout = close_timeout
         self.backlog = backlog
@@ -198,6 +340,12 @@ class Server:
         self.closing = False
         self._server: asyncio.base_events.Server | None = None
         self._closed: asyncio.Event | None = None
+
+    def route_websocket(self, path: str) -> WebSocketHandler | None:
+        """The WebSocket handler for a path: the single handler serves every path."""
+        if self.router is not None:
+            return self.router.websocket_routes.get(path)
+        return self.handler
 
     def _make_connection(self) -> ServerConnection:
         protocol = ServerProtocol(
@@ -261,7 +409,7 @@ class Server:
         tasks = [ws.handler_task for ws in connections if ws.handler_task is not None]
         waits = [asyncio.ensure_future(ws.wait_closed()) for ws in connections]
         if tasks or waits:
-            done, pending = await asyncio.wait(tasks + waits, timeout=timeout)
+            _, pending = await asyncio.wait(tasks + waits, timeout=timeout)
             for ws in connections:
                 ws._abort()
             for task in pending:
@@ -289,16 +437,20 @@ class Server:
 
 
 def serve(
-    handler: Handler, host: str | Sequence[str] | None = None, port: int | None = None,
+    handler: WebSocketHandler | Router,
+    host: str | Sequence[str] | None = None,
+    port: int | None = None,
     **options: Any,
 ) -> Server:
-    """Create a WebSocket server running ``handler(ws)`` for each connection.
+    """Create a WebSocket server: ``handler(ws)`` runs for each connection, or a
+    :class:`Router` dispatches by path.
 
     ``async with serve(handler, "127.0.0.1", 8765) as server: await server.serve_forever()``
 
-    Options: ``ssl``, ``process_request``, ``subprotocols``, ``select_subprotocol``,
-    ``compression`` ("deflate" or None), ``max_size``, ``max_queue``, ``write_limit``,
-    ``open_timeout``, ``close_timeout``, ``backlog``, ``reuse_port``, ``sock``.
+    Options: ``ssl``, ``authenticate``, ``allowed_origins``, ``process_request``,
+    ``subprotocols``, ``select_subprotocol``, ``compression`` ("deflate" or None),
+    ``max_size``, ``max_queue``, ``write_limit``, ``max_connections``, ``ping_interval``,
+    ``ping_timeout``, ``open_timeout``, ``close_timeout``, ``backlog``, ``reuse_port``, ``sock``.
     """
     return Server(handler, host, port, **options)
 

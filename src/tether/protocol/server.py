@@ -86,6 +86,7 @@ class ServerProtocol(Connection):
             max_request_line, max_headers, max_header_bytes
         )
         self._pending: tuple[Extension | None, str | None] | None = None
+        self._key: str | None = None  # set by validate()
         self._after_request = b""
 
     def receive_data(self, data: bytes) -> None:
@@ -115,11 +116,22 @@ class ServerProtocol(Connection):
             )
         super().receive_eof()
 
+    def validate(self, request: Request) -> Response | None:
+        """Check the upgrade request alone (RFC 6455 §4.2.1), before policies such as
+        authentication run: ``None`` if it is a valid upgrade, else the error response (426
+        for plain HTTP or a wrong version, 400 otherwise) to send."""
+        try:
+            self._key = check_request(request)
+        except HandshakeError as exc:
+            self.handshake_error = exc
+            return self.reject(exc.status_hint, str(exc))
+        return None
+
     def accept(self, request: Request) -> Response:
         """Validate the upgrade request and build the response: 101, or an error response
         (426 or 400) that says what was wrong. Send it with :meth:`send_response`."""
         try:
-            key = check_request(request)
+            key = self._key if self._key is not None else check_request(request)
             extension, extensions_header = self._negotiate_extensions(request.headers)
             subprotocol = self._negotiate_subprotocol(request.headers)
         except HandshakeError as exc:

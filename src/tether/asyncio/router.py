@@ -1,0 +1,120 @@
+"""Routing for one server: WebSocket handlers by path, plain HTTP routes and static files.
+
+An upgrade request goes to the WebSocket handler of its path; any other request to the HTTP
+handler of its path. A path with only a WebSocket handler answers plain requests with 426; an
+unknown path gets 404. HTTP handlers receive the :class:`Request` and return a
+:class:`Response`, sync or async.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from functools import partial
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from urllib.parse import unquote
+from typing import TYPE_CHECKING, Union
+
+from ..protocol.http11 import Headers, Request, Response
+
+if TYPE_CHECKING:
+    from .connection import WebSocket
+
+__all__ = ["Router", "HttpHandler", "WebSocketHandler", "text_response"]
+
+WebSocketHandler = Callable[["WebSocket"], Awaitable[None]]
+HttpHandler = Callable[[Request], Union[Response, Awaitable[Response]]]
+
+
+def text_response(status: int, text: str, headers: Headers | None = None) -> Response:
+    """A plain-text response with its Content-Length."""
+    body = text.encode()
+    response_headers = Headers(
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    )
+    for name, value in headers or ():
+        response_headers.add(name, value)
+    return Response(status, response_headers, body)
+
+
+class Router:
+    """Paths to handlers. Paths match exactly; ``static()`` serves a directory under a prefix."""
+
+    def __init__(self) -> None:
+        self.websocket_routes: dict[str, WebSocketHandler] = {}
+        self.http_routes: dict[str, HttpHandler] = {}
+        self.static_routes: list[tuple[str, Path, str]] = []
+
+    def websocket(self, path: str) -> Callable[[WebSocketHandler], WebSocketHandler]:
+        """Decorator: ``@router.websocket("/chat")`` on ``async def handler(ws)``."""
+
+        def register(handler: WebSocketHandler) -> WebSocketHandler:
+            self.add_websocket(path, handler)
+            return handler
+
+        return register
+
+    def http(self, path: str) -> Callable[[HttpHandler], HttpHandler]:
+        """Decorator: ``@router.http("/healthz")`` on ``def handler(request) -> Response``."""
+
+        def register(handler: HttpHandler) -> HttpHandler:
+            self.add_http(path, handler)
+            return handler
+
+        return register
+
+    def add_websocket(self, path: str, handler: WebSocketHandler) -> None:
+        self.websocket_routes[_check_path(path)] = handler
+
+    def add_http(self, path: str, handler: HttpHandler) -> None:
+        self.http_routes[_check_path(path)] = handler
+
+    def static(self, prefix: str, directory: str | Path, index: str = "index.html") -> None:
+        """Serve the files under ``directory`` at ``prefix`` (GET and HEAD); a directory
+        serves its ``index``. Paths never escape ``directory``."""
+        root = Path(directory).resolve()
+        if not root.is_dir():
+            raise ValueError(f"{directory} is not a directory")
+        prefix = _check_path(prefix).rstrip("/") + "/"
+        self.static_routes.append((prefix, root, index))
+
+    def resolve_http(self, request: Request) -> HttpHandler | None:
+        handler = self.http_routes.get(request.path)
+        if handler is not None:
+            return handler
+        for prefix, root, index in self.static_routes:
+            if request.path == prefix.rstrip("/") or request.path.startswith(prefix):
+                return partial(_serve_file, prefix=prefix, root=root, index=index)
+        return None
+
+
+def _serve_file(request: Request, prefix: str, root: Path, index: str) -> Response:
+    if request.method not in ("GET", "HEAD"):
+        return text_response(405, "method not allowed", Headers([("Allow", "GET, HEAD")]))
+    relative = unquote(request.path[len(prefix):]) if request.path.startswith(prefix) else ""
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        return text_response(404, "not found")
+    if target.is_dir():
+        target = target / index
+    if not target.is_file():
+        return text_response(404, "not found")
+    body = target.read_bytes()
+    content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+    if content_type.startswith("text/") or content_type == "application/javascript":
+        content_type += "; charset=utf-8"
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Cache-Control", "no-cache"),
+        ]
+    )
+    return Response(200, headers, b"" if request.method == "HEAD" else body)
+
+
+def _check_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError(f"path {path!r} must start with /")
+    return path
