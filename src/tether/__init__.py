@@ -19,6 +19,7 @@ from .exceptions import (
     ProtocolError,
     TetherError,
 )
+from .auth import OriginPolicy, TokenAuth
 from .protocol import CloseCode, Headers, Request, Response, State
 
 __version__ = "0.1.0"
@@ -40,10 +41,14 @@ __all__ = [
     "ProtocolError",
     "Request",
     "Response",
+    "OriginPolicy",
+    "Router",
     "Server",
     "State",
     "TetherError",
+    "TokenAuth",
     "WebSocket",
+    "broadcast",
     "connect",
     "serve",
 ]
@@ -55,11 +60,15 @@ CLOSING = State.CLOSING
 CLOSED = State.CLOSED
 
 if TYPE_CHECKING:
+    from .asyncio.broadcast import broadcast
     from .asyncio.client import connect
+    from .asyncio.router import Router
     from .asyncio.connection import WebSocket
     from .asyncio.server import Server, serve
 
 _LAZY = {
+    "broadcast": "tether.asyncio.broadcast",
+    "Router": "tether.asyncio.router",
     "connect": "tether.asyncio.client",
     "WebSocket": "tether.asyncio.connection",
     "Server": "tether.asyncio.server",

@@ -54,18 +54,20 @@ def _parser() -> argparse.ArgumentParser:
         "echo",
         help="run a WebSocket echo server",
         description="Run a WebSocket server that sends every message back: text as text, "
-        "binary as binary. Logs one line per connection. Ctrl-C closes every connection "
-        "with 1001 (going away) and exits.",
+        "binary as binary. Logs one line per connection. Ctrl-C or SIGTERM closes every "
+        "connection with 1001 (going away) and exits 0.",
     )
-    echo.add_argument("--host", default="127.0.0.1", help="address to listen on "
-                      "(default: %(default)s; use 0.0.0.0 for every interface)")
-    echo.add_argument("--port", type=int, default=8765, help="port (default: %(default)s)")
-    echo.add_argument("--max-size", type=_size, default=2**20, metavar="BYTES",
-                      help="largest message accepted, e.g. 1MiB (default: 1048576); larger "
-                      "ones close the connection with 1009")
-    echo.add_argument("--no-compression", action="store_true",
-                      help="refuse permessage-deflate (on by default)")
-    echo.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    _add_server_options(echo)
+    broadcast = commands.add_parser(
+        "broadcast",
+        help="run the broadcast (chat room) server from the articles",
+        description="Run a WebSocket server that sends every message it receives to every "
+        "open client, sender included, and serves a small chat page at / (open "
+        "http://HOST:PORT/ in a browser). A client that cannot keep up is closed with 1013 "
+        "rather than allowed to grow the server's memory. Ctrl-C or SIGTERM closes every "
+        "connection with 1001 and exits 0.",
+    )
+    _add_server_options(broadcast)
 
     connect = commands.add_parser(
         "connect",
@@ -88,13 +90,101 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_server_options(command: argparse.ArgumentParser) -> None:
+    listen = command.add_argument_group("listening")
+    listen.add_argument("--host", default="127.0.0.1", help="address to listen on "
+                        "(default: %(default)s; 0.0.0.0 for every interface)")
+    listen.add_argument("--port", type=int, default=8765, help="port (default: %(default)s)")
+    listen.add_argument("--tls-cert", metavar="FILE",
+                        help="certificate chain (PEM) to serve wss:// (needs --tls-key)")
+    listen.add_argument("--tls-key", metavar="FILE", help="private key (PEM) for --tls-cert")
+    security = command.add_argument_group("who may connect")
+    security.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                          help="a page origin allowed to connect, e.g. https://app.example.com "
+                          "or https://*.example.com (repeatable). Browsers send it; other "
+                          "origins get 403. Without this option every origin is allowed.")
+    security.add_argument("--token", action="append", default=[], metavar="TOKEN",
+                          help="require this bearer token (repeatable). Clients send it as "
+                          "'Authorization: Bearer TOKEN', ?token=TOKEN, a 'token' cookie, or "
+                          "the subprotocol 'bearer.TOKEN'. Others get 401.")
+    security.add_argument("--token-file", metavar="FILE",
+                          help="read tokens from FILE: one per line, 'TOKEN [NAME]'")
+    limits = command.add_argument_group("limits and liveness")
+    limits.add_argument("--max-size", type=_size, default=2**20, metavar="BYTES",
+                        help="largest message accepted, e.g. 1MiB (default: 1048576); "
+                        "larger ones close the connection with 1009")
+    limits.add_argument("--max-connections", type=int, metavar="N",
+                        help="refuse connections beyond N with 503 (default: no limit)")
+    limits.add_argument("--ping-interval", type=float, default=20.0, metavar="SECONDS",
+                        help="send a ping this often to keep idle links alive and find dead "
+                        "peers; 0 turns it off (default: %(default)s)")
+    limits.add_argument("--ping-timeout", type=float, default=20.0, metavar="SECONDS",
+                        help="close with 1011 when a pong takes longer (default: %(default)s)")
+    protocol = command.add_argument_group("protocol")
+    protocol.add_argument("--subprotocol", action="append", default=[], metavar="NAME",
+                          help="a subprotocol to speak, most preferred first (repeatable)")
+    protocol.add_argument("--no-compression", action="store_true",
+                          help="refuse permessage-deflate (on by default)")
+    command.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+
+
+def _server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """serve() keyword arguments from the command line.
+
+    Raises:
+        _UsageError: an option is unusable (unreadable file, --tls-cert without --tls-key).
+    """
+    import ssl
+
+    from .auth import TokenAuth
+
+    options: dict[str, Any] = dict(
+        max_size=args.max_size,
+        max_connections=args.max_connections,
+        ping_interval=args.ping_interval or None,
+        ping_timeout=args.ping_timeout or None,
+        subprotocols=args.subprotocol,
+        compression=None if args.no_compression else "deflate",
+    )
+    if args.allow_origin:
+        options["allowed_origins"] = args.allow_origin
+    if args.token or args.token_file:
+        tokens = {token: f"token-{i}" for i, token in enumerate(args.token, 1)}
+        if args.token_file:
+            try:
+                from_file = TokenAuth.from_file(args.token_file)
+            except (OSError, ValueError) as exc:
+                raise _UsageError(f"cannot read --token-file {args.token_file}: {exc}") from None
+            if tokens:
+                tokens_auth = TokenAuth(tokens)
+                options["authenticate"] = lambda r: from_file(r) or tokens_auth(r)
+            else:
+                options["authenticate"] = from_file
+        else:
+            options["authenticate"] = TokenAuth(tokens)
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise _UsageError("--tls-cert and --tls-key go together")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise _UsageError(f"cannot load the TLS certificate or key: {exc}") from None
+        options["ssl"] = context
+    return options
+
+
+class _UsageError(Exception):
+    """A command-line option that cannot be used; printed without a traceback."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "echo":
+    if args.command in ("echo", "broadcast"):
         _configure_logging(args.quiet)
-        return _run(_echo(args))
+        return _run(_serve(args))
     if args.command == "connect":
         return _run(_connect(args))
     parser.print_help()
@@ -104,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _configure_logging(quiet: bool) -> None:
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
+        format="%(asctime)s level=%(levelname)s %(message)s",
         stream=sys.stderr,
     )
 
@@ -125,29 +215,35 @@ def _install_stop_signals(stop: asyncio.Event) -> None:
             pass
 
 
-async def _echo(args: argparse.Namespace) -> int:
-    from .apps.echo import echo
+async def _serve(args: argparse.Namespace) -> int:
     from .asyncio.server import serve
 
+    if args.command == "echo":
+        from .apps.echo import echo as handler
+    else:
+        from .apps.broadcast import make_router
+
+        handler = make_router()  # type: ignore[assignment]
+    try:
+        options = _server_options(args)
+    except _UsageError as exc:
+        print(f"tether {args.command}: {exc}", file=sys.stderr)
+        return 2
     stop = asyncio.Event()
     _install_stop_signals(stop)
     try:
-        server = await serve(
-            echo,
-            args.host,
-            args.port,
-            max_size=args.max_size,
-            compression=None if args.no_compression else "deflate",
-        )
+        server = await serve(handler, args.host, args.port, **options)
     except OSError as exc:
-        print(f"tether echo: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
-              file=sys.stderr)
+        print(f"tether {args.command}: cannot listen on {args.host}:{args.port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
         return 1
+    scheme = "wss" if "ssl" in options else "ws"
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]
-        logger.info("echo server listening on ws://%s:%s", _url_host(host), port)
+        logger.info("event=listen app=%s url=%s://%s:%s", args.command, scheme,
+                    _url_host(host), port)
     await stop.wait()
-    logger.info("shutting down: closing %d connection(s) with 1001", len(server.connections))
+    logger.info("event=shutdown connections=%d code=1001", len(server.connections))
     await server.close(1001, "server shutting down")
     return 0
 

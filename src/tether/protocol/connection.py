@@ -474,6 +474,22 @@ class Connection:
             self._send_opcode = 0 if fin else opcode
         self._write_frame(fin, rsv1, opcode, data)
 
+    def send_frame(self, frame: bytes) -> None:
+        """Send a complete frame serialized elsewhere: how a broadcast writes the same bytes
+        to many connections. Only for servers (client frames are masked per connection), and
+        the frame must be a whole unmasked data message without RSV bits (valid with or
+        without permessage-deflate, RFC 7692 §6).
+
+        Raises:
+            InvalidState: the connection cannot send, or a fragmented message is in progress.
+        """
+        if not self._is_server:
+            raise InvalidState("only a server can send pre-framed messages")
+        self._check_open()
+        if self._send_opcode:
+            raise InvalidState("a fragmented message is in progress; send its continuation")
+        self._output.append(frame)
+
     def send_ping(self, data: bytes = b"") -> None:
         """Send a ping; ``data`` is at most 125 bytes.
 
