@@ -112,11 +112,13 @@ class ServerConnection(WebSocket):
             response = self._check_request(event)
             if response is not None:
                 self._respond(response)
-            else:
+            elif self.handler is not None:
                 self._run_hooks(event)
 
     def _check_request(self, request: Request) -> Response | None:
-        """The synchronous steps: capacity, routing, upgrade validation, origin."""
+        """The synchronous steps: capacity, routing, upgrade validation, origin. Returns the
+        answer, or None with ``self.handler`` set to go on with the upgrade (or unset when an
+        HTTP route took the request)."""
         server = self.server
         if server.max_connections is not None and len(server.connections) > server.max_connections:
             return text_response(503, "server at capacity; try again later",

@@ -1,0 +1,334 @@
+"""The server's handshake policies and liveness, each over a real loopback socket: tokens
+(401), origins (403), routes (404, HTTP, static, 426), capacity (503), TLS, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tether
+from tether.asyncio.connection import WebSocket
+from tether.asyncio.router import text_response
+from tether.asyncio.server import ServerConnection
+
+from .conftest import UNIT, echo, run, serving
+from .test_server import raw_request, upgrade
+
+
+async def whoami(ws: WebSocket) -> None:
+    assert isinstance(ws, ServerConnection)
+    await ws.send(f"user={ws.user} subprotocol={ws.subprotocol}")
+    await ws.wait_closed()
+
+
+class TestTokens:
+    AUTH = tether.TokenAuth({"s3cret-token": "alice", "other": "bob"})
+
+    @pytest.mark.parametrize("how", ["header", "query", "cookie", "subprotocol"])
+    def test_each_source(self, how: str) -> None:
+        async def main() -> None:
+            async with serving(whoami, authenticate=self.AUTH, subprotocols=["chat"]) as (
+                _, url
+            ):
+                options: dict[str, Any] = {}
+                target = url + "/"
+                if how == "header":
+                    options["headers"] = {"Authorization": "Bearer s3cret-token"}
+                elif how == "query":
+                    target += "?token=s3cret-token"
+                elif how == "cookie":
+                    options["headers"] = {"Cookie": "theme=dark; token=s3cret-token"}
+                else:
+                    options["subprotocols"] = ["chat", "bearer.s3cret-token"]
+                async with tether.connect(target, **options) as ws:
+                    greeting = await ws.recv()
+                    expected = "chat" if how == "subprotocol" else None
+                    assert greeting == f"user=alice subprotocol={expected}"
+                    # The token offered as a subprotocol is never selected.
+                    assert ws.subprotocol == expected
+
+        run(main())
+
+    @pytest.mark.parametrize("headers", [
+        {}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0LXRva2Vu"},
+        {"Cookie": "token=wrong"},
+    ])
+    def test_refused_with_401_before_any_websocket(self, headers: dict[str, str]) -> None:
+        async def main() -> None:
+            async with serving(whoami, authenticate=self.AUTH) as (server, url):
+                with pytest.raises(tether.InvalidStatus) as info:
+                    await tether.connect(url, headers=headers)
+                response = info.value.response
+                assert response.status == 401
+                assert response.headers.get("WWW-Authenticate") == "Bearer"
+                assert b"token" in response.body
+                assert not server.connections
+
+        run(main())
+
+    def test_async_authenticate(self) -> None:
+        async def authenticate(request: tether.Request) -> str | None:
+            await asyncio.sleep(UNIT)
+            return "carol" if request.headers.get("X-Key") == "k" else None
+
+        async def main() -> None:
+            async with serving(whoami, authenticate=authenticate) as (_, url):
+                async with tether.connect(url, headers={"X-Key": "k"}) as ws:
+                    assert (await ws.recv()).startswith("user=carol")
+                with pytest.raises(tether.InvalidStatus):
+                    await tether.connect(url)
+
+        run(main())
+
+    def test_tokens_never_logged(self, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.INFO, logger="tether")
+
+        async def main() -> None:
+            async with serving(whoami, authenticate=self.AUTH) as (_, url):
+                async with tether.connect(url + "/?token=s3cret-token") as ws:
+                    await ws.recv()
+                with pytest.raises(tether.InvalidStatus):
+                    await tether.connect(url + "/?token=leaky-wrong-token")
+
+        run(main())
+        assert "event=open" in caplog.text and "status=401" in caplog.text
+        assert "s3cret-token" not in caplog.text
+        assert "leaky-wrong-token" not in caplog.text
+
+    def test_token_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "tokens"
+        path.write_text("# comment\n\nfile-token dave\nbare-token\n")
+        auth = tether.TokenAuth.from_file(path)
+        request = tether.Request("GET", "/?token=file-token", tether.Headers())
+        assert auth(request) == "dave"
+        assert auth(tether.Request("GET", "/?token=bare-token", tether.Headers())) is not None
+        assert auth(tether.Request("GET", "/?token=nope", tether.Headers())) is None
+
+
+class TestOrigins:
+    def test_allow_and_deny(self) -> None:
+        async def main() -> None:
+            origins = ["https://app.example.com", "https://*.example.org"]
+            async with serving(echo, allowed_origins=origins) as (_, url):
+                for origin in ["https://app.example.com", "https://a.example.org", None]:
+                    async with tether.connect(url, origin=origin) as ws:
+                        await ws.send("ok")
+                        assert await ws.recv() == "ok"
+                for origin in ["https://evil.example.com", "https://example.org", "null"]:
+                    with pytest.raises(tether.InvalidStatus) as info:
+                        await tether.connect(url, origin=origin)
+                    assert info.value.response.status == 403
+                    assert info.value.response.body == b"origin not allowed\n"
+
+        run(main())
+
+    def test_origin_required(self) -> None:
+        async def main() -> None:
+            policy = tether.OriginPolicy(["https://app.example.com"], require_origin=True)
+            async with serving(echo, allowed_origins=policy) as (_, url):
+                with pytest.raises(tether.InvalidStatus) as info:
+                    await tether.connect(url)
+                assert info.value.response.status == 403
+                assert b"Origin header required" in info.value.response.body
+
+        run(main())
+
+
+class TestRouting:
+    @staticmethod
+    def router(tmp_path: Path) -> tether.Router:
+        router = tether.Router()
+        router.add_websocket("/echo", echo)
+        router.add_websocket("/who", whoami)
+
+        @router.http("/healthz")
+        def healthz(request: tether.Request) -> tether.Response:
+            return text_response(200, "ok")
+
+        @router.http("/slow")
+        async def slow(request: tether.Request) -> tether.Response:
+            await asyncio.sleep(UNIT)
+            return text_response(200, "slow ok")
+
+        (tmp_path / "site").mkdir()
+        (tmp_path / "site" / "index.html").write_text("<h1>hi</h1>")
+        (tmp_path / "secret.txt").write_text("do not serve")
+        router.static("/static", tmp_path / "site")
+        return router
+
+    def test_routes(self, tmp_path: Path) -> None:
+        async def main() -> None:
+            async with serving(self.router(tmp_path)) as (server, url):
+                port = server.port_number
+                assert (await raw_request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))[
+                    ::2] == (200, b"ok")
+                assert (await raw_request(port, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"))[
+                    ::2] == (200, b"slow ok")
+                status, headers, body = await raw_request(
+                    port, b"GET /static/ HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert (status, body) == (200, b"<h1>hi</h1>")
+                assert headers["content-type"] == "text/html; charset=utf-8"
+                for path in [b"/static/../secret.txt", b"/static/%2e%2e/secret.txt", b"/nope"]:
+                    status, _, _ = await raw_request(
+                        port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                    assert status == 404
+                # A WebSocket path answers plain HTTP with 426, unknown paths with 404.
+                assert (await raw_request(port, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n"))[
+                    0] == 426
+                status, _, body = await raw_request(port, upgrade("/missing"))
+                assert (status, body) == (404, b"not found")
+                async with tether.connect(url + "/echo") as ws:
+                    await ws.send("routed")
+                    assert await ws.recv() == "routed"
+
+        run(main())
+
+
+class TestCapacity:
+    def test_503_beyond_max_connections(self) -> None:
+        async def main() -> None:
+            async with serving(echo, max_connections=2) as (server, url):
+                first = await tether.connect(url)
+                second = await tether.connect(url)
+                with pytest.raises(tether.InvalidStatus) as info:
+                    await tether.connect(url)
+                assert info.value.response.status == 503
+                assert info.value.response.headers.get("Retry-After") == "5"
+                await first.close()
+                while len(server.connections) > 1:
+                    await asyncio.sleep(UNIT / 10)
+                async with tether.connect(url) as third:  # room again
+                    await third.send("in")
+                    assert await third.recv() == "in"
+                await second.close()
+
+        run(main())
+
+
+class TestTLS:
+    def test_wss_with_a_certificate_made_here(self) -> None:
+        trustme = pytest.importorskip("trustme")
+        ca = trustme.CA()
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_context)
+        client_context = ssl.create_default_context()
+        ca.configure_trust(client_context)
+
+        async def main() -> None:
+            async with tether.serve(echo, "127.0.0.1", 0, ssl=server_context) as server:
+                url = f"wss://localhost:{server.port_number}"
+                async with tether.connect(url, ssl=client_context) as ws:
+                    await ws.send("secure")
+                    assert await ws.recv() == "secure"
+                # The client verifies by default: this CA is not in the system store.
+                with pytest.raises(ssl.SSLCertVerificationError):
+                    await tether.connect(url)
+
+        run(main())
+
+
+class TestHeartbeat:
+    def test_silent_peer_is_closed_within_interval_plus_timeout(self) -> None:
+        interval, timeout = 3 * UNIT, 3 * UNIT
+
+        async def main() -> None:
+            async with serving(echo, ping_interval=interval, ping_timeout=timeout) as (
+                server, _
+            ):
+                # A raw client: completes the handshake, then never answers anything, like a
+                # peer whose network vanished (half-open TCP).
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port_number)
+                writer.write(upgrade())
+                await reader.readuntil(b"\r\n\r\n")
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                while server.connections and loop.time() - started < 10 * (interval + timeout):
+                    await asyncio.sleep(UNIT / 10)
+                elapsed = loop.time() - started
+                assert not server.connections, "the silent peer was never released"
+                assert elapsed < (interval + timeout) * 1.5 + 5 * UNIT
+                data = await reader.read()  # a ping, then a close frame 1011
+                assert data[0] == 0x89
+                assert b"\x03\xf3keepalive ping timeout" in data
+                writer.close()
+
+        run(main())
+
+    def test_answering_peer_stays_and_latency_is_measured(self) -> None:
+        async def main() -> None:
+            async with serving(echo, ping_interval=UNIT, ping_timeout=UNIT) as (server, url):
+                async with tether.connect(url) as ws:
+                    await asyncio.sleep(8 * UNIT)  # several heartbeats
+                    await ws.send("alive")
+                    assert await ws.recv() == "alive"
+                    server_ws = next(iter(server.connections))
+                    assert 0 < server_ws.latency < UNIT
+
+        run(main())
+
+
+class TestBroadcast:
+    def test_slow_client_is_closed_and_the_others_get_everything_in_order(self) -> None:
+        """A client that never reads is closed with 1013 once past its budget; the server
+        never holds more than that for it; 50 others receive every message in order."""
+        count, size, budget = 100, 10_000, 64 * 1024
+        observed: list[int] = []
+
+        async def relay(ws: WebSocket) -> None:
+            assert isinstance(ws, ServerConnection)
+            async for message in ws:
+                tether.broadcast(ws.server.connections, message, max_buffered=budget)
+                observed.extend(c.buffered_amount for c in ws.server.connections)
+
+        async def main() -> None:
+            async with serving(relay, compression=None, max_size=None) as (server, url):
+                slow = await tether.connect(url, compression=None)
+                assert slow.transport is not None
+                # Small kernel buffers, so the backlog builds up in the server, where the
+                # budget applies, rather than in the kernel.
+                sock = slow.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                (slow_side,) = server.connections
+                slow_side.transport.get_extra_info("socket").setsockopt(  # type: ignore[union-attr]
+                    socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                slow.transport.pause_reading()  # never reads
+                fast = [await tether.connect(url, compression=None) for _ in range(50)]
+                received: list[list[str]] = [[] for _ in fast]
+                progress = asyncio.Condition()
+
+                async def receive_all(i: int) -> None:
+                    for _ in range(count):
+                        message = await fast[i].recv()
+                        assert isinstance(message, str)
+                        received[i].append(message[:5])
+                        async with progress:
+                            progress.notify_all()
+
+                receivers = [asyncio.ensure_future(receive_all(i)) for i in range(len(fast))]
+                for n in range(count):
+                    await fast[n % len(fast)].send(f"{n:05d}" + "x" * size)
+                    async with progress:  # everyone has it before the next one goes out
+                        await progress.wait_for(lambda: all(len(r) > n for r in received))
+                await asyncio.gather(*receivers)
+                expected = [f"{n:05d}" for n in range(count)]
+                assert all(r == expected for r in received)
+                assert max(observed) <= budget + size + 16  # never past budget + one frame
+                assert slow_side.protocol.close_sent is not None
+                assert slow_side.protocol.close_sent.code == 1013
+                slow.transport.resume_reading()
+                with pytest.raises(tether.ConnectionClosedError) as info:
+                    while True:
+                        await slow.recv()
+                assert info.value.code in (1013, 1006)  # 1006 if aborted after close_timeout
+                for ws in fast:
+                    await ws.close()
+
+        run(main(), timeout=600 * UNIT)
