@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -244,3 +245,108 @@ class TestInteractive:
                     os.close(master)
 
         asyncio.run(asyncio.wait_for(scenario(), 300 * UNIT))
+
+
+@contextmanager
+def server_process(command: str, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    proc = subprocess.Popen(TETHER + [command, "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, proc)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stdout and proc.stderr
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+class TestBroadcastCommand:
+    def test_page_and_relay_to_every_client(self) -> None:
+        with server_process("broadcast") as (server, port):
+
+            async def scenario() -> list[list[str]]:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                page = await reader.read()
+                writer.close()
+                assert page.startswith(b"HTTP/1.1 200 OK")
+                assert b"new WebSocket(url)" in page and b"textContent" in page
+                clients = [await tether.connect(f"ws://127.0.0.1:{port}/") for _ in range(3)]
+                await clients[0].send("hello all")
+                await clients[2].send("hi back")
+                got = [[await ws.recv(), await ws.recv()] for ws in clients]  # type: ignore[misc]
+                server.send_signal(signal.SIGTERM)
+                for ws in clients:
+                    with pytest.raises(tether.ConnectionClosedOK):
+                        await ws.recv()
+                    assert ws.close_code == 1001
+                return got
+
+            got = asyncio.run(asyncio.wait_for(scenario(), 100 * UNIT))
+            assert all(messages == ["hello all", "hi back"] for messages in got)
+            assert server.wait(100 * UNIT) == 0
+
+
+class TestServerFlags:
+    def test_token_and_origin(self, tmp_path: Path) -> None:
+        tokens = tmp_path / "tokens"
+        tokens.write_text("from-file alice\n")
+        with server_process("echo", "--token", "flag-token", "--token-file", str(tokens),
+                            "--allow-origin", "https://ok.example") as (server, port):
+            url = f"ws://127.0.0.1:{port}/"
+
+            async def scenario() -> None:
+                for target in [url + "?token=flag-token", url + "?token=from-file"]:
+                    async with tether.connect(target, origin="https://ok.example") as ws:
+                        await ws.send("in")
+                        assert await ws.recv() == "in"
+                with pytest.raises(tether.InvalidStatus) as info:
+                    await tether.connect(url)
+                assert info.value.response.status == 401
+                with pytest.raises(tether.InvalidStatus) as info:
+                    await tether.connect(url + "?token=flag-token", origin="https://evil.example")
+                assert info.value.response.status == 403
+
+            asyncio.run(asyncio.wait_for(scenario(), 100 * UNIT))
+            server.send_signal(signal.SIGINT)
+            assert server.wait(100 * UNIT) == 0
+            assert server.stderr is not None
+            log = server.stderr.read().decode()
+            assert "flag-token" not in log and "from-file" not in log
+
+    def test_tls(self, tmp_path: Path) -> None:
+        import ssl
+
+        trustme = pytest.importorskip("trustme")
+        ca = trustme.CA()
+        cert = ca.issue_cert("localhost")
+        cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+        cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+        with server_process("echo", "--tls-cert", str(tmp_path / "cert.pem"),
+                            "--tls-key", str(tmp_path / "key.pem")) as (server, port):
+            context = ssl.create_default_context()
+            ca.configure_trust(context)
+
+            async def scenario() -> None:
+                async with tether.connect(f"wss://localhost:{port}/", ssl=context) as ws:
+                    await ws.send("over tls")
+                    assert await ws.recv() == "over tls"
+
+            asyncio.run(asyncio.wait_for(scenario(), 100 * UNIT))
+
+    @pytest.mark.parametrize("args, message", [
+        (["--tls-cert", "/nonexistent.pem"], b"--tls-cert and --tls-key go together"),
+        (["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"],
+         b"cannot load the TLS certificate"),
+        (["--token-file", "/nonexistent/tokens"], b"cannot read --token-file"),
+    ])
+    def test_bad_options_are_clear_errors(self, args: list[str], message: bytes) -> None:
+        result = subprocess.run(TETHER + ["echo", "--port", str(free_port()), *args],
+                                capture_output=True, timeout=100 * UNIT)
+        assert result.returncode == 2
+        assert message in result.stderr
+        assert b"Traceback" not in result.stderr
