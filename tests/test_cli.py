@@ -268,7 +268,7 @@ class TestBroadcastCommand:
     def test_page_and_relay_to_every_client(self) -> None:
         with server_process("broadcast") as (server, port):
 
-            async def scenario() -> list[list[str]]:
+            async def scenario() -> list[list[object]]:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 page = await reader.read()
@@ -277,8 +277,10 @@ class TestBroadcastCommand:
                 assert b"new WebSocket(url)" in page and b"textContent" in page
                 clients = [await tether.connect(f"ws://127.0.0.1:{port}/") for _ in range(3)]
                 await clients[0].send("hello all")
-                await clients[2].send("hi back")
-                got = [[await ws.recv(), await ws.recv()] for ws in clients]  # type: ignore[misc]
+                got = [[await ws.recv()] for ws in clients]
+                await clients[2].send("hi back")  # after everyone has the first: ordered
+                for ws, messages in zip(clients, got):
+                    messages.append(await ws.recv())  # type: ignore[arg-type]
                 server.send_signal(signal.SIGTERM)
                 for ws in clients:
                     with pytest.raises(tether.ConnectionClosedOK):
@@ -337,6 +339,16 @@ class TestServerFlags:
                     assert await ws.recv() == "over tls"
 
             asyncio.run(asyncio.wait_for(scenario(), 100 * UNIT))
+            url = f"wss://localhost:{port}/"
+            # tether connect verifies certificates; --insecure is the way round for self-signed.
+            refused = subprocess.run(TETHER + ["connect", url], input=b"x\n",
+                                     capture_output=True, timeout=100 * UNIT)
+            assert refused.returncode == 1
+            assert b"CERTIFICATE_VERIFY_FAILED" in refused.stderr
+            allowed = subprocess.run(TETHER + ["connect", "--insecure", url], input=b"x\n",
+                                     capture_output=True, timeout=100 * UNIT)
+            assert allowed.returncode == 0, allowed.stderr
+            assert allowed.stdout == b"x\n"
 
     @pytest.mark.parametrize("args, message", [
         (["--tls-cert", "/nonexistent.pem"], b"--tls-cert and --tls-key go together"),

@@ -17,6 +17,7 @@ from .exceptions import (
     InvalidStatus,
     InvalidURI,
     ProtocolError,
+    ProxyError,
     TetherError,
 )
 from .auth import OriginPolicy, TokenAuth
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidStatus",
     "InvalidURI",
     "ProtocolError",
+    "ProxyError",
     "Request",
     "Response",
     "OriginPolicy",

@@ -87,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="largest message accepted (default: 1048576)")
     connect.add_argument("--no-compression", action="store_true",
                          help="do not offer permessage-deflate")
+    connect.add_argument("--proxy", metavar="URL",
+                         help="tunnel through an HTTP proxy: http://[user:pass@]host:port")
+    connect.add_argument("--insecure", action="store_true",
+                         help="wss://: do not verify the server's certificate (for "
+                         "self-signed certificates in development; never in production)")
     return parser
 
 
@@ -264,6 +269,8 @@ async def _connect(args: argparse.Namespace) -> int:
             origin=args.origin,
             max_size=args.max_size,
             compression=None if args.no_compression else "deflate",
+            proxy=args.proxy,
+            ssl=_insecure_context() if args.insecure else None,
         )
     except (InvalidURI, HandshakeError, OSError, TimeoutError) as exc:
         print(f"tether connect: {exc}", file=sys.stderr)
@@ -305,6 +312,15 @@ async def _connect(args: argparse.Namespace) -> int:
     code, reason = ws.close_code, ws.close_reason
     console.status(f"Connection closed: {code}" + (f" {reason}" if reason else ""))
     return 0 if code in (1000, 1001) else 1
+
+
+def _insecure_context() -> Any:
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 async def _piped_lines() -> AsyncIterator[str]:

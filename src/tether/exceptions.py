@@ -10,7 +10,8 @@
     │   └── ExtensionError       1002: an extension's data could not be decoded
     ├── HandshakeError           the opening handshake failed; carries status_hint
     │   ├── InvalidMessage       the HTTP request or response could not be parsed
-    │   └── InvalidStatus        the server answered with something other than 101
+    │   ├── InvalidStatus        the server answered with something other than 101
+    │   └── ProxyError           the HTTP proxy did not open the tunnel (CONNECT)
     ├── InvalidState             local misuse, e.g. sending after close; raised at the call
     ├── InvalidURI               not a ws:// or wss:// URI
     └── ConnectionClosed         the connection is closed; carries what was sent and received
@@ -40,6 +41,7 @@ __all__ = [
     "HandshakeError",
     "InvalidMessage",
     "InvalidStatus",
+    "ProxyError",
     "InvalidState",
     "InvalidURI",
     "ConnectionClosed",
@@ -116,6 +118,19 @@ class InvalidStatus(HandshakeError):
             f"server rejected WebSocket connection: HTTP {response.status}{detail}",
             response.status,
         )
+        self.response = response
+
+
+class ProxyError(HandshakeError):
+    """The HTTP proxy did not open the tunnel.
+
+    Attributes:
+        response: the proxy's answer (``response.status``, ``.reason``, ``.headers``; the body
+            is not read), or ``None`` when it sent no valid HTTP response.
+    """
+
+    def __init__(self, message: str, response: Response | None = None) -> None:
+        super().__init__(message, response.status if response is not None else 502)
         self.response = response
 
 

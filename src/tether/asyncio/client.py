@@ -1,20 +1,79 @@
-"""The asyncio client: ``connect(uri)``, awaitable and an async context manager."""
+"""The asyncio client: ``connect(uri)``, awaitable, an async context manager, and an async
+iterator that reconnects with backoff.
+
+Reconnecting (``async for ws in connect(uri)``) retries what may heal by itself and raises what
+will not:
+
+============================================  =====================================
+retried                                       raised, ending the iteration
+============================================  =====================================
+OSError: refused, reset, unreachable, DNS     InvalidURI (also a bad ``proxy=`` URL)
+TimeoutError (``open_timeout``)               TLS certificate verification failure
+InvalidStatus/ProxyError 5xx, 408, 429        InvalidStatus/ProxyError: other status
+InvalidMessage (no or garbled response)       other HandshakeError (bad Accept, ...)
+ProxyError without a valid HTTP answer        an exception raised by ``on_reconnect``
+a close from the peer with any other code     a close from the peer in ``no_reconnect_codes``
+                                              (default 1008 and 4000-4999)
+============================================  =====================================
+"""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import random
 import ssl as ssl_module
-from collections.abc import Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Generator, Sequence
 from typing import Any
 
-from ..exceptions import HandshakeError, InvalidURI
+from ..exceptions import (
+    ConnectionClosed,
+    ConnectionClosedOK,
+    InvalidMessage,
+    InvalidStatus,
+    InvalidURI,
+    ProxyError,
+)
 from ..protocol.client import ClientProtocol, parse_uri
 from ..protocol.connection import DEFAULT_MAX_MESSAGE_SIZE
 from ..protocol.extensions.base import ClientExtensionFactory
 from ..protocol.http11 import Response
-from .connection import WebSocket
+from .connection import WebSocket, logger
+from .proxy import ProxyURI, open_tunnel, parse_proxy_uri
 
-__all__ = ["connect", "ClientConnection"]
+__all__ = [
+    "connect",
+    "ClientConnection",
+    "OnReconnect",
+    "backoff_delay",
+    "is_retryable",
+    "BACKOFF_INITIAL",
+    "BACKOFF_FACTOR",
+    "BACKOFF_MAX",
+    "BACKOFF_RESET_AFTER",
+    "NO_RECONNECT_CODES",
+    "RETRY_STATUSES",
+]
+
+BACKOFF_INITIAL = 3.0
+"""Seconds: the first retry waits a random time below this."""
+BACKOFF_FACTOR = 1.618
+"""Each further retry may wait this much longer than the one before."""
+BACKOFF_MAX = 60.0
+"""Seconds: no retry waits longer (a ``Retry-After`` above it is cut to it too)."""
+BACKOFF_RESET_AFTER = 10.0
+"""Seconds: a connection that stayed open this long starts the backoff over."""
+NO_RECONNECT_CODES: frozenset[int] = frozenset({1008, *range(4000, 5000)})
+"""Close codes from the server that end the iteration instead of reconnecting: 1008 (policy
+violation: authentication, authorization, rate policy) and the private-use range, which
+applications use for "do not come back" (e.g. 4001 unauthorized)."""
+RETRY_STATUSES: frozenset[int] = frozenset({408, 429, *range(500, 600)})
+"""HTTP statuses (from the server or the proxy) that are retried: 408 Request Timeout,
+429 Too Many Requests (waiting at least its Retry-After), and every 5xx. Any other status is
+the server saying no (401, 403, 404, ...), or a misconfiguration (3xx, 200): raised."""
+
+OnReconnect = Callable[[int, float, Exception], "Awaitable[None] | None"]
+"""``on_reconnect(attempt, delay, cause)``, sync or async: called before each wait."""
 
 
 class ClientConnection(WebSocket):
@@ -37,6 +96,7 @@ class ClientConnection(WebSocket):
         if isinstance(event, Response):
             self.response = event
             self.opened_at = self.loop.time()
+            self.start_keepalive()
             if not self.handshake_done.done():
                 self.handshake_done.set_result(None)
 
@@ -48,19 +108,43 @@ class ClientConnection(WebSocket):
         super().connection_lost(exc)
         self._check_handshake(exc)
 
+    def closed_error(self) -> ConnectionClosed:
+        """How the connection closed, as ``recv()`` raises it: ConnectionClosedOK or
+        ConnectionClosedError, with ``.code`` and ``.reason``."""
+        return self._closed_error()
+
     def _check_handshake(self, exc: Exception | None = None) -> None:
         if self.handshake_done.done():
             return
         error = self.protocol.handshake_error
         if error is None and self._lost:
-            error = HandshakeError(f"connection closed during the opening handshake: {exc}")
+            error = InvalidMessage(f"connection closed during the opening handshake: {exc}")
         if error is not None:
             self.handshake_done.set_exception(error)
 
 
 class connect:
     """Open a WebSocket connection: ``async with connect(uri) as ws:`` or
-    ``ws = await connect(uri)``.
+    ``ws = await connect(uri)``; or keep one open: ``async for ws in connect(uri):``.
+
+    Awaited or used with ``async with``, one attempt is made and its failure raised.
+
+    Iterated, each step yields an open connection. When the loop body asks for the next one,
+    the current connection is closed (1000) if it is not closed yet, and a new one is opened
+    after a wait: exponential backoff with full jitter, a random time in
+    ``[0, min(backoff_max, backoff_initial * backoff_factor ** (attempt - 1))]``. Failed
+    attempts are retried the same way; the module docstring lists what is retried and what
+    is raised. The attempt count starts over after a connection that stayed open for
+    ``backoff_reset_after`` seconds. Breaking out of the loop closes the current connection
+    (1000) when the iterator is finalized: at once in CPython; ``await ws.close()`` before
+    ``break`` makes it explicit. Typical use::
+
+        async for ws in connect(uri):
+            try:
+                async for message in ws:
+                    ...
+            except ConnectionClosed:
+                continue  # reconnect; the iteration raises if the close code says not to
 
     Args:
         uri: ``ws://`` or ``wss://``.
@@ -73,10 +157,30 @@ class connect:
         server_hostname: the name to verify the certificate against.
         open_timeout: the bound on TCP connect + TLS + opening handshake.
         max_size, max_queue, write_limit, close_timeout: see :class:`WebSocket`.
+        ping_interval, ping_timeout: the heartbeat, as on the server (20 s and 20 s; None
+            turns it off).
+        proxy: an HTTP proxy, ``http://[user:password@]host[:port]``, to tunnel through with
+            CONNECT (credentials go in ``Proxy-Authorization: Basic``). ``None`` (the default):
+            connect directly; environment variables such as ``HTTPS_PROXY`` are not read.
+        backoff_initial: the first retry waits up to this many seconds.
+        backoff_factor: how much the longest wait grows with each further attempt.
+        backoff_max: the cap on the longest wait, in seconds.
+        backoff_reset_after: a connection open this many seconds starts the count over.
+        no_reconnect_codes: close codes that end the iteration when the server closes with
+            one (raising ConnectionClosedError; 1000 or 1001 end it without an error).
+        on_reconnect: ``on_reconnect(attempt, delay, cause)``, sync or async, called before
+            each wait. ``attempt`` is 1 for the first retry since the last reset, then 2, 3...;
+            ``delay`` the seconds about to be waited; ``cause`` the exception that failed the
+            attempt, or the :class:`ConnectionClosed` that describes how the previous
+            connection closed (``.code``, ``.reason``). An exception it raises ends the
+            iteration.
 
-    Raises (when awaited):
+    Raises (when awaited, or from the iteration for failures not retried):
         InvalidURI, OSError, TimeoutError, HandshakeError (InvalidStatus for a non-101 answer,
-        with ``.response.status`` and ``.response.body``).
+        with ``.response.status`` and ``.response.body``; ProxyError when the proxy did not
+        open the tunnel, with ``.response.status``), ssl.SSLCertVerificationError.
+        The iteration also raises ConnectionClosedError for a close code in
+        ``no_reconnect_codes``.
     """
 
     def __init__(
@@ -95,6 +199,15 @@ class connect:
         max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
         max_queue: int = 32,
         write_limit: int = 65536,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        proxy: str | None = None,
+        backoff_initial: float = BACKOFF_INITIAL,
+        backoff_factor: float = BACKOFF_FACTOR,
+        backoff_max: float = BACKOFF_MAX,
+        backoff_reset_after: float = BACKOFF_RESET_AFTER,
+        no_reconnect_codes: Collection[int] = NO_RECONNECT_CODES,
+        on_reconnect: OnReconnect | None = None,
     ) -> None:
         if compression not in ("deflate", None):
             raise ValueError(f"unsupported compression {compression!r}: use 'deflate' or None")
@@ -106,10 +219,21 @@ class connect:
         self.ssl = ssl
         self.server_hostname = server_hostname
         self.open_timeout = open_timeout
-        self.options = dict(
-            max_queue=max_queue, write_limit=write_limit, close_timeout=close_timeout
+        self.options: dict[str, Any] = dict(
+            max_queue=max_queue,
+            write_limit=write_limit,
+            close_timeout=close_timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
         )
         self.max_size = max_size
+        self.proxy = proxy
+        self.backoff_initial = backoff_initial
+        self.backoff_factor = backoff_factor
+        self.backoff_max = backoff_max
+        self.backoff_reset_after = backoff_reset_after
+        self.no_reconnect_codes = frozenset(no_reconnect_codes)
+        self.on_reconnect = on_reconnect
         self.connection: ClientConnection | None = None
 
     async def _connect(self) -> ClientConnection:
@@ -122,6 +246,7 @@ class connect:
             raise InvalidURI(f"{self.uri} is ws://; use wss:// for TLS")
         else:
             ssl_context = None
+        proxy = parse_proxy_uri(self.proxy) if self.proxy is not None else None
         protocol = ClientProtocol(
             wsuri,
             origin=self.origin,
@@ -133,14 +258,24 @@ class connect:
         )
         loop = asyncio.get_running_loop()
 
+        server_hostname = (self.server_hostname or wsuri.host) if ssl_context else None
+
+        def factory() -> ClientConnection:
+            return ClientConnection(protocol, **self.options)
+
         async def open_connection() -> ClientConnection:
-            _, connection = await loop.create_connection(
-                lambda: ClientConnection(protocol, **self.options),
-                wsuri.host,
-                wsuri.port,
-                ssl=ssl_context or None,
-                server_hostname=(self.server_hostname or wsuri.host) if ssl_context else None,
-            )
+            if proxy is None:
+                _, connection = await loop.create_connection(
+                    factory,
+                    wsuri.host,
+                    wsuri.port,
+                    ssl=ssl_context or None,
+                    server_hostname=server_hostname,
+                )
+            else:
+                connection = await self._connect_through(proxy, factory, wsuri.host,
+                                                         wsuri.port, ssl_context or None,
+                                                         server_hostname)
             await connection.handshake_done
             return connection
 
@@ -152,6 +287,64 @@ class connect:
         self.connection = connection
         return connection
 
+    @staticmethod
+    async def _connect_through(
+        proxy: ProxyURI,
+        factory: Callable[[], ClientConnection],
+        host: str,
+        port: int,
+        ssl_context: ssl_module.SSLContext | None,
+        server_hostname: str | None,
+    ) -> ClientConnection:
+        """Open a tunnel to host:port through ``proxy``; run TLS (if any) over it."""
+        sock = await open_tunnel(proxy, host, port)
+        try:
+            _, connection = await asyncio.get_running_loop().create_connection(
+                factory, sock=sock, ssl=ssl_context, server_hostname=server_hostname
+            )
+        except BaseException:
+            sock.close()  # the transport closed it already if it was made; harmless then
+            raise
+        return connection
+
+    async def __aiter__(self) -> AsyncIterator[ClientConnection]:
+        attempt = 0
+        while True:
+            try:
+                connection = await self._connect()
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                cause: Exception = exc
+            else:
+                try:
+                    yield connection
+                finally:
+                    # The body asks for the next connection, or the loop was left (break,
+                    # exception): either way this one is done.
+                    await connection.close()
+                cause = connection.closed_error()
+                if _peer_closed_with(connection, self.no_reconnect_codes):
+                    if isinstance(cause, ConnectionClosedOK):
+                        return
+                    raise cause
+                if connection.loop.time() - connection.opened_at >= self.backoff_reset_after:
+                    attempt = 0
+            attempt += 1
+            delay = backoff_delay(
+                attempt, self.backoff_initial, self.backoff_factor, self.backoff_max
+            )
+            retry_after = _retry_after(cause)
+            if retry_after is not None:
+                delay = max(delay, min(retry_after, self.backoff_max))
+            logger.info("%s: %s; reconnecting in %.1fs (attempt %d)",
+                        self.uri, _describe(cause), delay, attempt)
+            if self.on_reconnect is not None:
+                result = self.on_reconnect(attempt, delay, cause)
+                if inspect.isawaitable(result):
+                    await result
+            await asyncio.sleep(delay)
+
     def __await__(self) -> Generator[Any, None, ClientConnection]:
         return self._connect().__await__()
 
@@ -161,3 +354,56 @@ class connect:
     async def __aexit__(self, *exc_info: object) -> None:
         if self.connection is not None:
             await self.connection.close()
+
+
+def backoff_delay(
+    attempt: int,
+    initial: float = BACKOFF_INITIAL,
+    factor: float = BACKOFF_FACTOR,
+    maximum: float = BACKOFF_MAX,
+) -> float:
+    """How long to wait before retry number ``attempt`` (1, 2, ...): exponential backoff with
+    full jitter, uniformly random in ``[0, min(maximum, initial * factor ** (attempt - 1))]``.
+    Randomness spreads the clients of a restarted server over the whole window."""
+    try:
+        ceiling = min(maximum, initial * factor ** (attempt - 1))
+    except OverflowError:  # far past the cap
+        ceiling = maximum
+    return random.uniform(0.0, ceiling)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a failed connection attempt may succeed later (see the module docstring)."""
+    if isinstance(exc, ssl_module.SSLCertVerificationError):
+        return False  # an OSError, but the certificate will not change by itself
+    if isinstance(exc, (InvalidStatus, ProxyError)):
+        response = exc.response
+        return response is None or response.status in RETRY_STATUSES
+    return isinstance(exc, (InvalidMessage, OSError))
+
+
+def _peer_closed_with(connection: ClientConnection, codes: frozenset[int]) -> bool:
+    """Whether the server started the closing handshake with one of ``codes``. A close this
+    side started (e.g. by leaving the loop body) never stops the reconnecting."""
+    protocol = connection.protocol
+    rcvd = protocol.close_rcvd
+    if rcvd is None or rcvd.code not in codes:
+        return False
+    return protocol.close_sent is None or bool(protocol.close_rcvd_then_sent)
+
+
+def _retry_after(cause: Exception) -> float | None:
+    """Seconds from a 429 or 503 response's Retry-After (delay-seconds form only)."""
+    response: Response | None = None
+    if isinstance(cause, (InvalidStatus, ProxyError)):
+        response = cause.response
+    if response is None or response.status not in (429, 503):
+        return None
+    value = (response.headers.get("Retry-After") or "").strip()
+    return float(value) if value.isdigit() else None
+
+
+def _describe(cause: Exception) -> str:
+    if isinstance(cause, ConnectionClosed):
+        return f"connection closed ({cause})"
+    return f"connect failed ({type(cause).__name__}: {cause})"
