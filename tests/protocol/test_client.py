@@ -118,7 +118,11 @@ class TestRequest:
             ("Connection", "Upgrade"),
             ("Sec-WebSocket-Key", client.key),
             ("Sec-WebSocket-Version", "13"),
-            ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
+            (
+                "Sec-WebSocket-Extensions",
+                "permessage-deflate; client_max_window_bits, "
+                "permessage-deflate; client_no_context_takeover; client_max_window_bits",
+            ),
         ]
         client.send_request(request)
         [data] = client.data_to_send()

@@ -18,7 +18,7 @@ from .handshake import accept_key, generate_key, has_token
 from .headers import parse_extensions, parse_token_list, serialize_extensions
 from .http11 import MAX_HEADER_BYTES, MAX_HEADERS, Headers, Request, Response, ResponseParser
 
-__all__ = ["ClientProtocol", "WebSocketURI", "parse_uri"]
+__all__ = ["ClientProtocol", "WebSocketURI", "parse_uri", "default_client_extensions"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,18 @@ def parse_uri(uri: str) -> WebSocketURI:
     return WebSocketURI(secure, parts.hostname, port or (443 if secure else 80), resource)
 
 
+def default_client_extensions() -> list[ClientExtensionFactory]:
+    """permessage-deflate, offered twice, in order of preference (RFC 7692 §5 allows several
+    offers): first with context takeover, which compresses a stream of similar messages best
+    and is what most servers accept; then with ``client_no_context_takeover``, for servers that
+    only ask a client to reset its window when the client said it can (Autobahn's 13.2, 13.5,
+    13.6). Both offer ``client_max_window_bits`` so the server may limit our window."""
+    return [
+        ClientPerMessageDeflateFactory(),
+        ClientPerMessageDeflateFactory(client_no_context_takeover=True),
+    ]
+
+
 class ClientProtocol(Connection):
     """A client connection, from the upgrade request to the end.
 
@@ -100,7 +112,7 @@ class ClientProtocol(Connection):
         self.origin = origin
         self.subprotocols = list(subprotocols)
         self.extension_factories = (
-            [ClientPerMessageDeflateFactory()] if extensions is None else list(extensions)
+            default_client_extensions() if extensions is None else list(extensions)
         )
         self.extra_headers = list(headers)
         self.key = generate_key()
@@ -196,9 +208,17 @@ class ClientProtocol(Connection):
         if len(accepted) > 1:
             raise HandshakeError("response accepts more than one extension")
         name, params = accepted[0]
+        # The response does not say which offer it accepts; with several offers of one
+        # extension, the first factory that accepts the parameters decides.
+        errors = []
         for factory in self.extension_factories:
             if factory.name == name:
-                return factory.accept(params)
+                try:
+                    return factory.accept(params)
+                except HandshakeError as exc:
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
         # §9.1: the server may only accept extensions the client offered.
         raise HandshakeError(f"response accepts extension {name}, which was not offered")
 
