@@ -362,3 +362,22 @@ class TestServerFlags:
         assert result.returncode == 2
         assert message in result.stderr
         assert b"Traceback" not in result.stderr
+
+
+class TestShutdown:
+    def test_shutdown_timeout_bounds_the_wait(self) -> None:
+        with server_process("echo", "--shutdown-timeout", "0.5") as (server, port):
+
+            async def scenario() -> None:
+                ws = await tether.connect(f"ws://127.0.0.1:{port}/")
+                assert ws.transport is not None
+                ws.transport.pause_reading()  # never answers the server's close frame
+                server.send_signal(signal.SIGTERM)
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                await loop.run_in_executor(None, server.wait, 100 * UNIT)
+                assert loop.time() - started < 0.5 + 50 * UNIT
+                ws.transport.abort()
+
+            asyncio.run(asyncio.wait_for(scenario(), 200 * UNIT))
+            assert server.returncode == 0

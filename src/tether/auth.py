@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any
 
@@ -102,13 +101,9 @@ class TokenAuth:
             elif source == "query":
                 found.extend(request.query_params.get(self.query_param, []))
             elif source == "cookie":
-                for value in headers.get_all("Cookie"):
-                    try:
-                        cookie = SimpleCookie(value)
-                    except CookieError:
-                        continue
-                    if self.cookie_name in cookie:
-                        found.append(str(cookie[self.cookie_name].value))
+                token = request.cookies.get(self.cookie_name)
+                if token:
+                    found.append(token)
             else:
                 found.extend(subprotocol_tokens(request))
         return found

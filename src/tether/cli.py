@@ -130,6 +130,9 @@ def _add_server_options(command: argparse.ArgumentParser) -> None:
                           help="a subprotocol to speak, most preferred first (repeatable)")
     protocol.add_argument("--no-compression", action="store_true",
                           help="refuse permessage-deflate (on by default)")
+    command.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS",
+                         help="on Ctrl-C or SIGTERM, how long to wait for connections to close "
+                         "(with 1001) before dropping them (default: %(default)s)")
     command.add_argument("--quiet", action="store_true", help="log only warnings and errors")
 
 
@@ -249,7 +252,7 @@ async def _serve(args: argparse.Namespace) -> int:
                     _url_host(host), port)
     await stop.wait()
     logger.info("event=shutdown connections=%d code=1001", len(server.connections))
-    await server.close(1001, "server shutting down")
+    await server.close(1001, "server shutting down", timeout=args.shutdown_timeout)
     return 0
 
 

@@ -332,3 +332,24 @@ class TestBroadcast:
                     await ws.close()
 
         run(main(), timeout=600 * UNIT)
+
+
+class TestRequestSeenByHooks:
+    def test_cookies_and_remote_address(self) -> None:
+        seen: list[tuple[dict[str, str], Any, str]] = []
+
+        def authenticate(request: tether.Request) -> str | None:
+            seen.append((request.cookies, request.remote_address, request.method))
+            return "ok"
+
+        async def main() -> None:
+            async with serving(echo, authenticate=authenticate) as (_, url):
+                async with tether.connect(url, headers={"Cookie": "a=1; b=two"}) as ws:
+                    await ws.send("x")
+                    assert await ws.recv() == "x"
+
+        run(main())
+        cookies, remote, method = seen[0]
+        assert cookies == {"a": "1", "b": "two"}
+        assert remote[0] == "127.0.0.1"
+        assert method == "GET"

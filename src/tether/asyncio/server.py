@@ -108,6 +108,7 @@ class ServerConnection(WebSocket):
 
     def _process_other_event(self, event: Any) -> None:
         if isinstance(event, Request):
+            event.remote_address = self.remote_address
             self.request = event
             response = self._check_request(event)
             if response is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
 from urllib.parse import parse_qs
 
 import httptools
@@ -87,9 +89,14 @@ class Request:
         query: the target after ``?`` ("" if none).
         headers: the header fields.
         http_version: "1.1", ...
+        remote_address: the peer's address, set by the I/O layer that received the request
+            (None in the sans-I/O core).
     """
 
-    __slots__ = ("method", "target", "path", "query", "headers", "http_version", "_params")
+    __slots__ = (
+        "method", "target", "path", "query", "headers", "http_version", "remote_address",
+        "_params",
+    )
 
     def __init__(
         self, method: str, target: str, headers: Headers, http_version: str = "1.1"
@@ -99,6 +106,7 @@ class Request:
         self.path, _, self.query = target.partition("?")
         self.headers = headers
         self.http_version = http_version
+        self.remote_address: Any = None
         self._params: dict[str, list[str]] | None = None
 
     @property
@@ -107,6 +115,19 @@ class Request:
         if self._params is None:
             self._params = parse_qs(self.query, keep_blank_values=True)
         return self._params
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        """The cookies of the Cookie header(s): name -> value (malformed ones skipped)."""
+        jar: dict[str, str] = {}
+        for value in self.headers.get_all("Cookie"):
+            cookie = SimpleCookie()
+            try:
+                cookie.load(value)
+            except CookieError:
+                continue
+            jar.update((name, morsel.value) for name, morsel in cookie.items())
+        return jar
 
     def serialize(self) -> bytes:
         head = f"{self.method} {self.target} HTTP/{self.http_version}\r\n".encode("latin-1")
