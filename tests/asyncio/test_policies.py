@@ -353,3 +353,31 @@ class TestRequestSeenByHooks:
         assert cookies == {"a": "1", "b": "two"}
         assert remote[0] == "127.0.0.1"
         assert method == "GET"
+
+
+class TestHookFailures:
+    @pytest.mark.parametrize("which", ["authenticate", "process_request"])
+    def test_a_sync_hook_that_raises_gets_500(
+        self, which: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        def broken(*args: Any) -> None:
+            raise RuntimeError("hook bug")
+
+        async def main() -> None:
+            async with serving(echo, **{which: broken}) as (_, url):
+                with pytest.raises(tether.InvalidStatus) as info:
+                    await tether.connect(url)
+                assert info.value.response.status == 500
+                assert info.value.response.body == b"internal server error\n"
+
+        run(main())
+        assert "hook bug" in caplog.text  # in the log, not on the wire
+
+
+class TestClientTLSRefusal:
+    def test_wss_with_ssl_false_is_refused(self) -> None:
+        async def main() -> None:
+            with pytest.raises(tether.InvalidURI):
+                await tether.connect("wss://127.0.0.1:1/", ssl=False)
+
+        run(main())

@@ -240,6 +240,8 @@ class connect:
         wsuri = parse_uri(self.uri)
         ssl_context = self.ssl
         if wsuri.secure:
+            if ssl_context is False:
+                raise InvalidURI(f"{self.uri} is wss://, which needs TLS; ssl=False refuses it")
             if ssl_context is None or ssl_context is True:
                 ssl_context = ssl_module.create_default_context()
         elif ssl_context:
@@ -337,8 +339,9 @@ class connect:
             retry_after = _retry_after(cause)
             if retry_after is not None:
                 delay = max(delay, min(retry_after, self.backoff_max))
-            logger.info("%s: %s; reconnecting in %.1fs (attempt %d)",
-                        self.uri, _describe(cause), delay, attempt)
+            # The URI without its query: a ?token= must never reach the log.
+            logger.info("event=reconnect url=%s cause=%s delay=%.1fs attempt=%d",
+                        self.uri.partition("?")[0], _describe(cause), delay, attempt)
             if self.on_reconnect is not None:
                 result = self.on_reconnect(attempt, delay, cause)
                 if inspect.isawaitable(result):

@@ -159,6 +159,13 @@ class ServerConnection(WebSocket):
     def _run_hooks(self, request: Request) -> None:
         """The hooks that may be async: authentication, then process_request. The common
         case, no hook or sync hooks, completes here without a task."""
+        try:
+            self._run_hooks_sync(request)
+        except Exception:
+            logger.exception("handshake hook failed")
+            self._respond(self.protocol.reject(500, "internal server error"))
+
+    def _run_hooks_sync(self, request: Request) -> None:
         server = self.server
         if server.authenticate is not None:
             user = server.authenticate(request)
