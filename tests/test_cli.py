@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -42,13 +43,11 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def echo_server(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def server_process(command: str, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``python -m tether COMMAND`` on a free port; killed afterwards if still running."""
     port = free_port()
-    proc = subprocess.Popen(
-        TETHER + ["echo", "--port", str(port), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = subprocess.Popen(TETHER + [command, "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_for_port(port, proc)
         yield proc, port
@@ -59,6 +58,10 @@ def echo_server(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
         assert proc.stdout and proc.stderr
         proc.stdout.close()
         proc.stderr.close()
+
+
+def echo_server(*args: str) -> "contextlib.AbstractContextManager[tuple[subprocess.Popen[bytes], int]]":
+    return server_process("echo", *args)
 
 
 class TestHelp:
@@ -246,22 +249,6 @@ class TestInteractive:
 
         asyncio.run(asyncio.wait_for(scenario(), 300 * UNIT))
 
-
-@contextmanager
-def server_process(command: str, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = free_port()
-    proc = subprocess.Popen(TETHER + [command, "--port", str(port), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        wait_for_port(port, proc)
-        yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        assert proc.stdout and proc.stderr
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 class TestBroadcastCommand:
