@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -68,6 +69,19 @@ def _parser() -> argparse.ArgumentParser:
         "connection with 1001 and exits 0.",
     )
     _add_server_options(broadcast)
+    chat = commands.add_parser(
+        "chat",
+        help="run the chat server: rooms, presence, history, resume after reconnect",
+        description="Run the chat application: the page at http://HOST:PORT/, a reusable "
+        "browser client at /tether.js, and the hub's JSON protocol at /ws. History is kept "
+        "in a SQLite file under --data and survives restarts. Only pages from this server's "
+        "own origin may open the socket unless --allow-origin says otherwise. Ctrl-C or "
+        "SIGTERM closes every connection with 1001 and exits 0.",
+    )
+    chat.add_argument("--data", metavar="DIR", default=None,
+                      help="folder for the chat history (default: ./tether-data); "
+                      "'-' keeps history in memory only")
+    _add_server_options(chat)
 
     connect = commands.add_parser(
         "connect",
@@ -190,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command in ("echo", "broadcast"):
+    if args.command in ("echo", "broadcast", "chat"):
         _configure_logging(args.quiet)
         return _run(_serve(args))
     if args.command == "connect":
@@ -226,17 +240,36 @@ def _install_stop_signals(stop: asyncio.Event) -> None:
 async def _serve(args: argparse.Namespace) -> int:
     from .asyncio.server import serve
 
-    if args.command == "echo":
-        from .apps.echo import echo as handler
-    else:
-        from .apps.broadcast import make_router
-
-        handler = make_router()  # type: ignore[assignment]
     try:
         options = _server_options(args)
     except _UsageError as exc:
         print(f"tether {args.command}: {exc}", file=sys.stderr)
         return 2
+    hub = None
+    if args.command == "echo":
+        from .apps.echo import echo as handler
+    elif args.command == "broadcast":
+        from .apps.broadcast import make_router
+
+        handler = make_router()  # type: ignore[assignment]
+    else:
+        from .apps.chat.server import make_router as make_chat_router
+        from .apps.chat.server import open_chat_backend
+        from .hub import Hub
+
+        data = None if args.data == "-" else Path(args.data or "tether-data")
+        try:
+            hub = Hub(open_chat_backend(data))
+        except (OSError, ValueError) as exc:
+            print(f"tether chat: cannot open the history in {data}: {exc}", file=sys.stderr)
+            return 1
+        handler = make_chat_router(hub)  # type: ignore[assignment]
+        if "allowed_origins" not in options:
+            # Same origin only: a page elsewhere cannot open the chat socket (CSWSH).
+            scheme = "https" if "ssl" in options else "http"
+            hosts = {args.host, "localhost", "127.0.0.1"} if args.host in (
+                "127.0.0.1", "localhost", "::1") else {args.host}
+            options["allowed_origins"] = [f"{scheme}://{h}:{args.port}" for h in sorted(hosts)]
     stop = asyncio.Event()
     _install_stop_signals(stop)
     try:
@@ -253,6 +286,8 @@ async def _serve(args: argparse.Namespace) -> int:
     await stop.wait()
     logger.info("event=shutdown connections=%d code=1001", len(server.connections))
     await server.close(1001, "server shutting down", timeout=args.shutdown_timeout)
+    if hub is not None:
+        await hub.close()
     return 0
 
 

@@ -14,9 +14,11 @@
     │   └── ProxyError           the HTTP proxy did not open the tunnel (CONNECT)
     ├── InvalidState             local misuse, e.g. sending after close; raised at the call
     ├── InvalidURI               not a ws:// or wss:// URI
-    └── ConnectionClosed         the connection is closed; carries what was sent and received
-        ├── ConnectionClosedOK     ... with 1000 or 1001 on both sides
-        └── ConnectionClosedError  ... any other way
+    ├── ConnectionClosed         the connection is closed; carries what was sent and received
+    │   ├── ConnectionClosedOK     ... with 1000 or 1001 on both sides
+    │   └── ConnectionClosedError  ... any other way
+    └── HubError                 the hub could not do what was asked
+        └── BackendUnavailable   the backend is down or closed: retry later
 
 Protocol errors never escape :meth:`tether.protocol.Connection.receive_data`: the core records
 them, fails the connection with their close code, and the I/O layer raises
@@ -47,6 +49,8 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionClosedOK",
     "ConnectionClosedError",
+    "HubError",
+    "BackendUnavailable",
 ]
 
 
@@ -190,3 +194,12 @@ class ConnectionClosedOK(ConnectionClosed):
 
 class ConnectionClosedError(ConnectionClosed):
     """The connection closed abnormally or with an error code."""
+
+
+class HubError(TetherError):
+    """Base class of the hub's errors."""
+
+
+class BackendUnavailable(HubError):
+    """The backend cannot serve the request now (closed, down, disk full): retry later.
+    The hub answers the client with an ``unavailable`` error and keeps the connection."""

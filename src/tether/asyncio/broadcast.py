@@ -6,6 +6,10 @@ waits for a slow client. Instead each connection has a budget of unsent bytes; a
 over it when a message comes is closed (1013 "try again later" by default, with a reason) rather
 than allowed to grow the server's memory, and the others keep their rate.
 
+The two steps are public for other fan-outs (the hub's topics): :func:`text_frame` frames a
+payload once, :func:`write_frame` hands that frame to one connection within its budget, and
+:func:`close_slow` closes a connection that is over it.
+
 Frames go out uncompressed, even where permessage-deflate was negotiated: RFC 7692 §6 lets each
 message choose, and a compressed frame could not be shared (every connection's compressor has
 its own context).
@@ -14,17 +18,81 @@ its own context).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from enum import IntEnum
 
 from ..exceptions import InvalidState
 from ..protocol.connection import Side, State
 from ..protocol.frames import Opcode, serialize_header
 from ..typing import Data
-from .connection import WebSocket, logger
+from .connection import WebSocket, format_address, logger
 
-__all__ = ["broadcast", "DEFAULT_MAX_BUFFERED"]
+__all__ = [
+    "broadcast",
+    "DEFAULT_MAX_BUFFERED",
+    "Written",
+    "close_slow",
+    "data_frame",
+    "text_frame",
+    "write_frame",
+]
 
 DEFAULT_MAX_BUFFERED = 2**20
 """Unsent bytes a connection may hold before a broadcast gives up on it (1 MiB)."""
+
+
+class Written(IntEnum):
+    """What :func:`write_frame` did with a frame."""
+
+    SENT = 0
+    """Handed to the transport."""
+    NOT_OPEN = 1
+    """Skipped: the connection is closing or closed."""
+    OVER_BUDGET = 2
+    """Not sent: the connection's unsent bytes plus the frame pass ``max_buffered``."""
+
+
+def data_frame(payload: bytes, opcode: int = Opcode.TEXT) -> bytes:
+    """A whole, unmasked, uncompressed data frame holding ``payload``: a server's frame,
+    shareable by every connection (RFC 6455 §5.2)."""
+    return serialize_header(True, False, opcode, len(payload), False) + payload
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A server's text frame holding ``payload`` (UTF-8, not checked here)."""
+    return serialize_header(True, False, Opcode.TEXT, len(payload), False) + payload
+
+
+def write_frame(ws: WebSocket, frame: bytes, max_buffered: int = DEFAULT_MAX_BUFFERED) -> Written:
+    """Write a frame built by :func:`data_frame` to one server-side connection, unless the
+    connection is not open or its unsent bytes plus the frame would pass ``max_buffered``.
+
+    Never waits. The same ``frame`` object may go to any number of connections.
+    """
+    transport = ws.transport
+    protocol = ws.protocol
+    if transport is None or protocol.state is not State.OPEN:
+        return Written.NOT_OPEN
+    if transport.get_write_buffer_size() + len(frame) > max_buffered:
+        return Written.OVER_BUDGET
+    try:
+        protocol.send_frame(frame)
+    except InvalidState:
+        return Written.NOT_OPEN
+    ws._write(protocol.data_to_send())
+    return Written.SENT
+
+
+def close_slow(ws: WebSocket, code: int = 1013) -> None:
+    """Start closing a connection that fell too far behind, with ``code`` and a reason that
+    says how far; never waits (the close timer bounds the closing handshake)."""
+    if ws.protocol.state is not State.OPEN or ws.transport is None:
+        return
+    buffered = ws.transport.get_write_buffer_size()
+    logger.info("event=slow remote=%s buffered=%dB code=%d", format_address(ws.remote_address),
+                buffered, code)
+    ws.protocol.send_close(code, f"too slow: {buffered} bytes unsent")
+    ws._write(ws.protocol.data_to_send())
+    ws._start_close_timer()
 
 
 def broadcast(
@@ -49,37 +117,25 @@ def broadcast(
     else:
         payload = bytes(message)
         opcode = Opcode.BINARY
-    frame = serialize_header(True, False, opcode, len(payload), False) + payload
-    size = len(frame)
+    frame = data_frame(payload, opcode)
     delivered = 0
     for ws in connections:
-        protocol = ws.protocol
-        if protocol.state is not State.OPEN or ws.transport is None:
-            continue
-        if protocol.side is Side.CLIENT:  # masked per frame: cannot share bytes
+        if ws.protocol.side is Side.CLIENT:  # masked per frame: cannot share bytes
+            if ws.protocol.state is not State.OPEN or ws.transport is None:
+                continue
             try:
-                protocol.send_text(payload) if opcode == Opcode.TEXT else protocol.send_binary(
-                    payload)
+                if opcode == Opcode.TEXT:
+                    ws.protocol.send_text(payload)
+                else:
+                    ws.protocol.send_binary(payload)
             except InvalidState:
                 continue
-            ws._write(protocol.data_to_send())
+            ws._write(ws.protocol.data_to_send())
             delivered += 1
             continue
-        buffered = ws.transport.get_write_buffer_size()
-        if buffered + size > max_buffered:
-            _close_slow(ws, slow_code, buffered)
-            continue
-        try:
-            protocol.send_frame(frame)
-        except InvalidState:
-            continue
-        ws._write(protocol.data_to_send())
-        delivered += 1
+        written = write_frame(ws, frame, max_buffered)
+        if written is Written.SENT:
+            delivered += 1
+        elif written is Written.OVER_BUDGET:
+            close_slow(ws, slow_code)
     return delivered
-
-
-def _close_slow(ws: WebSocket, code: int, buffered: int) -> None:
-    logger.info("event=slow remote=%s buffered=%dB code=%d", ws.remote_address, buffered, code)
-    ws.protocol.send_close(code, f"too slow: {buffered} bytes unsent")
-    ws._write(ws.protocol.data_to_send())
-    ws._start_close_timer()

@@ -1,0 +1,127 @@
+"""The chat server: the hub's protocol at ``/ws``, the page at ``/``, ``tether.js`` and the
+other files of the static folder.
+
+The member's name is the authenticated principal (``ws.user``) when the server authenticates,
+else the ``name`` query parameter (``/ws?name=alice``); either way it is sanitised: control
+characters removed, stripped, at most 32 characters, ``anonymous`` when empty.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+from ...asyncio.connection import WebSocket
+from ...asyncio.router import Router, text_response
+from ...asyncio.server import ServerConnection
+from ...hub import Backend, BackendUnavailable, Hub, MemoryBackend
+from ...protocol.http11 import Headers, Request, Response
+
+__all__ = ["make_router", "open_chat_backend", "member_name", "STATIC_DIR", "MAX_NAME"]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+"""The page, tether.js and their assets."""
+MAX_NAME = 32
+"""Longest member name, in characters."""
+DEFAULT_NAME = "anonymous"
+
+_PAGE_POLICY = (
+    "default-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self' 'unsafe-inline'; img-src 'self' data:"
+)
+
+
+def member_name(raw: object) -> str:
+    """A presentable member name: control and format characters, surrogates and line
+    separators removed, surrounding space stripped, cut to 32 characters;
+    ``"anonymous"`` when nothing is left."""
+    if raw is None:
+        return DEFAULT_NAME
+    text = "".join(
+        c for c in str(raw)
+        if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+    )
+    text = text.strip()[:MAX_NAME].strip()
+    return text or DEFAULT_NAME
+
+
+def open_chat_backend(data_dir: Path | None) -> Backend:
+    """The chat's backend: a :class:`~tether.hub.SQLiteBackend` at
+    ``data_dir/chat.sqlite3`` (the folder is created), or a
+    :class:`~tether.hub.MemoryBackend` when ``data_dir`` is None.
+
+    Raises:
+        OSError: the folder cannot be created, or the file is not a database we can open.
+    """
+    if data_dir is None:
+        return MemoryBackend()
+    from ...hub.sqlite import SQLiteBackend
+
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return SQLiteBackend(data_dir / "chat.sqlite3")
+    except BackendUnavailable as exc:
+        raise OSError(str(exc)) from exc
+
+
+def make_router(hub: Hub, static_dir: Path | None = None) -> Router:
+    """Routes of the chat server.
+
+    - ``/ws``: WebSocket, the hub's JSON protocol (plain HTTP gets 426);
+    - ``/``: ``index.html`` of the static folder; ``/tether.js``: ``tether.js``;
+    - any other file of the static folder at its own path.
+
+    Missing files answer 404, so the router works before the page exists.
+
+    Args:
+        hub: the hub every connection is served by.
+        static_dir: the folder of the page (default: the package's ``static/``).
+    """
+    root = (static_dir or STATIC_DIR).resolve()
+    router = Router()
+
+    @router.websocket("/ws")
+    async def chat(ws: WebSocket) -> None:
+        raw: object = None
+        if isinstance(ws, ServerConnection) and ws.user is not None:
+            raw = ws.user
+        elif ws.request is not None:
+            names = ws.request.query_params.get("name")
+            raw = names[0] if names else None
+        await hub.serve(ws, member_name(raw))
+
+    @router.http("/ws")
+    def upgrade_required(request: Request) -> Response:
+        return text_response(426, "this is the chat's WebSocket: connect with "
+                             "new WebSocket(url)", Headers([("Upgrade", "websocket")]))
+
+    @router.http("/")
+    def index(request: Request) -> Response:
+        return _file(request, root / "index.html", "text/html; charset=utf-8", page=True)
+
+    @router.http("/tether.js")
+    def script(request: Request) -> Response:
+        return _file(request, root / "tether.js", "text/javascript; charset=utf-8")
+
+    if root.is_dir():
+        router.static("/", root)
+    return router
+
+
+def _file(request: Request, path: Path, content_type: str, page: bool = False) -> Response:
+    if request.method not in ("GET", "HEAD"):
+        return text_response(405, "method not allowed", Headers([("Allow", "GET, HEAD")]))
+    try:
+        body = path.read_bytes()
+    except OSError:
+        return text_response(404, "not found")
+    headers = Headers([
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Cache-Control", "no-cache"),
+    ])
+    if page:
+        headers.add("Content-Security-Policy", _PAGE_POLICY)
+    return Response(200, headers, b"" if request.method == "HEAD" else body)

@@ -1,0 +1,411 @@
+/**
+ * tether.js: a small browser client for tether's hub protocol (docs/hub-protocol.md).
+ * An ES module with no dependencies and no build step.
+ *
+ * A WebSocket that reconnects by itself (exponential backoff with full jitter, capped), and
+ * topics that resume where they left off: after every reconnect each topic is subscribed
+ * again with the highest `seq` seen and its `epoch`, so no message is lost and none is shown
+ * twice. Publishes made while offline wait in a bounded queue and go out on reconnect.
+ *
+ * @example
+ * import { TetherClient } from "/tether.js";
+ *
+ * const scheme = location.protocol === "https:" ? "wss" : "ws";
+ * const client = new TetherClient(`${scheme}://${location.host}/ws`, {
+ *   name: "alice",                        // sent as ?name=alice
+ *   backoff: { initial: 500, max: 15000 } // milliseconds
+ * });
+ * client.addEventListener("statechange", (e) => console.log(e.detail.state));
+ * client.addEventListener("message", (e) => {
+ *   const { topic, seq, data, sender, time } = e.detail;
+ *   console.log(`#${topic} ${seq} ${sender}: ${JSON.stringify(data)}`);
+ * });
+ * client.addEventListener("presence", (e) => console.log(e.detail.topic, e.detail.members));
+ * client.subscribe("general");
+ * const ack = await client.publish("general", { text: "hello" }); // { id, topic, seq }
+ *
+ * Events (all are CustomEvents; what they carry is in `event.detail`):
+ * - "statechange" {state, previous, delay}: `state` is "connecting" | "online" |
+ *   "reconnecting" | "closed"; `delay` is the wait in ms before the next attempt.
+ * - "open" {url, protocol}, "close" {code, reason, wasClean}: the browser WebSocket's own.
+ * - "rawmessage" {data}: every frame as received (the browser WebSocket's "message" event,
+ *   renamed because "message" means a topic message here).
+ * - "message" {topic, seq, epoch, data, sender, time}: a topic message, in seq order, once.
+ * - "subscribed" {topic, epoch, seq, replayed, gap, first, resumed, reset}: `resumed` when
+ *   the subscription continued from a known seq; `reset` when the server's history for the
+ *   topic was reset (new epoch): seqs start over and what follows is new.
+ * - "presence" {topic, members, joined, left}.
+ * - "gap" {topic, from, to}: messages from..to (inclusive) are lost to this client (too old
+ *   for the server's history, or skipped for a slow client).
+ * - "error" {source: "socket"} for the browser WebSocket's error event, or
+ *   {source: "server", code, message, id} for an `error` frame from the hub.
+ *
+ * Delivery: a publish that was sent but not yet acknowledged when the connection dropped is
+ * sent again after the reconnect (at least once); such a message can, rarely, appear twice.
+ */
+
+const TOPIC_PATTERN = /^[A-Za-z0-9\-_.:/]{1,128}$/;
+
+/** Whether `topic` is a valid hub topic name (1-128 letters, digits, `-_.:/`). */
+export function isValidTopic(topic) {
+  return typeof topic === "string" && TOPIC_PATTERN.test(topic);
+}
+
+/** An Error with the hub's error `code` ("not_subscribed", "queue_full", "closed", ...). */
+export class TetherError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.name = "TetherError";
+    this.code = code;
+  }
+}
+
+export class TetherClient extends EventTarget {
+  /**
+   * @param {string} url ws:// or wss:// URL, or a path such as "/ws" (same host as the page).
+   * @param {object} [options]
+   * @param {string} [options.name] member name, sent as the `name` query parameter.
+   * @param {string|string[]} [options.protocols] WebSocket subprotocols.
+   * @param {{initial?: number, max?: number}} [options.backoff] reconnect delays in ms:
+   *   attempt n waits a random time in [0, min(max, initial * 2^n)] (full jitter).
+   * @param {number} [options.queueLimit] most publishes waiting while offline (default 100).
+   * @param {number} [options.openTimeout] ms to wait for a connection to open (default 10000).
+   * @param {number} [options.pingInterval] ms between application pings that find a dead
+   *   connection (default 25000; 0 turns them off).
+   * @param {number} [options.pingTimeout] ms of silence after a ping before the connection is
+   *   given up and reopened (default 10000).
+   */
+  constructor(url, options = {}) {
+    super();
+    this.url = buildUrl(url, options.name);
+    this.name = options.name ?? null;
+    this.protocols = options.protocols;
+    this.backoff = { initial: 500, max: 15000, ...(options.backoff || {}) };
+    this.queueLimit = options.queueLimit ?? 100;
+    this.openTimeout = options.openTimeout ?? 10000;
+    this.pingInterval = options.pingInterval ?? 25000;
+    this.pingTimeout = options.pingTimeout ?? 10000;
+
+    this.state = "connecting";
+    this.socket = null;
+    this.attempt = 0;           // failed attempts since the last successful open
+    this.topics = new Map();    // topic -> {since, epoch}
+    this.pending = new Map();   // publish id -> {frame, resolve, reject, sent}
+    this.nextId = 1;
+    this.idPrefix = Math.random().toString(36).slice(2, 8);
+    this.retryTimer = null;
+    this.openTimer = null;
+    this.pingTimer = null;
+    this.pongTimer = null;
+
+    this.onBrowserOnline = () => this.reconnectNow();
+    if (typeof window !== "undefined") window.addEventListener("online", this.onBrowserOnline);
+    this.open();
+  }
+
+  // ---- public API -------------------------------------------------------------------------
+
+  /** Join `topic` (nothing happens if it is joined already); it is subscribed again, from
+   * where it left off, after every reconnect. */
+  subscribe(topic) {
+    if (!isValidTopic(topic)) throw new TetherError("bad_topic", `invalid topic ${topic}`);
+    if (this.topics.has(topic)) return;
+    this.topics.set(topic, { since: null, epoch: null });
+    if (this.state === "online") this.sendSubscribe(topic);
+  }
+
+  /** Leave `topic`; its queued publishes are rejected. */
+  unsubscribe(topic) {
+    if (!this.topics.delete(topic)) return;
+    if (this.state === "online") this.send({ type: "unsubscribe", topic });
+    for (const [id, entry] of this.pending) {
+      if (entry.frame.topic === topic && !entry.sent) {
+        this.pending.delete(id);
+        entry.reject(new TetherError("not_subscribed", `unsubscribed from ${topic}`));
+      }
+    }
+  }
+
+  /** The topics joined, in the order they were joined. */
+  subscriptions() {
+    return [...this.topics.keys()];
+  }
+
+  /**
+   * Publish `data` (any JSON value) to `topic`, which must be subscribed.
+   * @returns {Promise<{id: string, topic: string, seq: number}>} resolved by the server's ack;
+   *   rejected with a TetherError (the hub's error code, "queue_full" or "closed").
+   */
+  publish(topic, data) {
+    if (this.state === "closed") {
+      return Promise.reject(new TetherError("closed", "the client is closed"));
+    }
+    const waiting = [...this.pending.values()].filter((entry) => !entry.sent).length;
+    if (this.state !== "online" && waiting >= this.queueLimit) {
+      return Promise.reject(new TetherError("queue_full", "too many messages waiting to be sent"));
+    }
+    const id = `${this.idPrefix}-${this.nextId++}`;
+    const frame = { type: "publish", topic, data, id };
+    return new Promise((resolve, reject) => {
+      const entry = { frame, resolve, reject, sent: false };
+      this.pending.set(id, entry);
+      if (this.state === "online") this.sendPublish(entry);
+    });
+  }
+
+  /** Skip the backoff wait and try to connect now (when reconnecting and not already
+   * trying). */
+  reconnectNow() {
+    if (this.state !== "reconnecting" || this.socket !== null) return;
+    clearTimeout(this.retryTimer);
+    this.open();
+  }
+
+  /** Close for good: no more reconnects; publishes not yet acknowledged are rejected. */
+  close(code = 1000, reason = "") {
+    if (this.state === "closed") return;
+    clearTimeout(this.retryTimer);
+    if (typeof window !== "undefined") window.removeEventListener("online", this.onBrowserOnline);
+    const socket = this.socket;
+    this.dropSocket();
+    if (socket) socket.close(code, reason);
+    this.setState("closed");
+    for (const entry of this.pending.values()) {
+      entry.reject(new TetherError("closed", "the client was closed"));
+    }
+    this.pending.clear();
+  }
+
+  // ---- connection -------------------------------------------------------------------------
+
+  open() {
+    // The state stays "connecting" until the first open, then "reconnecting" between opens.
+    let socket;
+    try {
+      socket = new WebSocket(this.url, this.protocols);
+    } catch (error) {
+      // A malformed URL: retrying will not help, but keep the same path as any failure.
+      this.emit("error", { source: "socket", message: String(error) });
+      this.scheduleReconnect();
+      return;
+    }
+    this.socket = socket;
+    socket.onopen = () => this.handleOpen(socket);
+    socket.onmessage = (event) => this.handleFrame(event.data);
+    socket.onerror = () => this.emit("error", { source: "socket" });
+    socket.onclose = (event) => this.handleClose(event);
+    this.openTimer = setTimeout(() => {
+      // Still not open: give this attempt up.
+      if (this.socket === socket) this.lose(socket);
+    }, this.openTimeout);
+  }
+
+  handleOpen(socket) {
+    clearTimeout(this.openTimer);
+    this.attempt = 0;
+    this.emit("open", { url: this.url, protocol: socket.protocol });
+    this.setState("online");
+    this.startHeartbeat();
+    // Subscriptions first: a publish needs its topic subscribed.
+    for (const topic of this.topics.keys()) this.sendSubscribe(topic);
+    for (const entry of this.pending.values()) this.sendPublish(entry);
+  }
+
+  handleClose(event) {
+    this.emit("close", { code: event.code, reason: event.reason, wasClean: event.wasClean });
+    if (this.state === "closed") return;
+    this.dropSocket();
+    this.scheduleReconnect();
+  }
+
+  /** Give up `socket` without waiting for its closing handshake, then reconnect. */
+  lose(socket) {
+    this.dropSocket();
+    socket.close();
+    this.emit("close", { code: 1006, reason: "no answer", wasClean: false });
+    this.scheduleReconnect();
+  }
+
+  /** Detach the current socket: no more events from it. */
+  dropSocket() {
+    clearTimeout(this.openTimer);
+    this.stopHeartbeat();
+    if (this.socket) {
+      this.socket.onopen = this.socket.onmessage = this.socket.onerror = null;
+      this.socket.onclose = null;
+      this.socket = null;
+    }
+    // Whatever was sent and not acknowledged goes again on the next connection.
+    for (const entry of this.pending.values()) entry.sent = false;
+  }
+
+  scheduleReconnect() {
+    const ceiling = Math.min(this.backoff.max, this.backoff.initial * 2 ** this.attempt);
+    const delay = Math.round(Math.random() * ceiling); // full jitter
+    this.attempt += 1;
+    this.setState("reconnecting", delay);
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => this.open(), delay);
+  }
+
+  startHeartbeat() {
+    if (!this.pingInterval) return;
+    this.pingTimer = setInterval(() => {
+      this.send({ type: "ping" });
+      if (this.pongTimer === null) {
+        const socket = this.socket;
+        this.pongTimer = setTimeout(() => {
+          if (this.socket === socket) this.lose(socket);
+        }, this.pingTimeout);
+      }
+    }, this.pingInterval);
+  }
+
+  stopHeartbeat() {
+    clearInterval(this.pingTimer);
+    clearTimeout(this.pongTimer);
+    this.pingTimer = null;
+    this.pongTimer = null;
+  }
+
+  // ---- frames -----------------------------------------------------------------------------
+
+  send(frame) {
+    if (this.socket && this.socket.readyState === WebSocket.OPEN) {
+      this.socket.send(JSON.stringify(frame));
+      return true;
+    }
+    return false;
+  }
+
+  sendSubscribe(topic) {
+    const { since, epoch } = this.topics.get(topic);
+    const frame = { type: "subscribe", topic };
+    if (since !== null && epoch !== null) {
+      frame.since = since;
+      frame.epoch = epoch;
+    }
+    this.send(frame);
+  }
+
+  sendPublish(entry) {
+    if (!entry.sent && this.send(entry.frame)) entry.sent = true;
+  }
+
+  handleFrame(raw) {
+    // Any frame shows the connection is alive.
+    clearTimeout(this.pongTimer);
+    this.pongTimer = null;
+    this.emit("rawmessage", { data: raw });
+    let frame;
+    try {
+      frame = JSON.parse(raw);
+    } catch {
+      return; // not JSON: not ours to interpret
+    }
+    if (!frame || typeof frame !== "object") return;
+    switch (frame.type) {
+      case "subscribed": return this.onSubscribed(frame);
+      case "message": return this.onMessage(frame);
+      case "presence": return this.onPresence(frame);
+      case "ack": return this.onAck(frame);
+      case "error": return this.onError(frame);
+      case "gap": return this.onGap(frame);
+      default: return; // pong and anything newer
+    }
+  }
+
+  onSubscribed(frame) {
+    const topic = this.topics.get(frame.topic);
+    if (!topic) return;
+    const resumed = topic.since !== null && topic.epoch === frame.epoch;
+    const reset = topic.epoch !== null && topic.epoch !== frame.epoch;
+    if (!resumed) {
+      // Fresh start (first join or a new epoch): everything that follows is new. With no
+      // replay, the next message is the one after the topic's latest seq.
+      topic.since = frame.replayed > 0 ? 0 : frame.seq;
+    }
+    topic.epoch = frame.epoch;
+    this.emit("subscribed", {
+      topic: frame.topic, epoch: frame.epoch, seq: frame.seq, replayed: frame.replayed,
+      gap: Boolean(frame.gap), first: frame.first, resumed, reset,
+    });
+    if (frame.gap && resumed) {
+      const to = typeof frame.first === "number" ? frame.first - 1 : frame.seq;
+      if (to > topic.since) this.emit("gap", { topic: frame.topic, from: topic.since + 1, to });
+    }
+  }
+
+  onMessage(frame) {
+    const topic = this.topics.get(frame.topic);
+    if (!topic || typeof frame.seq !== "number") return;
+    if (topic.epoch !== null && frame.epoch !== undefined && frame.epoch !== topic.epoch) {
+      // The history was reset while we were subscribed: seqs start over.
+      topic.epoch = frame.epoch;
+      topic.since = 0;
+      this.emit("subscribed", {
+        topic: frame.topic, epoch: frame.epoch, seq: frame.seq, replayed: 0, gap: false,
+        first: undefined, resumed: false, reset: true,
+      });
+    }
+    if (topic.since !== null && frame.seq <= topic.since) return; // already seen
+    topic.since = frame.seq;
+    this.emit("message", {
+      topic: frame.topic, seq: frame.seq, epoch: frame.epoch, data: frame.data,
+      sender: frame.sender ?? null, time: frame.time,
+    });
+  }
+
+  onPresence(frame) {
+    if (!this.topics.has(frame.topic)) return;
+    this.emit("presence", {
+      topic: frame.topic, members: frame.members || [], joined: frame.joined, left: frame.left,
+    });
+  }
+
+  onAck(frame) {
+    const entry = this.pending.get(frame.id);
+    if (!entry) return;
+    this.pending.delete(frame.id);
+    entry.resolve({ id: frame.id, topic: frame.topic, seq: frame.seq });
+  }
+
+  onError(frame) {
+    this.emit("error", { source: "server", code: frame.code, message: frame.message, id: frame.id });
+    const entry = frame.id !== undefined ? this.pending.get(frame.id) : undefined;
+    if (!entry) return;
+    this.pending.delete(frame.id);
+    entry.reject(new TetherError(frame.code, frame.message));
+  }
+
+  onGap(frame) {
+    if (!this.topics.has(frame.topic)) return;
+    this.emit("gap", { topic: frame.topic, from: frame.from, to: frame.to });
+    // Ask again from what we have: whatever is still in history comes back.
+    this.sendSubscribe(frame.topic);
+  }
+
+  // ---- helpers ----------------------------------------------------------------------------
+
+  setState(state, delay) {
+    const previous = this.state;
+    this.state = state;
+    if (previous !== state || delay !== undefined) {
+      this.emit("statechange", { state, previous, delay });
+    }
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+/** `url` with `name` as its `name` query parameter; a path becomes same-host ws(s)://. */
+function buildUrl(url, name) {
+  const base = typeof location !== "undefined" ? location.href : undefined;
+  const result = new URL(url, base);
+  if (result.protocol === "http:") result.protocol = "ws:";
+  if (result.protocol === "https:") result.protocol = "wss:";
+  if (name) result.searchParams.set("name", name);
+  return result.toString();
+}

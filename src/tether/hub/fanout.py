@@ -1,0 +1,268 @@
+"""Fan-out: one topic's live messages to its local subscribers, framed once.
+
+Each live message is serialized to JSON once and framed once. The frames of one turn of the
+event loop are written together when it ends: one ``bytes`` object (their concatenation),
+shared by every subscriber, through :func:`tether.asyncio.broadcast.write_frame`, which never
+waits; under load this is one write (one system call) per subscriber for many messages. No
+task or coroutine exists per subscriber or per message. A subscriber whose unsent bytes
+would pass the budget gets the slow-consumer policy, frame by frame:
+
+- ``close`` (default): closed with 1013 (try again later); it reconnects and resumes with
+  ``since``, losing nothing still in history.
+- ``drop``: the messages are skipped for it until its backlog is down to half the budget;
+  then it gets ``{"type": "gap", "topic", "from", "to"}`` naming the skipped ``seq`` range,
+  and the messages that follow.
+
+While a subscriber replays history (after ``subscribe``), its live messages are held and
+flushed when the replay ends, skipping those the replay covered: see
+:meth:`TopicFanout.finish_replay`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from ..asyncio.broadcast import Written, close_slow, text_frame, write_frame
+from ..asyncio.connection import WebSocket
+from ..protocol.connection import State
+from . import protocol
+from .base import Envelope, PresenceEvent
+
+__all__ = ["HubStats", "Subscriber", "TopicFanout", "GAP_POLL_INTERVAL"]
+
+GAP_POLL_INTERVAL = 0.05
+"""Seconds between checks of a dropping subscriber's backlog (drop policy only)."""
+
+
+@dataclass(slots=True)
+class HubStats:
+    """Counters of live delivery, for monitoring.
+
+    Attributes:
+        delivered: message frames handed to subscribers (live, held then flushed, replayed).
+        dropped: messages skipped for a slow subscriber (drop policy).
+        closed_for_slowness: subscribers closed for being too slow (close policy).
+    """
+
+    delivered: int = 0
+    dropped: int = 0
+    closed_for_slowness: int = 0
+
+
+class Subscriber:
+    """One connection's subscription to one topic.
+
+    Attributes:
+        ws: the connection.
+        held: frames kept back while the history is replayed, as (seq, frame), seq 0 for a
+            presence frame; None once live.
+        gap_from, gap_to: the ``seq`` range skipped so far (drop policy); 0 when none.
+    """
+
+    __slots__ = ("ws", "held", "held_bytes", "gap_from", "gap_to", "timer", "active")
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.held: list[tuple[int, bytes]] | None = []
+        self.held_bytes = 0
+        self.gap_from = 0
+        self.gap_to = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.active = True
+
+
+class TopicFanout:
+    """The local subscribers of one topic, and the listener that writes to them.
+
+    An instance is the backend listener for its topic (it is callable with an
+    :class:`Envelope` or a :class:`PresenceEvent`).
+
+    Args:
+        topic: the topic.
+        stats: counters shared by the hub's topics.
+        max_buffered: unsent bytes a subscriber may have before the slow policy applies.
+        drop: True for the ``drop`` policy, False for ``close``.
+        slow_code: the close code of the ``close`` policy.
+    """
+
+    def __init__(
+        self, topic: str, stats: HubStats, *, max_buffered: int, drop: bool, slow_code: int
+    ) -> None:
+        self.topic = topic
+        self.stats = stats
+        self.max_buffered = max_buffered
+        self.drop = drop
+        self.slow_code = slow_code
+        self.subscribers: dict[Subscriber, None] = {}
+        self.lock = asyncio.Lock()  # serializes listen/unlisten with the backend
+        self.listening = False
+        self._pending: list[tuple[int, bytes]] = []
+        self._flush_handle: asyncio.Handle | None = None
+
+    # -- membership ------------------------------------------------------------------------
+
+    def add(self, subscriber: Subscriber) -> None:
+        """Add a subscriber; it starts in the replay state, holding its live frames."""
+        self.subscribers[subscriber] = None
+
+    def remove(self, subscriber: Subscriber) -> None:
+        subscriber.active = False
+        if subscriber.timer is not None:
+            subscriber.timer.cancel()
+            subscriber.timer = None
+        self.subscribers.pop(subscriber, None)
+
+    # -- live delivery ---------------------------------------------------------------------
+
+    def __call__(self, event: Envelope | PresenceEvent) -> None:
+        if type(event) is Envelope:
+            self.deliver(event.seq, text_frame(protocol.encode(protocol.message(event))))
+        elif isinstance(event, PresenceEvent):
+            self.deliver(0, text_frame(protocol.encode(protocol.presence(event))))
+
+    def deliver(self, seq: int, frame: bytes) -> None:
+        """Queue one frame for every subscriber: a message (``seq`` > 0) or a presence
+        change (``seq`` 0). The frames queued during one turn of the event loop go out
+        together at its end (:meth:`flush`): one write per subscriber, whatever their
+        number."""
+        self._pending.append((seq, frame))
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the queued frames to every subscriber, as one ``bytes`` object shared by
+        all of them (held instead for a subscriber still replaying)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        blob = batch[0][1] if len(batch) == 1 else b"".join([frame for _, frame in batch])
+        messages = sum(1 for seq, _ in batch if seq)
+        max_buffered = self.max_buffered
+        delivered = 0
+        for subscriber in self.subscribers:
+            if subscriber.held is not None:
+                for seq, frame in batch:
+                    self._hold(subscriber, seq, frame)
+                continue
+            if subscriber.gap_from and not self._end_gap(subscriber):
+                for seq, _ in batch:
+                    self._drop(subscriber, seq)
+                continue
+            written = write_frame(subscriber.ws, blob, max_buffered)
+            if written is Written.SENT:
+                delivered += messages
+            elif written is Written.OVER_BUDGET:
+                delivered += self._write_each(subscriber, batch)
+        self.stats.delivered += delivered
+
+    def _write_each(self, subscriber: Subscriber, frames: list[tuple[int, bytes]]) -> int:
+        """Write frames one by one, each within the budget; the slow policy applies from
+        the first that does not fit. Return how many messages were written."""
+        delivered = 0
+        ws = subscriber.ws
+        for seq, frame in frames:
+            if subscriber.gap_from and (not seq or seq >= subscriber.gap_from):
+                self._drop(subscriber, seq)  # the gap notice goes after the frames before it
+                continue
+            written = write_frame(ws, frame, self.max_buffered)
+            if written is Written.SENT:
+                if seq:
+                    delivered += 1
+            elif written is Written.OVER_BUDGET:
+                self._slow(subscriber, seq)
+            if ws.protocol.state is not State.OPEN:
+                break
+        return delivered
+
+    def _hold(self, subscriber: Subscriber, seq: int, frame: bytes) -> None:
+        assert subscriber.held is not None
+        if subscriber.gap_from:
+            self._drop(subscriber, seq)
+            return
+        if subscriber.held_bytes + len(frame) > self.max_buffered:
+            self._slow(subscriber, seq)
+            return
+        subscriber.held.append((seq, frame))
+        subscriber.held_bytes += len(frame)
+
+    def _slow(self, subscriber: Subscriber, seq: int) -> None:
+        if self.drop:
+            self._drop(subscriber, seq)
+            return
+        if subscriber.ws.protocol.state is State.OPEN:
+            self.stats.closed_for_slowness += 1
+            close_slow(subscriber.ws, self.slow_code)
+        if subscriber.held is not None:
+            subscriber.held.clear()
+            subscriber.held_bytes = 0
+
+    def _drop(self, subscriber: Subscriber, seq: int) -> None:
+        if not seq:
+            return  # a presence change: the next one carries every member anyway
+        self.stats.dropped += 1
+        if subscriber.gap_from:
+            subscriber.gap_from = min(subscriber.gap_from, seq)
+            subscriber.gap_to = max(subscriber.gap_to, seq)
+            return
+        subscriber.gap_from = subscriber.gap_to = seq
+        if subscriber.held is None:
+            self._watch_gap(subscriber)
+
+    def _end_gap(self, subscriber: Subscriber) -> bool:
+        """Send the gap notice if the subscriber caught up; return whether it did."""
+        ws = subscriber.ws
+        if ws.protocol.state is not State.OPEN or ws.buffered_amount > self.max_buffered // 2:
+            return False
+        notice = protocol.gap(self.topic, subscriber.gap_from, subscriber.gap_to)
+        write_frame(ws, text_frame(protocol.encode(notice)), self.max_buffered)
+        subscriber.gap_from = subscriber.gap_to = 0
+        if subscriber.timer is not None:
+            subscriber.timer.cancel()
+            subscriber.timer = None
+        return True
+
+    def _watch_gap(self, subscriber: Subscriber) -> None:
+        if subscriber.timer is None:
+            loop = asyncio.get_running_loop()
+            subscriber.timer = loop.call_later(GAP_POLL_INTERVAL, self._check_gap, subscriber)
+
+    def _check_gap(self, subscriber: Subscriber) -> None:
+        subscriber.timer = None
+        if not subscriber.active or not subscriber.gap_from:
+            return
+        if subscriber.ws.protocol.state is not State.OPEN:
+            return
+        if not self._end_gap(subscriber):
+            self._watch_gap(subscriber)
+
+    # -- replay ----------------------------------------------------------------------------
+
+    def snapshot_taken(self, subscriber: Subscriber) -> None:
+        """The subscriber's presence snapshot was just read: presence changes held so far
+        are older than it and would repeat it."""
+        self.flush()
+        if subscriber.held:
+            subscriber.held = [item for item in subscriber.held if item[0]]
+            subscriber.held_bytes = sum(len(frame) for _, frame in subscriber.held)
+
+    def finish_replay(self, subscriber: Subscriber, last_seq: int) -> None:
+        """The history up to ``last_seq`` was sent: flush the held frames after it, in
+        order, and go live. Held messages with ``seq <= last_seq`` came through the replay
+        (or were before the replayed window) and are skipped: no gap, no duplicate."""
+        self.flush()  # frames still queued are held too, and checked like them
+        held = subscriber.held or []
+        subscriber.held = None
+        subscriber.held_bytes = 0
+        if subscriber.gap_from:  # the hold overflowed (drop policy): trim what history sent
+            if subscriber.gap_to <= last_seq:
+                subscriber.gap_from = subscriber.gap_to = 0
+            else:
+                subscriber.gap_from = max(subscriber.gap_from, last_seq + 1)
+        fresh = [(seq, frame) for seq, frame in held if not seq or seq > last_seq]
+        self.stats.delivered += self._write_each(subscriber, fresh)
+        if subscriber.gap_from and not self._end_gap(subscriber):
+            self._watch_gap(subscriber)

@@ -1,0 +1,317 @@
+"""The hub: topics, presence, history and resume over the JSON protocol of
+docs/hub-protocol.md, for any number of connections.
+
+``await hub.serve(ws, name)`` runs the protocol for one connection until it closes. Requests
+from one connection are handled in order, one at a time; live messages reach it at any time
+through the topic's :class:`~tether.hub.fanout.TopicFanout`.
+
+Subscribing, step by step (this order is what makes a resume exact):
+
+1. register the subscriber, holding its live frames, and make sure the backend feeds this
+   topic to the hub (``listen``) — from here on nothing published can be missed;
+2. join the topic's presence (others get a ``presence`` frame);
+3. read the history: the messages after ``since``, or the last ``history_limit`` ones;
+4. read the members (the presence snapshot; held presence frames older than it are dropped);
+5. send ``subscribed``, the ``presence`` snapshot and the replayed messages (waiting for the
+   connection to drain when needed; live frames are still held meanwhile);
+6. flush the held frames whose ``seq`` the history did not cover, and go live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+from ..asyncio.broadcast import DEFAULT_MAX_BUFFERED
+from ..asyncio.connection import WebSocket
+from ..exceptions import ConnectionClosed
+from ..protocol.connection import State
+from ..typing import Data
+from . import protocol
+from .base import Backend, BackendUnavailable, Envelope
+from .fanout import HubStats, Subscriber, TopicFanout
+from .memory import MemoryBackend
+from .protocol import Ping, Publish, RequestError, Subscribe, Unsubscribe
+
+__all__ = ["Hub", "DEFAULT_HISTORY_LIMIT", "DEFAULT_MAX_FRAME", "DEFAULT_MAX_ERRORS"]
+
+logger = logging.getLogger("tether.hub")
+
+DEFAULT_HISTORY_LIMIT = 50
+"""Messages replayed to a ``subscribe`` without ``since``."""
+DEFAULT_MAX_FRAME = 64 * 1024
+"""Largest client frame the hub parses (bytes); larger ones get ``too_big``."""
+DEFAULT_MAX_ERRORS = 20
+"""Errors after which a connection is closed with 1008."""
+
+
+class _Session:
+    """One connection served by the hub."""
+
+    __slots__ = ("ws", "name", "member_id", "subscriptions", "errors")
+
+    def __init__(self, ws: WebSocket, name: str, member_id: str) -> None:
+        self.ws = ws
+        self.name = name
+        self.member_id = member_id
+        self.subscriptions: dict[str, Subscriber] = {}
+        self.errors = 0
+
+
+class Hub:
+    """Pub/sub with presence, bounded history and exact resume, over WebSocket.
+
+    Args:
+        backend: where messages are stored and how they travel; a new
+            :class:`~tether.hub.MemoryBackend` when None.
+        history_limit: messages replayed on ``subscribe`` without ``since``.
+        max_buffered: unsent bytes a subscriber may hold before the slow policy applies.
+        slow_policy: ``"close"`` (close with ``slow_code``) or ``"drop"`` (skip messages,
+            then send a ``gap`` notice).
+        slow_code: close code of the ``close`` policy (1013: try again later).
+        max_frame: largest client frame parsed, in bytes; larger ones get ``too_big``.
+        max_errors: a connection is closed with 1008 at its ``max_errors``-th error.
+
+    Attributes:
+        stats: :class:`~tether.hub.HubStats` counters (delivered, dropped,
+            closed_for_slowness).
+    """
+
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        *,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+        slow_policy: str = "close",
+        slow_code: int = 1013,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_errors: int = DEFAULT_MAX_ERRORS,
+    ) -> None:
+        if slow_policy not in ("close", "drop"):
+            raise ValueError(f"unknown slow_policy {slow_policy!r}: use 'close' or 'drop'")
+        if history_limit < 0 or max_buffered < 1 or max_frame < 1 or max_errors < 1:
+            raise ValueError("history_limit must be >= 0; max_buffered, max_frame and "
+                             "max_errors >= 1")
+        self.backend: Backend = backend if backend is not None else MemoryBackend()
+        self.history_limit = history_limit
+        self.max_buffered = max_buffered
+        self.slow_policy = slow_policy
+        self.slow_code = slow_code
+        self.max_frame = max_frame
+        self.max_errors = max_errors
+        self.stats = HubStats()
+        self._topics: dict[str, TopicFanout] = {}
+        self._sessions: set[_Session] = set()
+        self._hub_id = secrets.token_hex(4)
+        self._member_ids = itertools.count(1)
+        self._closed = False
+
+    # -- public API ----------------------------------------------------------------------
+
+    async def serve(self, ws: WebSocket, name: str, *, subscribe: Iterable[str] = ()) -> None:
+        """Run the hub's protocol on ``ws`` until it closes; ``name`` is the member's name
+        in presence and the ``sender`` of what it publishes. On return the member has left
+        every topic. Closes the connection with 1008 at the ``max_errors``-th error.
+
+        Args:
+            subscribe: topics to subscribe the connection to at once, as if it had sent
+                ``subscribe`` (without ``since``) for each.
+
+        Raises:
+            ValueError: a topic in ``subscribe`` is not valid.
+        """
+        topics = [protocol.check_topic(topic) for topic in subscribe]
+        name = name.encode("utf-8", "replace").decode()  # no lone surrogates
+        session = _Session(ws, name, f"{self._hub_id}:{next(self._member_ids)}")
+        self._sessions.add(session)
+        try:
+            for topic in topics:
+                await self._dispatch(session, Subscribe(topic))
+            async for frame in ws:
+                await self._handle(session, frame)
+                if session.errors >= self.max_errors:
+                    await ws.close(1008, "too many errors")
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            self._sessions.discard(session)
+            await self._leave_all(session)
+
+    async def publish(self, topic: str, data: Any, sender: str | None = None) -> Envelope:
+        """Publish from the server: stored, numbered and delivered like a client's message.
+
+        Raises:
+            ValueError: ``topic`` is not a valid topic, or ``data`` is not a JSON value.
+            TypeError: ``data`` is not a JSON value.
+            BackendUnavailable: the backend could not store it.
+        """
+        protocol.check_topic(topic)
+        protocol.encode(data)  # JSON or nothing: the fan-out must not fail on it
+        if sender is not None:
+            sender = sender.encode("utf-8", "replace").decode()
+        return await self.backend.publish(topic, data, sender)
+
+    async def close(self) -> None:
+        """Close every connection still served with 1001, then the backend."""
+        if self._closed:
+            return
+        self._closed = True
+        sessions = [s for s in self._sessions if s.ws.protocol.state is State.OPEN]
+        if sessions:
+            await asyncio.gather(
+                *(s.ws.close(1001, "server shutting down") for s in sessions),
+                return_exceptions=True,
+            )
+        await self.backend.close()
+
+    def topics(self) -> dict[str, int]:
+        """Topics with local subscribers, and how many each has."""
+        return {topic: len(fan.subscribers) for topic, fan in self._topics.items()}
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def _handle(self, session: _Session, frame: Data) -> None:
+        try:
+            request = protocol.parse_request(frame, self.max_frame)
+        except RequestError as exc:
+            await self._fail(session, exc)
+            return
+        await self._dispatch(session, request)
+
+    async def _dispatch(self, session: _Session, request: protocol.Request) -> None:
+        try:
+            if isinstance(request, Publish):
+                await self._publish(session, request)
+            elif isinstance(request, Subscribe):
+                await self._subscribe(session, request)
+            elif isinstance(request, Unsubscribe):
+                await self._unsubscribe(session, request)
+            else:
+                assert isinstance(request, Ping)
+                pong: dict[str, Any] = {"type": "pong"}
+                if request.id is not None:
+                    pong["id"] = request.id
+                await self._send(session, pong)
+        except RequestError as exc:
+            await self._fail(session, exc)
+        except BackendUnavailable as exc:
+            logger.warning("event=hub_unavailable error=\"%s\"", exc)
+            request_id = request.id if isinstance(request, (Publish, Ping)) else None
+            await self._send(session, protocol.error(
+                protocol.UNAVAILABLE, "the backend is unavailable; retry later", request_id))
+
+    async def _fail(self, session: _Session, exc: RequestError) -> None:
+        session.errors += 1
+        await self._send(session, protocol.error(exc.code, exc.message, exc.id))
+
+    async def _send(self, session: _Session, obj: dict[str, Any]) -> None:
+        await session.ws.send(protocol.dumps(obj))
+
+    async def _publish(self, session: _Session, request: Publish) -> None:
+        if request.topic not in session.subscriptions:
+            raise RequestError(protocol.NOT_SUBSCRIBED, "subscribe to the topic before "
+                               "publishing to it", request.id)
+        envelope = await self.backend.publish(request.topic, request.data, session.name)
+        await self._send(session, {
+            "type": "ack", "id": request.id, "topic": envelope.topic, "seq": envelope.seq
+        })
+
+    async def _subscribe(self, session: _Session, request: Subscribe) -> None:
+        topic = request.topic
+        previous = session.subscriptions.get(topic)
+        fan = self._topics.get(topic)
+        if fan is None:
+            fan = self._topics[topic] = TopicFanout(
+                topic, self.stats, max_buffered=self.max_buffered,
+                drop=self.slow_policy == "drop", slow_code=self.slow_code,
+            )
+        if previous is not None:  # subscribing again: a new replay replaces the old state
+            fan.remove(previous)
+        subscriber = Subscriber(session.ws)
+        fan.add(subscriber)  # 1. from here, live frames are held for it
+        session.subscriptions[topic] = subscriber
+        try:
+            await self._listen(fan)
+            if previous is None:
+                await self.backend.join(topic, session.member_id, session.name)  # 2.
+            since = request.since
+            if since is not None and request.epoch is not None:
+                if await self.backend.epoch(topic) != request.epoch:
+                    since = 0  # another life of the topic: everything it has is new
+            limit = self.history_limit if since is None else None
+            history = await self.backend.history(topic, since, limit)  # 3.
+            if since and request.epoch is not None and history.epoch != request.epoch:
+                since = 0  # reset meanwhile
+                history = await self.backend.history(topic, since, None)
+            members = await self.backend.members(topic)  # 4.
+        except BaseException:  # not subscribed after all (and no longer, if it was)
+            await self._drop_subscription(session, topic, subscriber, leave=True)
+            raise
+        fan.snapshot_taken(subscriber)
+        reply: dict[str, Any] = {
+            "type": "subscribed",
+            "topic": topic,
+            "epoch": history.epoch,
+            "seq": history.last_seq,
+            "replayed": len(history.messages),
+            "gap": history.gap,
+        }
+        if history.gap:
+            reply["first"] = history.first
+        await self._send(session, reply)  # 5.
+        await self._send(session, {"type": "presence", "topic": topic, "members": members})
+        for envelope in history.messages:
+            await self._send(session, protocol.message(envelope))
+        self.stats.delivered += len(history.messages)
+        if subscriber.active:
+            fan.finish_replay(subscriber, history.last_seq)  # 6.
+
+    async def _unsubscribe(self, session: _Session, request: Unsubscribe) -> None:
+        subscriber = session.subscriptions.get(request.topic)
+        if subscriber is None:
+            raise RequestError(protocol.NOT_SUBSCRIBED, "not subscribed to this topic")
+        await self._drop_subscription(session, request.topic, subscriber, leave=True)
+
+    # -- topics ----------------------------------------------------------------------------
+
+    async def _listen(self, fan: TopicFanout) -> None:
+        async with fan.lock:
+            if not fan.listening:
+                await self.backend.listen(fan.topic, fan)
+                fan.listening = True
+
+    async def _drop_subscription(
+        self, session: _Session, topic: str, subscriber: Subscriber, *, leave: bool
+    ) -> None:
+        if session.subscriptions.get(topic) is subscriber:
+            del session.subscriptions[topic]
+        fan = self._topics.get(topic)
+        if fan is None:
+            return
+        fan.remove(subscriber)
+        try:
+            if leave:
+                await self.backend.leave(topic, session.member_id)
+        finally:
+            if not fan.subscribers:
+                async with fan.lock:
+                    if not fan.subscribers and fan.listening:
+                        fan.listening = False
+                        await self.backend.unlisten(topic, fan)
+                    if not fan.subscribers and self._topics.get(topic) is fan:
+                        del self._topics[topic]
+
+    async def _leave_all(self, session: _Session) -> None:
+        for topic, subscriber in list(session.subscriptions.items()):
+            try:
+                await self._drop_subscription(session, topic, subscriber, leave=True)
+            except BackendUnavailable:
+                pass
+            except Exception:
+                logger.exception("hub: leaving topic %s failed", topic)

@@ -1,0 +1,187 @@
+"""The chat server's Python side: names, the backend it opens, its routes (WebSocket, page,
+tether.js, static files) and a smoke test of the hub behind /ws."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tether
+from tether.apps.chat.server import (
+    STATIC_DIR,
+    make_router,
+    member_name,
+    open_chat_backend,
+)
+from tether.hub import Hub, MemoryBackend
+from tether.hub.sqlite import SQLiteBackend
+
+from ..asyncio.conftest import UNIT, run
+from ..asyncio.test_server import raw_request
+
+
+def get(path: str, method: str = "GET") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
+
+@pytest.fixture
+def static(tmp_path: Path) -> Path:
+    directory = tmp_path / "static"
+    directory.mkdir()
+    (directory / "index.html").write_text("<!doctype html><title>chat</title>")
+    (directory / "tether.js").write_text("export class TetherClient {}\n")
+    (directory / "style.css").write_text("body { margin: 0 }\n")
+    return directory
+
+
+class TestMemberName:
+    @pytest.mark.parametrize("raw, name", [
+        ("alice", "alice"),
+        ("  bob  ", "bob"),
+        ("", "anonymous"),
+        ("   ", "anonymous"),
+        (None, "anonymous"),
+        ("a" * 40, "a" * 32),
+        ("x" * 31 + " y", "x" * 31),
+        ("ev\x00il\n\r\t\x1b[31m", "evil[31m"),
+        ("\u202eright-to-left\u200b", "right-to-left"),
+        ("line\u2028break", "linebreak"),
+        ("\ud800lone", "lone"),
+        ("Zoë 🙂", "Zoë 🙂"),
+        (42, "42"),
+    ])
+    def test_sanitised(self, raw: Any, name: str) -> None:
+        assert member_name(raw) == name
+
+
+class TestOpenChatBackend:
+    def test_memory_without_a_folder(self) -> None:
+        assert isinstance(open_chat_backend(None), MemoryBackend)
+
+    def test_sqlite_in_the_folder(self, tmp_path: Path) -> None:
+        folder = tmp_path / "a" / "b"
+        backend = open_chat_backend(folder)
+        assert isinstance(backend, SQLiteBackend)
+        assert backend.path == folder / "chat.sqlite3" and backend.path.exists()
+        asyncio.run(backend.close())
+
+    def test_unusable_file_is_an_os_error(self, tmp_path: Path) -> None:
+        (tmp_path / "chat.sqlite3").write_bytes(b"not a database" * 200)
+        with pytest.raises(OSError, match="chat.sqlite3"):
+            open_chat_backend(tmp_path)
+        (tmp_path / "file").write_text("")
+        with pytest.raises(OSError):
+            open_chat_backend(tmp_path / "file")  # a file where the folder should be
+
+
+class TestRoutes:
+    def test_page_script_and_static_files(self, static: Path) -> None:
+        async def main() -> None:
+            async with tether.serve(make_router(Hub(), static), "127.0.0.1", 0) as server:
+                port = server.port_number
+                status, headers, body = await raw_request(port, get("/"))
+                assert (status, body) == (200, b"<!doctype html><title>chat</title>")
+                assert headers["content-type"] == "text/html; charset=utf-8"
+                assert "default-src 'self'" in headers["content-security-policy"]
+                assert headers["x-content-type-options"] == "nosniff"
+                status, headers, body = await raw_request(port, get("/tether.js"))
+                assert (status, body) == (200, b"export class TetherClient {}\n")
+                assert headers["content-type"] == "text/javascript; charset=utf-8"
+                status, headers, body = await raw_request(port, get("/style.css"))
+                assert status == 200 and headers["content-type"].startswith("text/css")
+                status, _, body = await raw_request(port, get("/tether.js", "HEAD"))
+                assert (status, body) == (200, b"")
+                assert (await raw_request(port, get("/nothing.js")))[0] == 404
+                assert (await raw_request(port, get("/../secret")))[0] == 404
+                assert (await raw_request(port, get("/", "POST")))[0] == 405
+                status, headers, _ = await raw_request(port, get("/ws"))
+                assert status == 426 and headers["upgrade"] == "websocket"
+
+        run(main())
+
+    def test_missing_files_answer_404(self, tmp_path: Path) -> None:
+        async def main() -> None:
+            for folder in (tmp_path / "absent", tmp_path):
+                router = make_router(Hub(), folder)
+                async with tether.serve(router, "127.0.0.1", 0) as server:
+                    for path in ("/", "/tether.js", "/app.js"):
+                        status, _, _ = await raw_request(server.port_number, get(path))
+                        assert status == 404
+
+        run(main())
+
+    def test_default_static_folder(self) -> None:
+        """The package's own page: served when its files are there (another change adds
+        them), 404 otherwise."""
+
+        async def main() -> None:
+            async with tether.serve(make_router(Hub()), "127.0.0.1", 0) as server:
+                for path, name in (("/", "index.html"), ("/tether.js", "tether.js")):
+                    status, _, body = await raw_request(server.port_number, get(path))
+                    if (STATIC_DIR / name).is_file():
+                        assert (status, body) == (200, (STATIC_DIR / name).read_bytes())
+                    else:
+                        assert status == 404
+
+        run(main())
+
+
+async def frames(ws: tether.WebSocket, count: int) -> list[dict[str, Any]]:
+    return [json.loads(await asyncio.wait_for(ws.recv(), 20 * UNIT)) for _ in range(count)]
+
+
+class TestChatSocket:
+    def test_smoke(self, static: Path) -> None:
+        """Connect, join a room, publish, see it, close 1000."""
+
+        async def main() -> None:
+            hub = Hub()
+            async with tether.serve(make_router(hub, static), "127.0.0.1", 0) as server:
+                url = f"ws://127.0.0.1:{server.port_number}/ws?name=%20Alice%0A"
+                async with tether.connect(url) as ws:
+                    await ws.send(json.dumps({"type": "subscribe", "topic": "general"}))
+                    subscribed, presence = await frames(ws, 2)
+                    assert subscribed["type"] == "subscribed"
+                    assert presence["members"] == ["Alice"]
+                    await ws.send(json.dumps({"type": "publish", "topic": "general",
+                                              "data": {"text": "hi"}, "id": "1"}))
+                    message, ack = sorted(await frames(ws, 2), key=lambda f: f["type"] == "ack")
+                    assert (message["sender"], message["data"]) == ("Alice", {"text": "hi"})
+                    assert ack == {"type": "ack", "id": "1", "topic": "general", "seq": 1}
+                assert ws.close_code == 1000
+            await hub.close()
+
+        run(main())
+
+    def test_name_from_authentication(self, static: Path) -> None:
+        async def main() -> None:
+            hub = Hub()
+            auth = tether.TokenAuth({"s3cret": "carol"})
+            router = make_router(hub, static)
+            async with tether.serve(router, "127.0.0.1", 0, authenticate=auth) as server:
+                base = f"ws://127.0.0.1:{server.port_number}/ws"
+                with pytest.raises(tether.InvalidStatus):
+                    await tether.connect(base + "?name=mallory")
+                async with tether.connect(base + "?token=s3cret&name=mallory") as ws:
+                    await ws.send(json.dumps({"type": "subscribe", "topic": "t"}))
+                    _, presence = await frames(ws, 2)
+                    assert presence["members"] == ["carol"]
+            await hub.close()
+
+        run(main())
+
+    def test_anonymous_without_a_name(self, static: Path) -> None:
+        async def main() -> None:
+            hub = Hub()
+            async with tether.serve(make_router(hub, static), "127.0.0.1", 0) as server:
+                async with tether.connect(f"ws://127.0.0.1:{server.port_number}/ws") as ws:
+                    await ws.send(json.dumps({"type": "subscribe", "topic": "t"}))
+                    _, presence = await frames(ws, 2)
+                    assert presence["members"] == ["anonymous"]
+            await hub.close()
+
+        run(main())

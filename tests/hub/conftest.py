@@ -1,0 +1,177 @@
+"""Helpers for the hub tests: backends to run the contract against, a fake clock, a hub on a
+loopback port, and a client that speaks the hub's JSON protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tether
+from tether.hub import Backend, Envelope, HistoryResult, Hub, Listener, MemoryBackend
+from tether.hub.sqlite import SQLiteBackend
+
+from ..asyncio.conftest import UNIT, run
+
+__all__ = ["UNIT", "run", "Clock", "BackendKind", "HubClient", "WrappedBackend", "hub_serving"]
+
+
+class Clock:
+    """A settable clock for the history's age bound."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class BackendKind:
+    """How to open one kind of backend, and open it again on the same storage."""
+
+    name: str
+    durable: bool
+    factory: Callable[..., Backend]
+
+    def open(self, **options: Any) -> Backend:
+        return self.factory(**options)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def backend_kind(request: pytest.FixtureRequest, tmp_path: Path) -> BackendKind:
+    """Every backend the hub ships with (Redis will join, skipped when unreachable)."""
+    if request.param == "memory":
+        return BackendKind("memory", False, lambda **o: MemoryBackend(**o))
+    path = tmp_path / "hub.sqlite3"
+    return BackendKind("sqlite", True, lambda **o: SQLiteBackend(path, **o))
+
+
+class WrappedBackend(Backend):
+    """Delegates everything to another backend; tests override a method to interfere."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    async def publish(self, topic: str, data: Any, sender: str | None = None) -> Envelope:
+        return await self.inner.publish(topic, data, sender)
+
+    async def history(
+        self, topic: str, since: int | None = None, limit: int | None = None
+    ) -> HistoryResult:
+        return await self.inner.history(topic, since, limit)
+
+    async def epoch(self, topic: str) -> str:
+        return await self.inner.epoch(topic)
+
+    async def reset(self, topic: str) -> str:
+        return await self.inner.reset(topic)
+
+    async def listen(self, topic: str, listener: Listener) -> None:
+        await self.inner.listen(topic, listener)
+
+    async def unlisten(self, topic: str, listener: Listener) -> None:
+        await self.inner.unlisten(topic, listener)
+
+    async def join(self, topic: str, member_id: str, name: str) -> None:
+        await self.inner.join(topic, member_id, name)
+
+    async def leave(self, topic: str, member_id: str) -> None:
+        await self.inner.leave(topic, member_id)
+
+    async def members(self, topic: str) -> list[str]:
+        return await self.inner.members(topic)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class HubClient:
+    """A tether client speaking the hub's protocol, with bounded waits."""
+
+    def __init__(self, ws: tether.WebSocket) -> None:
+        self.ws = ws
+
+    async def send(self, **frame: Any) -> None:
+        await self.ws.send(json.dumps(frame))
+
+    async def recv(self, timeout: float = 20 * UNIT) -> dict[str, Any]:
+        message = await asyncio.wait_for(self.ws.recv(), timeout)
+        assert isinstance(message, str)
+        frame = json.loads(message)
+        assert isinstance(frame, dict)
+        return frame
+
+    async def expect(self, kind: str, **fields: Any) -> dict[str, Any]:
+        frame = await self.recv()
+        assert frame["type"] == kind, frame
+        for name, value in fields.items():
+            assert frame.get(name) == value, (name, frame)
+        return frame
+
+    async def subscribe(
+        self, topic: str, **options: Any
+    ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+        """Subscribe; return (subscribed, presence snapshot, replayed messages)."""
+        await self.send(type="subscribe", topic=topic, **options)
+        subscribed = await self.expect("subscribed", topic=topic)
+        presence = await self.expect("presence", topic=topic)
+        replayed = [await self.expect("message", topic=topic)
+                    for _ in range(subscribed["replayed"])]
+        return subscribed, presence, replayed
+
+    async def message_and_ack(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """After publishing to a topic it is subscribed to: its own message and the ack, in
+        either order (the ack goes out at once, live messages at the end of the loop's
+        turn)."""
+        first, second = await self.recv(), await self.recv()
+        frames = {first["type"]: first, second["type"]: second}
+        assert set(frames) == {"message", "ack"}, (first, second)
+        return frames["message"], frames["ack"]
+
+    async def messages(self, count: int) -> list[dict[str, Any]]:
+        return [await self.expect("message") for _ in range(count)]
+
+    async def quiet(self, duration: float = 2 * UNIT) -> None:
+        """Nothing arrives for a while."""
+        with pytest.raises(asyncio.TimeoutError):
+            frame = await self.recv(duration)
+            raise AssertionError(f"unexpected frame {frame}")
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+@asynccontextmanager
+async def hub_serving(hub: Hub, **options: Any) -> AsyncIterator[
+        tuple[tether.Server, Callable[..., Any]]]:
+    """The hub on a free loopback port; yields (server, connect) where
+    ``await connect(name)`` opens a :class:`HubClient` named ``name``."""
+
+    async def handler(ws: tether.WebSocket) -> None:
+        assert ws.request is not None
+        names = ws.request.query_params.get("name")
+        await hub.serve(ws, names[0] if names else "anonymous")
+
+    clients: list[HubClient] = []
+    async with tether.serve(handler, "127.0.0.1", 0, **options) as server:
+        url = f"ws://127.0.0.1:{server.port_number}/"
+
+        async def connect(name: str = "anonymous", **connect_options: Any) -> HubClient:
+            connect_options.setdefault("close_timeout", 5 * UNIT)
+            ws = await tether.connect(f"{url}?name={name}", **connect_options)
+            clients.append(HubClient(ws))
+            return clients[-1]
+
+        try:
+            yield server, connect
+        finally:
+            # Close the clients first: a client that stopped reading would otherwise hold
+            # the server's shutdown for its close_timeout.
+            await asyncio.gather(*(c.ws.close() for c in clients), return_exceptions=True)

@@ -1,0 +1,667 @@
+"""The hub over real loopback sockets: ordering, exact resume (also racing publishes), gaps,
+epochs, presence, the protocol's errors, durability, server-side publishing."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tether
+from tether.hub import Backend, BackendUnavailable, HistoryResult, Hub, MemoryBackend
+from tether.hub.sqlite import SQLiteBackend
+
+from .conftest import UNIT, BackendKind, HubClient, WrappedBackend, hub_serving, run
+
+
+class RacingBackend(WrappedBackend):
+    """While a subscriber reads history, publishes land just before the read (so they are
+    in both the history and the live feed) and just after it (live only)."""
+
+    def __init__(self, inner: Backend, before: int = 2, after: int = 2) -> None:
+        super().__init__(inner)
+        self.before = before
+        self.after = after
+        self.racing = False
+
+    async def history(
+        self, topic: str, since: int | None = None, limit: int | None = None
+    ) -> HistoryResult:
+        if not self.racing:
+            return await self.inner.history(topic, since, limit)
+        for n in range(self.before):
+            await self.inner.publish(topic, f"before-read {n}")
+        await asyncio.sleep(0)
+        result = await self.inner.history(topic, since, limit)
+        for n in range(self.after):
+            await self.inner.publish(topic, f"after-read {n}")
+        await asyncio.sleep(UNIT)
+        return result
+
+
+def seqs(frames: list[dict[str, Any]]) -> list[int]:
+    return [frame["seq"] for frame in frames]
+
+
+class TestSubscribeAndPublish:
+    def test_fresh_subscribe_replays_recent_history_then_live(self) -> None:
+        async def main() -> None:
+            hub = Hub(history_limit=3)
+            for n in range(5):
+                await hub.publish("news", {"n": n})
+            async with hub_serving(hub) as (_, connect):
+                alice = await connect("alice")
+                subscribed, presence, replayed = await alice.subscribe("news")
+                assert subscribed == {
+                    "type": "subscribed", "topic": "news", "epoch": subscribed["epoch"],
+                    "seq": 5, "replayed": 3, "gap": False,
+                }
+                assert presence == {"type": "presence", "topic": "news", "members": ["alice"]}
+                assert seqs(replayed) == [3, 4, 5]
+                assert replayed[0]["data"] == {"n": 2} and replayed[0]["sender"] is None
+                await alice.send(type="publish", topic="news", data="hi", id="p1")
+                live, ack = await alice.message_and_ack()
+                assert (live["seq"], live["data"], live["sender"]) == (6, "hi", "alice")
+                assert live["epoch"] == subscribed["epoch"] and isinstance(live["time"], int)
+                assert ack == {"type": "ack", "id": "p1", "topic": "news", "seq": 6}
+                await alice.send(type="publish", topic="news", data=None)
+                live, ack = await alice.message_and_ack()
+                assert (live["seq"], live["data"], ack["seq"], ack["id"]) == (7, None, 7, None)
+                await alice.send(type="ping", id="x")
+                await alice.expect("pong", id="x")
+                await alice.send(type="ping")
+                assert await alice.recv() == {"type": "pong"}
+                await alice.close()
+            assert hub.stats.delivered == 3 + 2
+            await hub.close()
+
+        run(main())
+
+    def test_every_subscriber_sees_one_order(self) -> None:
+        """Three publishers at once, three subscribers: everyone sees seq 1..90 in order,
+        each publisher's messages in the order it sent them."""
+
+        async def main() -> None:
+            hub = Hub()
+            async with hub_serving(hub) as (_, connect):
+                publishers = [await connect(f"p{i}") for i in range(3)]
+                readers = [await connect(f"r{i}") for i in range(3)]
+                for client in publishers + readers:
+                    await client.subscribe("t")
+
+                async def publish(client: HubClient, i: int) -> list[int]:
+                    for n in range(30):
+                        await client.send(type="publish", topic="t", data=[i, n], id=str(n))
+                    acked, messages = [], 0
+                    while len(acked) < 30 or messages < 90:  # read everything
+                        frame = await client.recv()
+                        if frame["type"] == "ack":
+                            acked.append(frame["seq"])
+                        messages += frame["type"] == "message"
+                    return acked
+
+                async def read(client: HubClient) -> list[dict[str, Any]]:
+                    frames: list[dict[str, Any]] = []
+                    while len(frames) < 90:
+                        frame = await client.recv()
+                        if frame["type"] == "message":
+                            frames.append(frame)
+                    return frames
+
+                results = await asyncio.gather(
+                    *(publish(c, i) for i, c in enumerate(publishers)),
+                    *(read(c) for c in readers),
+                )
+                acks = sorted(seq for acked in results[:3] for seq in acked)  # type: ignore
+                assert acks == list(range(1, 91))
+                streams: list[list[dict[str, Any]]] = results[3:]  # type: ignore
+                for frames in streams:
+                    assert seqs(frames) == list(range(1, 91))
+                    assert frames == streams[0]
+                    for i in range(3):
+                        mine = [f["data"][1] for f in frames if f["data"][0] == i]
+                        assert mine == list(range(30))
+                        assert {f["sender"] for f in frames if f["data"][0] == i} == {f"p{i}"}
+            await hub.close()
+
+        run(main())
+
+    def test_unsubscribe_stops_delivery(self) -> None:
+        async def main() -> None:
+            hub = Hub()
+            async with hub_serving(hub) as (_, connect):
+                alice = await connect("alice")
+                await alice.subscribe("a")
+                await alice.subscribe("b")
+                await alice.send(type="unsubscribe", topic="a")
+                await alice.send(type="ping")
+                await alice.expect("pong")
+                await hub.publish("a", "not for alice")
+                await hub.publish("b", "for alice")
+                await alice.expect("message", topic="b", data="for alice")
+                await alice.quiet()
+                assert hub.topics() == {"b": 1}
+                await alice.send(type="publish", topic="a", data=1, id="q")
+                await alice.expect("error", code="not_subscribed", id="q")
+                await alice.close()
+                await asyncio.sleep(UNIT)
+                assert hub.topics() == {}
+            await hub.close()
+
+        run(main())
+
+    def test_server_side_publish(self) -> None:
+        async def main() -> None:
+            hub = Hub()
+            envelope = await hub.publish("t", {"a": 1}, sender="system")
+            assert (envelope.seq, envelope.sender, envelope.data) == (1, "system", {"a": 1})
+            with pytest.raises(ValueError):
+                await hub.publish("bad topic", 1)
+            with pytest.raises(TypeError):
+                await hub.publish("t", object())
+            with pytest.raises(ValueError):
+                await hub.publish("t", float("nan"))
+            assert (await hub.publish("t", 2)).seq == 2  # nothing else was stored
+            await hub.close()
+            await hub.close()  # twice: no error
+            with pytest.raises(BackendUnavailable):
+                await hub.publish("t", 3)
+
+        run(main())
+
+    def test_serve_can_subscribe_at_once(self) -> None:
+        async def main() -> None:
+            hub = Hub(history_limit=1)
+            await hub.publish("news", "old")
+
+            async def handler(ws: tether.WebSocket) -> None:
+                await hub.serve(ws, "auto", subscribe=["news", "lobby"])
+
+            async with tether.serve(handler, "127.0.0.1", 0) as server:
+                async with tether.connect(f"ws://127.0.0.1:{server.port_number}") as ws:
+                    client = HubClient(ws)
+                    await client.expect("subscribed", topic="news", replayed=1)
+                    await client.expect("presence", members=["auto"])
+                    await client.expect("message", data="old")
+                    await client.expect("subscribed", topic="lobby", replayed=0)
+                    await client.expect("presence", topic="lobby")
+                    await client.send(type="publish", topic="lobby", data=1)
+                    message, _ = await client.message_and_ack()
+                    assert (message["topic"], message["sender"]) == ("lobby", "auto")
+            with pytest.raises(ValueError):
+                await hub.serve(ws, "x", subscribe=["bad topic"])
+            await hub.close()
+
+        run(main())
+
+    def test_bad_options(self) -> None:
+        with pytest.raises(ValueError, match="slow_policy"):
+            Hub(slow_policy="wait")
+        with pytest.raises(ValueError):
+            Hub(max_frame=0)
+
+
+class TestResume:
+    def test_exactly_once_across_a_resume(self, backend_kind: BackendKind) -> None:
+        """N messages, disconnect, M more, resume with since: exactly the M, then live."""
+
+        async def main() -> None:
+            hub = Hub(backend_kind.open())
+            async with hub_serving(hub) as (_, connect):
+                client = await connect("c")
+                subscribed, _, _ = await client.subscribe("t")
+                epoch = subscribed["epoch"]
+                for n in range(5):
+                    await hub.publish("t", n)
+                seen = await client.messages(5)
+                await client.close()
+                for n in range(5, 12):
+                    await hub.publish("t", n)
+                client = await connect("c")
+                subscribed, _, replayed = await client.subscribe(
+                    "t", since=seen[-1]["seq"], epoch=epoch)
+                assert (subscribed["seq"], subscribed["replayed"], subscribed["gap"]) == (
+                    12, 7, False)
+                assert "first" not in subscribed
+                assert seqs(replayed) == list(range(6, 13))
+                assert [m["data"] for m in replayed] == list(range(5, 12))
+                for n in range(12, 15):
+                    await hub.publish("t", n)
+                assert seqs(await client.messages(3)) == [13, 14, 15]
+                await client.quiet()
+                await client.close()
+            await hub.close()
+
+        run(main())
+
+    def test_publishes_racing_the_resume(self, backend_kind: BackendKind) -> None:
+        """Messages published while the history is read reach the live feed too: those the
+        history covers are skipped, the others follow the replay. No gap, no duplicate."""
+
+        async def main() -> None:
+            backend = RacingBackend(backend_kind.open(), before=3, after=4)
+            hub = Hub(backend)
+            async with hub_serving(hub) as (_, connect):
+                for n in range(6):
+                    await hub.publish("t", n)
+                epoch = await backend.epoch("t")
+                backend.racing = True
+                client = await connect("c")
+                subscribed, _, replayed = await client.subscribe("t", since=2, epoch=epoch)
+                assert subscribed["seq"] == 9 and not subscribed["gap"]
+                assert seqs(replayed) == list(range(3, 10))  # 3..6, then the 3 "before"
+                live = await client.messages(4)  # the 4 "after", held during the replay
+                assert seqs(live) == [10, 11, 12, 13]
+                assert live[0]["data"] == "after-read 0"
+                backend.racing = False
+                await hub.publish("t", "then")
+                await client.expect("message", seq=14)
+                await client.quiet()
+                # A fresh subscribe (no since) races the same way.
+                backend.racing = True
+                other = await connect("d")
+                subscribed, _, replayed = await other.subscribe("t")
+                assert seqs(replayed) == list(range(1, 18)) and subscribed["seq"] == 17
+                assert seqs(await other.messages(4)) == [18, 19, 20, 21]
+                await other.quiet()
+                await client.expect("presence", joined="d")
+                assert seqs(await client.messages(7)) == list(range(15, 22))
+            await hub.close()
+
+        run(main(), timeout=200 * UNIT)
+
+    def test_resumes_under_continuous_publishing(self) -> None:
+        """A publisher never stops; a client reads a few messages, drops the connection and
+        resumes, again and again: it sees every seq exactly once, in order."""
+
+        async def main() -> None:
+            hub = Hub(history_limit=0)
+            stop = asyncio.Event()
+
+            async def publisher() -> None:
+                n = 0
+                while not stop.is_set():
+                    await hub.publish("t", n)
+                    n += 1
+                    await asyncio.sleep(0.001 if n % 5 else 0)
+
+            async with hub_serving(hub) as (_, connect):
+                client = await connect("c")
+                subscribed, _, _ = await client.subscribe("t")
+                task = asyncio.ensure_future(publisher())
+                seen: list[int] = []
+                last = subscribed["seq"]
+                epoch = subscribed["epoch"]
+
+
+                async def next_message() -> int:
+                    while True:  # presence frames may come too: the old session leaving
+                        frame = await client.recv()
+                        if frame["type"] == "message":
+                            return int(frame["seq"])
+
+                for _ in range(8):
+                    for _ in range(10):
+                        seen.append(await next_message())
+                    assert client.ws.transport is not None
+                    client.ws.transport.abort()  # a dropped connection, no closing handshake
+                    client = await connect("c")
+                    _, _, replayed = await client.subscribe("t", since=seen[-1], epoch=epoch)
+                    seen.extend(seqs(replayed))
+                stop.set()
+                await task
+                final = (await hub.backend.history("t")).last_seq
+                while seen[-1] < final:
+                    seen.append(await next_message())
+                assert seen == list(range(last + 1, final + 1))
+                await client.quiet(UNIT)
+            await hub.close()
+
+        run(main())
+
+    def test_gap_when_since_is_older_than_history(self, backend_kind: BackendKind) -> None:
+        async def main() -> None:
+            hub = Hub(backend_kind.open(history_size=5))
+            for n in range(20):
+                await hub.publish("t", n)
+            epoch = await hub.backend.epoch("t")
+            async with hub_serving(hub) as (_, connect):
+                client = await connect()
+                subscribed, _, replayed = await client.subscribe("t", since=3, epoch=epoch)
+                assert (subscribed["gap"], subscribed["first"], subscribed["replayed"]) == (
+                    True, 16, 5)
+                assert seqs(replayed) == [16, 17, 18, 19, 20]
+                exact, _, replayed = await client.subscribe("t", since=15, epoch=epoch)
+                assert (exact["gap"], "first" in exact, seqs(replayed)) == (
+                    False, False, [16, 17, 18, 19, 20])
+            await hub.close()
+
+        run(main())
+
+    def test_gap_with_an_empty_history(self) -> None:
+        async def main() -> None:
+            clock = [1_700_000_000.0]
+            hub = Hub(MemoryBackend(history_age=60, clock=lambda: clock[0]))
+            for n in range(4):
+                await hub.publish("t", n)
+            clock[0] += 120
+            epoch = await hub.backend.epoch("t")
+            async with hub_serving(hub) as (_, connect):
+                client = await connect()
+                subscribed, _, _ = await client.subscribe("t", since=1, epoch=epoch)
+                assert (subscribed["gap"], subscribed["first"], subscribed["seq"]) == (
+                    True, 5, 4)
+                await hub.publish("t", 4)
+                await client.expect("message", seq=5)
+            await hub.close()
+
+        run(main())
+
+    def test_another_epoch_means_everything_is_new(self) -> None:
+        """A client from another life of the topic (a restart of a memory hub) gets every
+        message of the current one, as if since were 0."""
+
+        async def main() -> None:
+            hub = Hub()
+            for n in range(3):
+                await hub.publish("t", n)
+            async with hub_serving(hub) as (_, connect):
+                client = await connect()
+                subscribed, _, replayed = await client.subscribe(
+                    "t", since=40, epoch="an-old-epoch")
+                assert subscribed["epoch"] != "an-old-epoch"
+                assert (subscribed["gap"], subscribed["replayed"]) == (False, 3)
+                assert seqs(replayed) == [1, 2, 3]
+                # since without an epoch is taken as is
+                subscribed, _, replayed = await client.subscribe("t", since=2)
+                assert seqs(replayed) == [3]
+                # epoch without since: a fresh subscribe
+                _, _, replayed = await client.subscribe("t", epoch="x")
+                assert seqs(replayed) == [1, 2, 3]
+            await hub.close()
+
+        run(main())
+
+    def test_reset_while_reading_history(self) -> None:
+        class ResetOnce(RacingBackend):
+            async def history(
+                self, topic: str, since: int | None = None, limit: int | None = None
+            ) -> HistoryResult:
+                if self.racing:
+                    self.racing = False
+                    await self.inner.reset(topic)
+                    await self.inner.publish(topic, "new life")
+                return await self.inner.history(topic, since, limit)
+
+        async def main() -> None:
+            backend = ResetOnce(MemoryBackend())
+            hub = Hub(backend)
+            for n in range(3):
+                await hub.publish("t", n)
+            epoch = await backend.epoch("t")
+            backend.racing = True
+            async with hub_serving(hub) as (_, connect):
+                client = await connect()
+                subscribed, _, replayed = await client.subscribe("t", since=1, epoch=epoch)
+                assert subscribed["epoch"] != epoch
+                assert [m["data"] for m in replayed] == ["new life"]
+            await hub.close()
+
+        run(main())
+
+    def test_subscribing_again_replays_from_since(self) -> None:
+        """What a client does after a gap notice: subscribe again, with since."""
+
+        async def main() -> None:
+            hub = Hub()
+            async with hub_serving(hub) as (_, connect):
+                a, b = await connect("a"), await connect("b")
+                subscribed, _, _ = await a.subscribe("t")
+                await b.subscribe("t")
+                await a.expect("presence", joined="b")
+                for n in range(5):
+                    await hub.publish("t", n)
+                assert seqs(await a.messages(5)) == [1, 2, 3, 4, 5]
+                again, presence, replayed = await a.subscribe(
+                    "t", since=3, epoch=subscribed["epoch"])
+                assert seqs(replayed) == [4, 5] and presence["members"] == ["a", "b"]
+                await hub.publish("t", 5)
+                await a.expect("message", seq=6)
+                await a.quiet()  # no duplicate, and no second "joined" for a
+                await b.messages(6)
+                await b.quiet()
+            await hub.close()
+
+        run(main())
+
+
+class TestPresence:
+    def test_join_and_leave(self) -> None:
+        async def main() -> None:
+            hub = Hub()
+            async with hub_serving(hub) as (_, connect):
+                alice = await connect("alice")
+                _, snapshot, _ = await alice.subscribe("room")
+                assert snapshot["members"] == ["alice"] and "joined" not in snapshot
+                bob = await connect("bob")
+                _, snapshot, _ = await bob.subscribe("room")
+                assert snapshot["members"] == ["alice", "bob"]
+                await alice.expect("presence", members=["alice", "bob"], joined="bob")
+                bob_again = await connect("bob")  # a second tab: no change for others
+                _, snapshot, _ = await bob_again.subscribe("room")
+                assert snapshot["members"] == ["alice", "bob"]
+                await bob_again.close()
+                await alice.quiet()
+                await bob.send(type="unsubscribe", topic="room")
+                await alice.expect("presence", members=["alice"], left="bob")
+                await bob.subscribe("room")
+                await alice.expect("presence", members=["alice", "bob"], joined="bob")
+                await bob.subscribe("lobby")
+                await bob.close()  # leaves every topic
+                await alice.expect("presence", members=["alice"], left="bob")
+                assert await hub.backend.members("lobby") == []
+                await alice.quiet()
+            await hub.close()
+
+        run(main())
+
+    def test_abrupt_disconnect_leaves(self) -> None:
+        async def main() -> None:
+            hub = Hub()
+            async with hub_serving(hub, close_timeout=2 * UNIT) as (_, connect):
+                alice, bob = await connect("alice"), await connect("bob")
+                await alice.subscribe("room")
+                await bob.subscribe("room")
+                await alice.expect("presence", joined="bob")
+                assert bob.ws.transport is not None
+                bob.ws.transport.abort()
+                await alice.expect("presence", members=["alice"], left="bob")
+            await hub.close()
+
+        run(main())
+
+
+class TestErrors:
+    BAD = [
+        ("{oops", "bad_json"),
+        (b"\x00binary", "bad_frame"),
+        ("[1, 2]", "bad_frame"),
+        ("x" * 70_000, "too_big"),
+        ('{"type": "shout"}', "unknown_type"),
+        ('{"type": "subscribe"}', "bad_field"),
+        ('{"type": "subscribe", "topic": "t", "since": "1"}', "bad_field"),
+        ('{"type": "publish", "topic": "t"}', "bad_field"),
+        ('{"type": "publish", "topic": "elsewhere", "data": 1}', "not_subscribed"),
+        ('{"type": "unsubscribe", "topic": "elsewhere"}', "not_subscribed"),
+        ('{"type": "subscribe", "topic": "no spaces"}', "bad_topic"),
+    ]
+
+    @pytest.mark.parametrize("frame, code", BAD, ids=[code for _, code in BAD])
+    def test_error_leaves_the_connection_open_and_others_alone(
+        self, frame: str | bytes, code: str
+    ) -> None:
+        async def main() -> None:
+            hub = Hub()
+            async with hub_serving(hub) as (_, connect):
+                bad, good = await connect("bad"), await connect("good")
+                await bad.subscribe("t")
+                await good.subscribe("t")
+                await bad.expect("presence", joined="good")
+                await bad.ws.send(frame)
+                error = await bad.expect("error", code=code)
+                assert isinstance(error["message"], str) and error["message"]
+                await bad.send(type="ping", id=1)
+                await bad.expect("pong", id=1)
+                await good.send(type="publish", topic="t", data="still here", id="g")
+                message, ack = await good.message_and_ack()
+                assert (message["data"], ack["id"]) == ("still here", "g")
+                await bad.expect("message", data="still here")
+                await good.quiet(UNIT)
+            await hub.close()
+
+        run(main())
+
+    def test_error_echoes_the_request_id(self) -> None:
+        async def main() -> None:
+            hub = Hub()
+            async with hub_serving(hub) as (_, connect):
+                client = await connect()
+                await client.send(type="publish", topic="t", data=1, id="req-1")
+                await client.expect("error", code="not_subscribed", id="req-1")
+            await hub.close()
+
+        run(main())
+
+    def test_closed_with_1008_after_max_errors(self) -> None:
+        async def main() -> None:
+            hub = Hub()
+            async with hub_serving(hub) as (_, connect):
+                client = await connect()
+                for _ in range(19):
+                    await client.ws.send("nope")
+                    await client.expect("error", code="bad_json")
+                await client.send(type="ping")
+                await client.expect("pong")  # 19 errors: still open
+                await client.ws.send(b"binary")
+                await client.expect("error", code="bad_frame")  # the 20th is answered
+                with pytest.raises(tether.ConnectionClosedError) as info:
+                    await client.recv()
+                assert info.value.code == 1008
+                assert info.value.reason == "too many errors"
+            await hub.close()
+
+        run(main())
+
+    def test_backend_unavailable(self) -> None:
+        async def main() -> None:
+            hub = Hub(max_errors=1)
+            async with hub_serving(hub) as (_, connect):
+                client = await connect()
+                await client.subscribe("t")
+                await hub.backend.close()
+                await client.send(type="publish", topic="t", data=1, id="p")
+                await client.expect("error", code="unavailable", id="p")
+                await client.send(type="subscribe", topic="u")
+                await client.expect("error", code="unavailable")
+                await client.send(type="ping")  # unavailable is not the client's error
+                await client.expect("pong")
+                assert hub.topics() == {"t": 1}
+            await hub.close()
+
+        run(main())
+
+
+    def test_failed_resubscribe_unsubscribes(self) -> None:
+        class FailingHistory(WrappedBackend):
+            failing = False
+
+            async def history(
+                self, topic: str, since: int | None = None, limit: int | None = None
+            ) -> HistoryResult:
+                if self.failing:
+                    raise BackendUnavailable("history is down")
+                return await self.inner.history(topic, since, limit)
+
+        async def main() -> None:
+            backend = FailingHistory(MemoryBackend())
+            hub = Hub(backend)
+            async with hub_serving(hub) as (_, connect):
+                client = await connect("c")
+                await client.subscribe("t")
+                backend.failing = True
+                await client.send(type="subscribe", topic="t", since=0)
+                await client.expect("error", code="unavailable")
+                assert hub.topics() == {} and await backend.members("t") == []
+                await client.send(type="publish", topic="t", data=1)
+                await client.expect("error", code="not_subscribed")
+                backend.failing = False
+                await client.subscribe("t")
+                assert await backend.members("t") == ["c"]
+            await hub.close()
+
+        run(main())
+
+
+class TestLifecycle:
+    def test_sqlite_history_survives_a_restart(self, tmp_path: Path) -> None:
+        path = tmp_path / "chat.sqlite3"
+
+        async def main() -> None:
+            hub = Hub(SQLiteBackend(path))
+            async with hub_serving(hub) as (_, connect):
+                alice = await connect("alice")
+                subscribed, _, _ = await alice.subscribe("room")
+                for n in range(3):
+                    await alice.send(type="publish", topic="room", data=f"m{n}")
+                    await alice.message_and_ack()
+            await hub.close()
+
+            hub = Hub(SQLiteBackend(path))
+            async with hub_serving(hub) as (_, connect):
+                bob = await connect("bob")
+                again, _, replayed = await bob.subscribe("room")
+                assert again["epoch"] == subscribed["epoch"] and again["seq"] == 3
+                assert [(m["data"], m["sender"]) for m in replayed] == [
+                    ("m0", "alice"), ("m1", "alice"), ("m2", "alice")]
+                resumed = await connect("alice")
+                _, _, replayed = await resumed.subscribe(
+                    "room", since=2, epoch=subscribed["epoch"])
+                assert seqs(replayed) == [3]
+                await bob.expect("presence", joined="alice")
+                await bob.send(type="publish", topic="room", data="after restart")
+                message, _ = await bob.message_and_ack()
+                assert message["seq"] == 4
+            await hub.close()
+
+        run(main())
+
+    def test_hub_close_closes_connections_with_1001(self) -> None:
+        async def main() -> None:
+            hub = Hub()
+            async with hub_serving(hub) as (_, connect):
+                client = await connect()
+                await client.subscribe("t")
+                await hub.close()
+                with pytest.raises(tether.ConnectionClosed) as info:
+                    await client.recv()
+                assert info.value.code == 1001
+
+        run(main())
+
+    def test_names_with_lone_surrogates_are_replaced(self) -> None:
+        async def main() -> None:
+            hub = Hub(SQLiteBackend(":memory:"))
+            async with hub_serving(hub) as (server, connect):
+                client = await connect()
+                (server_ws,) = server.connections
+                session_task = asyncio.ensure_future(hub.serve(server_ws, "x\ud800"))
+                await asyncio.sleep(0)
+                session_task.cancel()
+                await client.close()
+            envelope = await hub.publish("t", 1, sender="y\udfff")
+            assert envelope.sender == "y?"
+            await hub.close()
+
+        run(main())
