@@ -665,3 +665,32 @@ class TestLifecycle:
             await hub.close()
 
         run(main())
+
+
+class TestSendTo:
+    """Publishing to one connection: a ``direct`` frame, outside any topic."""
+
+    def test_to_a_member_by_name_and_to_one_connection(self) -> None:
+        async def main() -> None:
+            hub = Hub()
+            async with hub_serving(hub) as (server, connect):
+                alice1, alice2, bob = await connect("alice"), await connect("alice"), \
+                    await connect("bob")
+                await bob.subscribe("room")  # a round trip: every session is registered
+                assert hub.send_to("alice", {"hi": 1}, sender="server") == 2
+                for client in (alice1, alice2):
+                    frame = await client.expect("direct", data={"hi": 1}, sender="server")
+                    assert isinstance(frame["time"], int)
+                await bob.quiet()
+                (bob_ws,) = [ws for ws in server.connections
+                             if ws.request is not None and "name=bob" in ws.request.query]
+                assert hub.send_to(bob_ws, "just you") == 1
+                await bob.expect("direct", data="just you", sender=None)
+                assert hub.send_to("nobody", 1) == 0
+                with pytest.raises((TypeError, ValueError)):
+                    hub.send_to("bob", float("nan"))
+                # Not stored: a fresh subscriber replays nothing.
+                subscribed, _, replayed = await (await connect("carol")).subscribe("room")
+                assert replayed == []
+
+        run(main())

@@ -23,10 +23,11 @@ import asyncio
 import itertools
 import logging
 import secrets
+import time
 from collections.abc import Iterable
 from typing import Any
 
-from ..asyncio.broadcast import DEFAULT_MAX_BUFFERED
+from ..asyncio.broadcast import DEFAULT_MAX_BUFFERED, broadcast
 from ..asyncio.connection import WebSocket
 from ..exceptions import ConnectionClosed
 from ..protocol.connection import State
@@ -156,6 +157,26 @@ class Hub:
         if sender is not None:
             sender = sender.encode("utf-8", "replace").decode()
         return await self.backend.publish(topic, data, sender)
+
+    def send_to(self, target: WebSocket | str, data: Any, sender: str | None = None) -> int:
+        """Publish to one connection, or to every connection of one member (by name),
+        outside any topic: a ``direct`` frame (docs/hub-protocol.md), not stored, without a
+        seq. Framed once; a connection over its budget gets the slow policy's close.
+
+        Returns:
+            How many connections it was written to (0 if the target is not connected).
+
+        Raises:
+            TypeError, ValueError: ``data`` is not a JSON value.
+        """
+        frame = {"type": "direct", "data": data, "sender": sender,
+                 "time": int(time.time() * 1000)}
+        payload = protocol.encode(frame)
+        targets = [s.ws for s in self._sessions if s.ws is target or s.name == target]
+        if not targets:
+            return 0
+        return broadcast(targets, payload.decode(), max_buffered=self.max_buffered,
+                         slow_code=self.slow_code)
 
     async def close(self) -> None:
         """Close every connection still served with 1001, then the backend."""
