@@ -694,3 +694,43 @@ class TestSendTo:
                 assert replayed == []
 
         run(main())
+
+
+class TestCompressedFanout:
+    """Subscribers without server context takeover share one compressed frame per group;
+    the others get the uncompressed frame. Everyone decodes the same messages."""
+
+    def test_groups(self) -> None:
+        from tether.protocol.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+        def offer(**options: Any) -> list[ClientPerMessageDeflateFactory]:
+            return [ClientPerMessageDeflateFactory(**options)]
+
+        async def main() -> None:
+            hub = Hub()
+            async with hub_serving(hub) as (_, connect):
+                plain = await connect("plain")
+                group_a = [await connect(f"a{i}", extensions=offer(
+                    server_no_context_takeover=True)) for i in range(2)]
+                group_b = await connect("b", extensions=offer(
+                    server_no_context_takeover=True, server_max_window_bits=10))
+                everyone = [plain, *group_a, group_b]
+                for client in everyone:
+                    await client.subscribe("room")
+                before = {id(c): c.ws.bytes_received for c in everyone}
+                texts = [f"message {n} " + "all work and no play " * 100 for n in range(20)]
+                for text in texts:
+                    await hub.publish("room", {"text": text})
+                for client in everyone:
+                    got: list[str] = []
+                    while len(got) < len(texts):
+                        frame = await client.recv()
+                        if frame["type"] == "message":  # presence frames of later joiners too
+                            got.append(frame["data"]["text"])
+                    assert got == texts
+                used = {id(c): c.ws.bytes_received - before[id(c)] for c in everyone}
+                # ~2 KB messages: compressed ones take a small fraction of the plain bytes.
+                for client in [*group_a, group_b]:
+                    assert used[id(client)] * 5 < used[id(plain)], used
+
+        run(main())

@@ -16,16 +16,26 @@ would pass the budget gets the slow-consumer policy, frame by frame:
 While a subscriber replays history (after ``subscribe``), its live messages are held and
 flushed when the replay ends, skipping those the replay covered: see
 :meth:`TopicFanout.finish_replay`.
+
+Compression: frames go uncompressed (RSV1 clear), which RFC 7692 §6 allows on any connection,
+to every subscriber whose compressor keeps its context between messages: its compressed bytes
+depend on its own history and cannot be shared. Subscribers whose server side negotiated
+``server_no_context_takeover`` are grouped by their settings (window bits, level, memLevel),
+and each group's live frames are compressed once per turn, ending each message with
+``Z_FULL_FLUSH`` so the bytes do not depend on anything sent before, and shared by the group.
 """
 
 from __future__ import annotations
 
 import asyncio
+import zlib
 from dataclasses import dataclass
 
 from ..asyncio.broadcast import Written, close_slow, text_frame, write_frame
 from ..asyncio.connection import WebSocket
 from ..protocol.connection import State
+from ..protocol.extensions.permessage_deflate import EMPTY_UNCOMPRESSED_BLOCK, PerMessageDeflate
+from ..protocol.frames import Opcode, serialize_header
 from . import protocol
 from .base import Envelope, PresenceEvent
 
@@ -60,16 +70,39 @@ class Subscriber:
         gap_from, gap_to: the ``seq`` range skipped so far (drop policy); 0 when none.
     """
 
-    __slots__ = ("ws", "held", "held_bytes", "gap_from", "gap_to", "timer", "active")
+    __slots__ = ("ws", "held", "held_bytes", "gap_from", "gap_to", "timer", "active", "group")
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
+        self.group = compression_group(ws)
         self.held: list[tuple[int, bytes]] | None = []
         self.held_bytes = 0
         self.gap_from = 0
         self.gap_to = 0
         self.timer: asyncio.TimerHandle | None = None
         self.active = True
+
+
+CompressionGroup = tuple[int, int, int]
+"""(window bits, level, memLevel) of subscribers that can share compressed frames."""
+
+
+def compression_group(ws: WebSocket) -> CompressionGroup | None:
+    """The group whose compressed frames ``ws`` can take, or None for uncompressed frames."""
+    extension = ws.protocol.extension
+    if (
+        isinstance(extension, PerMessageDeflate)
+        and extension.local_no_context_takeover
+        and extension.local_max_window_bits >= 9  # zlib cannot compress with 8 bits
+    ):
+        return (extension.local_max_window_bits, extension.compress_level, extension.mem_level)
+    return None
+
+
+def _payload(frame: bytes) -> bytes:
+    """The payload of an unmasked server frame built by ``text_frame``."""
+    length = frame[1] & 0x7F
+    return frame[2 if length < 126 else 4 if length == 126 else 10 :]
 
 
 class TopicFanout:
@@ -99,6 +132,7 @@ class TopicFanout:
         self.listening = False
         self._pending: list[tuple[int, bytes]] = []
         self._flush_handle: asyncio.Handle | None = None
+        self._compressors: dict[CompressionGroup, zlib._Compress] = {}
 
     # -- membership ------------------------------------------------------------------------
 
@@ -140,6 +174,7 @@ class TopicFanout:
         if not batch:
             return
         blob = batch[0][1] if len(batch) == 1 else b"".join([frame for _, frame in batch])
+        blobs: dict[CompressionGroup, bytes] = {}
         messages = sum(1 for seq, _ in batch if seq)
         max_buffered = self.max_buffered
         delivered = 0
@@ -152,12 +187,34 @@ class TopicFanout:
                 for seq, _ in batch:
                     self._drop(subscriber, seq)
                 continue
-            written = write_frame(subscriber.ws, blob, max_buffered)
+            group = subscriber.group
+            if group is None:
+                shared = blob
+            else:
+                shared = blobs.get(group) or blobs.setdefault(group, self._compress(group, batch))
+            written = write_frame(subscriber.ws, shared, max_buffered)
             if written is Written.SENT:
                 delivered += messages
             elif written is Written.OVER_BUDGET:
                 delivered += self._write_each(subscriber, batch)
         self.stats.delivered += delivered
+
+    def _compress(self, group: CompressionGroup, batch: list[tuple[int, bytes]]) -> bytes:
+        """The batch's frames compressed once for a group: RSV1 set, each message ending with
+        a full flush, so the bytes suit every connection of the group wherever it is in its
+        stream."""
+        compressor = self._compressors.get(group)
+        if compressor is None:
+            bits, level, mem_level = group
+            compressor = self._compressors[group] = zlib.compressobj(
+                level, zlib.DEFLATED, -bits, mem_level)
+        frames = []
+        for _, frame in batch:
+            data = compressor.compress(_payload(frame)) + compressor.flush(zlib.Z_FULL_FLUSH)
+            if data.endswith(EMPTY_UNCOMPRESSED_BLOCK):
+                data = data[:-4]
+            frames.append(serialize_header(True, True, Opcode.TEXT, len(data), False) + data)
+        return b"".join(frames)
 
     def _write_each(self, subscriber: Subscriber, frames: list[tuple[int, bytes]]) -> int:
         """Write frames one by one, each within the budget; the slow policy applies from

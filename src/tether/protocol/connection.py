@@ -476,9 +476,11 @@ class Connection:
 
     def send_frame(self, frame: bytes) -> None:
         """Send a complete frame serialized elsewhere: how a broadcast writes the same bytes
-        to many connections. Only for servers (client frames are masked per connection), and
-        the frame must be a whole unmasked data message without RSV bits (valid with or
-        without permessage-deflate, RFC 7692 §6).
+        to many connections. Only for servers (client frames are masked per connection). The
+        bytes must be whole unmasked data messages: without RSV bits (valid with or without
+        permessage-deflate, RFC 7692 §6), or with RSV1 and a payload compressed as this
+        connection's permessage-deflate expects (see tether.hub.fanout, which shares frames
+        among connections without context takeover).
 
         Raises:
             InvalidState: the connection cannot send, or a fragmented message is in progress.
