@@ -329,8 +329,11 @@ class TestFlowControl:
             async with serving(handler, max_queue=4) as (_, url), tether.connect(url) as ws:
                 for i in range(50):
                     await ws.send(str(i))
-                await asyncio.sleep(3 * UNIT)
                 server_ws = connections[0]
+                for _ in range(200):  # bounded: up to 20 s on a loaded machine
+                    if server_ws._reading_paused:
+                        break
+                    await asyncio.sleep(UNIT)
                 assert server_ws._reading_paused
                 assert len(server_ws._messages) < 50
                 gate.set()

@@ -474,7 +474,9 @@ class TestRejection:
         sent = rejected(server, 403)
         assert sent.headers.get("Retry-After") == "60"
         assert sent.headers.get("Content-Length") == "10"
-        assert "HTTP 403" in str(server.handshake_error)
+        # The refusal is recorded with what it told the client, for the server's log.
+        assert str(server.handshake_error) == "no access"
+        assert server.handshake_error.status_hint == 403
 
     def test_response_sent_twice(self) -> None:
         server = respond(request_bytes())

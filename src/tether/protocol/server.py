@@ -153,6 +153,8 @@ class ServerProtocol(Connection):
 
     def reject(self, status: int, text: str, headers: Headers | None = None) -> Response:
         """Build a plain-text error response; ``text`` becomes its one-line body."""
+        if self.handshake_error is None:
+            self.handshake_error = HandshakeError(text.strip(), status)
         body = (text.rstrip("\n") + "\n").encode()
         response_headers = error_response_headers(status, body)
         for name, value in headers or ():
