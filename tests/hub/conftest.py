@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +26,8 @@ from tether.hub.sqlite import SQLiteBackend
 
 from ..asyncio.conftest import UNIT, run
 
-__all__ = ["UNIT", "run", "Clock", "BackendKind", "HubClient", "WrappedBackend", "hub_serving"]
+__all__ = ["UNIT", "run", "Clock", "BackendKind", "HubClient", "WrappedBackend", "hub_serving",
+           "RedisServer"]
 
 
 class Clock:
@@ -44,11 +52,79 @@ class BackendKind:
         return self.factory(**options)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, in its own directory, with every
+    acknowledged write fsynced (``appendonly yes``, ``appendfsync always``) so that a
+    restart on the same directory and port keeps them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.directory), "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--protected-mode", "no",
+             "--logfile", str(self.directory / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 100 * UNIT
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=UNIT) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(UNIT / 5)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it by its PID: SIGTERM, or SIGKILL for a crash."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+            self.process.wait(timeout=100 * UNIT)
+        self.process = None
+
+
+@contextmanager
+def redis_running(directory: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (scripts/test installs it as root)")
+    server = RedisServer(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session; tests keep apart with their own key prefix."""
+    with redis_running(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def backend_kind(request: pytest.FixtureRequest, tmp_path: Path) -> BackendKind:
-    """Every backend the hub ships with (Redis will join, skipped when unreachable)."""
+    """Every backend the hub ships with."""
     if request.param == "memory":
         return BackendKind("memory", False, lambda **o: MemoryBackend(**o))
+    if request.param == "redis":
+        from tether.hub.redis import RedisBackend
+
+        server = request.getfixturevalue("redis_server")
+        prefix = f"test-{secrets.token_hex(4)}:"
+        return BackendKind("redis", True,
+                           lambda **o: RedisBackend(server.url, key_prefix=prefix, **o))
     path = tmp_path / "hub.sqlite3"
     return BackendKind("sqlite", True, lambda **o: SQLiteBackend(path, **o))
 

@@ -9,8 +9,9 @@ resume after reconnect, speaking the JSON protocol of docs/hub-protocol.md.
     await hub.close()
 
 Backends: :class:`MemoryBackend` (volatile), :class:`SQLiteBackend` (durable history in a
-file); both keep the live feed and presence in-process. :class:`Backend` is the interface a
-networked backend (Redis) implements.
+file), both with the live feed and presence in-process; :class:`RedisBackend` (pub/sub for the
+live feed, streams for history, presence with expiry) lets several processes and machines serve
+one set of topics. :class:`Backend` is the interface they implement.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .hub import Hub
 from .memory import MemoryBackend
 
 if TYPE_CHECKING:
+    from .redis import RedisBackend
     from .sqlite import SQLiteBackend
 
 __all__ = [
@@ -44,14 +46,21 @@ __all__ = [
     "Listener",
     "MemoryBackend",
     "PresenceEvent",
+    "RedisBackend",
     "SQLiteBackend",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "SQLiteBackend":  # sqlite3 loads only when asked for
+    # sqlite3 and the redis package load only when asked for (redis is an optional extra).
+    if name == "SQLiteBackend":
         from .sqlite import SQLiteBackend
 
         globals()[name] = SQLiteBackend
         return SQLiteBackend
+    if name == "RedisBackend":
+        from .redis import RedisBackend
+
+        globals()[name] = RedisBackend
+        return RedisBackend
     raise AttributeError(f"module 'tether.hub' has no attribute {name!r}")

@@ -1,0 +1,760 @@
+"""The Redis backend: several tether processes (nodes), on one machine or many, serve one set
+of topics. Needs the ``redis`` package (``pip install tether[redis]``) and Redis >= 6.2.
+
+Where things live, for a topic ``T`` and the prefix ``P`` (``"tether:"`` by default)::
+
+    P T:epoch     string    the topic's epoch, created once (SET only when missing)
+    P T:seq       string    the latest seq (INCR)
+    P T:stream    stream    the history: entry ID ``<seq>-0``, fields time, seq, epoch, data
+                            (JSON), sender (absent for the server); XADD MAXLEN ~ history_size
+    P T:members   hash      member id -> name
+    P T:names     hash      name -> how many member ids carry it
+    P T:expiry    zset      member id -> expiry time (ms)
+    P T           channel   live messages and presence changes (one pub/sub channel per topic)
+
+Every write is one Lua script, so it is atomic across nodes: a publish reads the epoch,
+INCRs the seq, XADDs the entry, trims the history and PUBLISHes the message in one step,
+hence the channel carries a topic's messages in ``seq`` order, and the stream holds them in
+the same order. Times come from Redis (``TIME``) unless a ``clock`` is given, so the age bound
+does not depend on the nodes' clocks.
+
+A node SUBSCRIBEs to a topic's channel while it has local listeners, and UNSUBSCRIBEs after
+the last one leaves. Presence is shared: each node re-joins its own members every
+``presence_ttl / 3`` seconds; the entries of a node that stopped (crash, partition) expire
+after ``presence_ttl``, and whichever node sees them expired first (its refresh, a join, a
+leave, ``members()``) removes them and publishes the ``left`` changes.
+
+What is guaranteed:
+
+- ``publish()`` returns only once Redis ran the script: the message is stored with its seq
+  (durable as far as Redis' persistence goes: ``appendonly yes`` with ``appendfsync always``
+  keeps every acknowledged message across a Redis restart, ``everysec`` may lose the last
+  second). When Redis cannot be reached, ``publish()`` raises :class:`BackendUnavailable`:
+  nothing is queued, nothing is lost silently. A publish whose reply was lost (Redis died
+  during the call) also raises, although the message may have been stored: publishing is
+  at-least-once when the caller retries.
+- Listeners get a topic's messages in ``seq`` order, each once. When the pub/sub connection
+  drops, the node reconnects with exponential backoff (logging the outage once and the
+  recovery once), resubscribes its channels, then reads from the stream what it missed
+  meanwhile (within the history bounds) before the live messages, and sends every listener a
+  fresh presence list.
+- ``history()`` and resume work from any node: the stream is the one truth.
+
+What is not: a Redis Cluster (keys of one topic are not hash-tagged), failover between
+replicas (a promoted replica may lack the last writes), key eviction (set
+``maxmemory-policy noeviction``: a lost ``seq`` key breaks the topic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import secrets
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from .base import (
+    DEFAULT_HISTORY_AGE,
+    DEFAULT_HISTORY_SIZE,
+    Backend,
+    BackendUnavailable,
+    Envelope,
+    HistoryResult,
+    Listener,
+    PresenceEvent,
+)
+from .memory import new_epoch
+
+__all__ = ["RedisBackend", "DEFAULT_URL", "DEFAULT_PRESENCE_TTL"]
+
+logger = logging.getLogger("tether.hub")
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PRESENCE_TTL = 30.0
+"""Seconds a member stays without being refreshed by its node."""
+HEALTH_INTERVAL = 15.0
+"""Seconds of silence on the pub/sub connection after which it is PINGed; twice that without
+an answer and it is considered dead."""
+
+_LUA_COMMON = """
+local function now_ms(given)
+  local n = tonumber(given)
+  if n >= 0 then return n end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function get_epoch(key, candidate)
+  local e = redis.call('GET', key)
+  if not e then redis.call('SET', key, candidate); e = candidate end
+  return e
+end
+local function entry_time(entry)
+  local f = entry[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'time' then return tonumber(f[i + 1]) end
+  end
+  return 0
+end
+local function prune(stream, cutoff)
+  local count = 1
+  while true do
+    local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', count)
+    if #head == 0 then return end
+    for i = 1, #head do
+      if entry_time(head[i]) >= cutoff then
+        if i > 1 then redis.call('XTRIM', stream, 'MINID', head[i][1]) end
+        return
+      end
+    end
+    local last = tonumber(string.match(head[#head][1], '^%d+'))
+    redis.call('XTRIM', stream, 'MINID', string.format('%d-0', last + 1))
+    if count < 128 then count = count * 2 end
+  end
+end
+"""
+
+# KEYS: epoch, seq, stream. ARGV: candidate epoch, data, sender, has sender, sender JSON,
+# now (-1: Redis time), age (ms), size, channel, token.
+_PUBLISH = _LUA_COMMON + """
+local epoch = get_epoch(KEYS[1], ARGV[1])
+local now = now_ms(ARGV[6])
+local newest = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+if #newest > 0 then
+  local t = entry_time(newest[1])
+  if t > now then now = t end
+end
+local seq = redis.call('INCR', KEYS[2])
+local fields = {'time', string.format('%d', now), 'seq', seq, 'epoch', epoch, 'data', ARGV[2]}
+if ARGV[4] == '1' then
+  fields[#fields + 1] = 'sender'
+  fields[#fields + 1] = ARGV[3]
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], string.format('%d-0', seq), unpack(fields))
+prune(KEYS[3], now - tonumber(ARGV[7]))
+redis.call('PUBLISH', ARGV[9], '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '","time":'
+  .. string.format('%d', now) .. ',"sender":' .. ARGV[5] .. ',"data":' .. ARGV[2]
+  .. ',"token":"' .. ARGV[10] .. '"}')
+return {seq, epoch, now}
+"""
+
+# KEYS: epoch, seq, stream. ARGV: candidate epoch, now, age (ms), size, since (-1: none),
+# limit (-1: none).
+_HISTORY = _LUA_COMMON + """
+local epoch = get_epoch(KEYS[1], ARGV[1])
+local now = now_ms(ARGV[2])
+prune(KEYS[3], now - tonumber(ARGV[3]))
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local low = math.max(last - tonumber(ARGV[4]), 0)
+local oldest = redis.call('XRANGE', KEYS[3], string.format('%d', low + 1), '+', 'COUNT', 1)
+local first = last + 1
+if #oldest > 0 then first = tonumber(string.match(oldest[1][1], '^%d+')) end
+local start = string.format('%d', math.max(low, tonumber(ARGV[5])) + 1)
+local limit = tonumber(ARGV[6])
+local entries
+if limit < 0 then
+  entries = redis.call('XRANGE', KEYS[3], start, '+')
+elseif limit == 0 then
+  entries = {}
+else
+  entries = redis.call('XREVRANGE', KEYS[3], '+', start, 'COUNT', limit)
+end
+return {epoch, last, first, entries}
+"""
+
+_EPOCH = _LUA_COMMON + "return get_epoch(KEYS[1], ARGV[1])"
+
+# KEYS: epoch, seq, stream. ARGV: new epoch.
+_RESET = """
+redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[2], 0)
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+"""
+
+_LUA_PRESENCE = _LUA_COMMON + """
+local function announce(channel, kind, name, token)
+  local names = redis.call('HKEYS', KEYS[2])
+  table.sort(names)
+  local members = '[]'
+  if #names > 0 then members = cjson.encode(names) end
+  redis.call('PUBLISH', channel, '{"members":' .. members .. ',"' .. kind .. '":'
+    .. cjson.encode(name) .. ',"token":"' .. token .. '"}')
+  return 1
+end
+local function remove(id, channel, token)
+  local name = redis.call('HGET', KEYS[1], id)
+  if not name then return 0 end
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('ZREM', KEYS[3], id)
+  if redis.call('HINCRBY', KEYS[2], name, -1) <= 0 then
+    redis.call('HDEL', KEYS[2], name)
+    return announce(channel, 'left', name, token)
+  end
+  return 0
+end
+local function expire(now, channel, token)
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', string.format('(%d', now))
+  local n = 0
+  for _, id in ipairs(ids) do n = n + remove(id, channel, token) end
+  return n
+end
+local now = now_ms(ARGV[1])
+local n = expire(now, ARGV[2], ARGV[3])
+"""
+
+# KEYS: members, names, expiry. ARGV: now, channel, token, member id, name, ttl (ms).
+_JOIN = _LUA_PRESENCE + """
+local id, name = ARGV[4], ARGV[5]
+local expiry = string.format('%d', now + tonumber(ARGV[6]))
+local previous = redis.call('HGET', KEYS[1], id)
+if previous == name then
+  redis.call('ZADD', KEYS[3], expiry, id)
+  return n
+end
+if previous then n = n + remove(id, ARGV[2], ARGV[3]) end
+redis.call('HSET', KEYS[1], id, name)
+redis.call('ZADD', KEYS[3], expiry, id)
+if redis.call('HINCRBY', KEYS[2], name, 1) == 1 then
+  n = n + announce(ARGV[2], 'joined', name, ARGV[3])
+end
+return n
+"""
+
+# KEYS: members, names, expiry. ARGV: now, channel, token, member id.
+_LEAVE = _LUA_PRESENCE + "return n + remove(ARGV[4], ARGV[2], ARGV[3])"
+
+# KEYS: members, names, expiry. ARGV: now, channel, token.
+_MEMBERS = _LUA_PRESENCE + "return redis.call('HKEYS', KEYS[2])"
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_encode_ascii = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _to_json(data: Any) -> bytes:
+    text = _encode(data)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: escape it
+        return _encode_ascii(data).encode()
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else "***@"
+    return urllib.parse.urlunsplit(parts._replace(netloc=user + host))
+
+
+@dataclass(eq=False)
+class _Channel:
+    """This node's subscription to one topic's channel."""
+
+    topic: str
+    name: bytes
+    ready: asyncio.Future[None]
+    listeners: list[Listener] = field(default_factory=list)
+    confirmed: bool = False  # SUBSCRIBE confirmed on the current pub/sub connection
+    epoch: str | None = None
+    delivered: int | None = None  # the last seq handed to the listeners
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A call waiting until the reader delivered what it published (``expected`` payloads)."""
+
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    seen: int = 0
+    expected: int | None = None
+
+    def check(self) -> None:
+        if self.expected is not None and self.seen >= self.expected:
+            self.done.set()
+
+
+class RedisBackend(Backend):
+    """History, live feed and presence in Redis, shared by every node using the same Redis
+    database and ``key_prefix``. See the module docstring for the keys and the guarantees.
+
+    Connects on first use; call :meth:`connect` at start-up to fail early.
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]`` (or ``rediss://``, ``unix://``).
+        history_size: messages kept per topic (default 1000).
+        history_age: seconds a message is kept (default 24 h).
+        key_prefix: prefix of every key and channel name.
+        presence_ttl: seconds a member lasts unless its node refreshes it (every third of it).
+        timeout: seconds to connect, to wait for a reply, and for a SUBSCRIBE to be confirmed.
+        max_retry_delay: longest pause between two attempts to reconnect the live feed.
+        clock: Unix time in seconds for message times and the age bound (tests); Redis' own
+            clock (``TIME``) when None.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        history_age: float = DEFAULT_HISTORY_AGE,
+        key_prefix: str = "tether:",
+        presence_ttl: float = DEFAULT_PRESENCE_TTL,
+        timeout: float = 5.0,
+        max_retry_delay: float = 5.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if history_size < 0 or history_age < 0:
+            raise ValueError("history_size and history_age cannot be negative")
+        if presence_ttl <= 0 or timeout <= 0 or max_retry_delay <= 0:
+            raise ValueError("presence_ttl, timeout and max_retry_delay must be positive")
+        self.url = url
+        self.history_size = history_size
+        self.history_age = history_age
+        self.key_prefix = key_prefix
+        self.presence_ttl = presence_ttl
+        self.timeout = timeout
+        self.max_retry_delay = max_retry_delay
+        self.clock = clock
+        self._node = secrets.token_hex(6)
+        self._tokens = itertools.count(1)
+        self._client: Any = None  # redis.asyncio.Redis, created in the running loop
+        self._scripts: dict[str, Any] = {}
+        self._connecting: asyncio.Future[None] | None = None
+        self._closed = False
+        self._channels: dict[str, _Channel] = {}
+        self._waiters: dict[str, _Waiter] = {}
+        self._local: dict[str, dict[str, str]] = {}  # topic -> member id -> name (ours)
+        self._pubsub: Any = None
+        self._live = False  # the pub/sub connection is up and subscribed
+        self._down = False  # an outage was logged and not its end yet
+        self._sub_lock: asyncio.Lock | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    # -- connection -------------------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> BackendUnavailable:
+        return BackendUnavailable(f"Redis at {_safe_url(self.url)}: {exc}")
+
+    async def connect(self) -> None:
+        """Connect and check that Redis answers (done on first use otherwise).
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached, or the URL is not valid.
+        """
+        if self._closed:
+            raise BackendUnavailable("the backend is closed")
+        if self._client is not None:
+            return
+        if self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_future()
+            try:
+                await self._open()
+            except BaseException as exc:
+                self._connecting.set_exception(exc)
+                self._connecting.exception()  # retrieved: no "never retrieved" warning
+                self._connecting = None
+                raise
+            self._connecting.set_result(None)
+        else:
+            await asyncio.shield(self._connecting)
+
+    async def _open(self) -> None:
+        try:
+            client = aioredis.Redis.from_url(
+                self.url,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                # Never retry a command behind our back: a publish sent twice is stored twice.
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=False,
+            )
+        except ValueError as exc:
+            raise BackendUnavailable(f"invalid Redis URL {_safe_url(self.url)}: {exc}") from None
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            await client.aclose()
+            raise BackendUnavailable(
+                f"cannot reach Redis at {_safe_url(self.url)}: {exc}") from None
+        self._scripts = {
+            name: client.register_script(source)
+            for name, source in (("publish", _PUBLISH), ("history", _HISTORY),
+                                 ("epoch", _EPOCH), ("reset", _RESET), ("join", _JOIN),
+                                 ("leave", _LEAVE), ("members", _MEMBERS))
+        }
+        self._sub_lock = asyncio.Lock()
+        self._wakeup = asyncio.Event()
+        self._client = client
+        self._reader = asyncio.create_task(self._read_forever())
+        self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def _ready(self) -> None:
+        if self._closed:
+            raise BackendUnavailable("the backend is closed")
+        if self._client is None:
+            await self.connect()
+
+    async def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        await self._ready()
+        try:
+            return await self._scripts[script](keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        except Exception:
+            if self._closed:  # closed during the call: redis-py's errors vary
+                raise BackendUnavailable("the backend is closed") from None
+            raise
+
+    def _keys(self, topic: str, *suffixes: str) -> list[str]:
+        return [f"{self.key_prefix}{topic}:{suffix}" for suffix in suffixes]
+
+    def _channel_name(self, topic: str) -> str:
+        return f"{self.key_prefix}{topic}"
+
+    def _now_arg(self) -> int:
+        return -1 if self.clock is None else int(self.clock() * 1000)
+
+    async def _published(self, topic: str, script: str, keys: Sequence[str],
+                         args: Sequence[Any], more: Sequence[Any] = ()) -> Any:
+        """Run a script that PUBLISHes on the topic's channel; when this node listens to the
+        topic, return once the reader handed what it published to the listeners."""
+        token = f"{self._node}:{next(self._tokens)}"
+        channel = self._channels.get(topic)
+        waiter = None
+        if channel is not None and channel.confirmed and self._live:
+            waiter = self._waiters[token] = _Waiter()
+        try:
+            result = await self._run(script, keys, [*args, token, *more])
+            if waiter is not None:
+                waiter.expected = 1 if script == "publish" else int(result)  # PUBLISHes made
+                waiter.check()
+                try:
+                    await asyncio.wait_for(waiter.done.wait(), self.timeout)
+                except asyncio.TimeoutError:
+                    logger.warning("event=redis_echo_late topic=%s", topic)
+        finally:
+            self._waiters.pop(token, None)
+        return result
+
+    # -- history ----------------------------------------------------------------------------
+
+    async def publish(self, topic: str, data: Any, sender: str | None = None) -> Envelope:
+        text = _to_json(data)
+        keys = self._keys(topic, "epoch", "seq", "stream")
+        args = [new_epoch(), text, sender or "", "0" if sender is None else "1",
+                _encode_ascii(sender), self._now_arg(), int(self.history_age * 1000),
+                self.history_size, self._channel_name(topic)]
+        seq, epoch, now = await self._published(topic, "publish", keys, args)
+        return Envelope(topic, int(seq), epoch.decode(), data, sender, int(now))
+
+    async def history(
+        self, topic: str, since: int | None = None, limit: int | None = None
+    ) -> HistoryResult:
+        keys = self._keys(topic, "epoch", "seq", "stream")
+        args = [new_epoch(), self._now_arg(), int(self.history_age * 1000), self.history_size,
+                -1 if since is None else max(since, 0), -1 if limit is None else max(limit, 0)]
+        epoch, last, first, entries = await self._run("history", keys, args)
+        if limit is not None:
+            entries.reverse()
+        messages = tuple(_envelope(topic, entry) for entry in entries)
+        gap = since is not None and since < first - 1
+        return HistoryResult(messages, gap, int(first), epoch.decode(), int(last))
+
+    async def epoch(self, topic: str) -> str:
+        epoch = await self._run("epoch", self._keys(topic, "epoch"), [new_epoch()])
+        return str(epoch.decode())
+
+    async def reset(self, topic: str) -> str:
+        epoch = await self._run("reset", self._keys(topic, "epoch", "seq", "stream"),
+                                [new_epoch()])
+        return str(epoch.decode())
+
+    # -- presence ---------------------------------------------------------------------------
+
+    def _presence_args(self, topic: str) -> tuple[list[str], list[Any]]:
+        return (self._keys(topic, "members", "names", "expiry"),
+                [self._now_arg(), self._channel_name(topic)])
+
+    async def join(self, topic: str, member_id: str, name: str) -> None:
+        keys, args = self._presence_args(topic)
+        await self._published(topic, "join", keys, args,
+                              [member_id, name, int(self.presence_ttl * 1000)])
+        self._local.setdefault(topic, {})[member_id] = name
+
+    async def leave(self, topic: str, member_id: str) -> None:
+        members = self._local.get(topic)
+        if members is not None:
+            members.pop(member_id, None)
+            if not members:
+                del self._local[topic]
+        keys, args = self._presence_args(topic)
+        await self._published(topic, "leave", keys, args, [member_id])
+
+    async def members(self, topic: str) -> list[str]:
+        keys, args = self._presence_args(topic)
+        names = await self._run("members", keys, [*args, f"{self._node}:0"])
+        return sorted(name.decode() for name in names)
+
+    async def _refresh_forever(self) -> None:
+        """Re-join this node's members (so that they do not expire) and expire the members
+        of nodes that stopped, on every topic this node has members in or listens to."""
+        while not self._closed:
+            await asyncio.sleep(self.presence_ttl / 3)
+            ttl = int(self.presence_ttl * 1000)
+            try:
+                for topic, members in list(self._local.items()):
+                    for member_id, name in list(members.items()):
+                        keys, args = self._presence_args(topic)
+                        await self._run("join", keys, [*args, f"{self._node}:0", member_id,
+                                                       name, ttl])
+                for topic in list(self._channels):
+                    if topic not in self._local:
+                        await self.members(topic)
+            except BackendUnavailable as exc:
+                logger.debug("event=redis_refresh_failed error=\"%s\"", exc)
+
+    # -- live feed --------------------------------------------------------------------------
+
+    async def listen(self, topic: str, listener: Listener) -> None:
+        await self._ready()
+        assert self._sub_lock is not None and self._wakeup is not None
+        channel = self._channels.get(topic)
+        if channel is None:
+            name = self._channel_name(topic).encode()
+            channel = _Channel(topic, name, asyncio.get_running_loop().create_future())
+            self._channels[topic] = channel
+            async with self._sub_lock:
+                if self._live:
+                    try:
+                        await self._pubsub.subscribe(name)
+                    except (RedisError, OSError):
+                        pass  # the reader sees it too, reconnects and subscribes everything
+            self._wakeup.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(channel.ready), self.timeout)
+        except asyncio.TimeoutError:
+            if not channel.listeners and self._channels.get(topic) is channel:
+                await self._drop_channel(channel)
+            raise BackendUnavailable(
+                f"Redis at {_safe_url(self.url)}: no subscription to {topic} "
+                f"after {self.timeout} s") from None
+        channel.listeners = [*channel.listeners, listener]  # copy on write
+
+    async def unlisten(self, topic: str, listener: Listener) -> None:
+        channel = self._channels.get(topic)
+        if channel is None:
+            return
+        channel.listeners = [x for x in channel.listeners if x is not listener]
+        if not channel.listeners and channel.ready.done():
+            await self._drop_channel(channel)
+
+    async def _drop_channel(self, channel: _Channel) -> None:
+        del self._channels[channel.topic]
+        if not channel.ready.done():
+            channel.ready.cancel()
+        assert self._sub_lock is not None
+        async with self._sub_lock:
+            if self._live:
+                try:
+                    await self._pubsub.unsubscribe(channel.name)
+                except (RedisError, OSError):
+                    pass  # the reader reconnects without it
+
+    def _notify(self, channel: _Channel, event: Envelope | PresenceEvent) -> None:
+        for listener in channel.listeners:
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("hub listener for topic %s failed", channel.topic)
+
+    def _deliver(self, channel: _Channel, envelope: Envelope) -> None:
+        if channel.delivered is not None and envelope.seq <= channel.delivered:
+            return  # already delivered (caught up from the stream)
+        channel.delivered = envelope.seq
+        self._notify(channel, envelope)
+
+    async def _catch_up(self, channel: _Channel) -> None:
+        """Deliver what the stream holds after the last seq delivered (all of the current
+        epoch if it changed)."""
+        result = await self.history(channel.topic, channel.delivered)
+        if result.epoch != channel.epoch:
+            channel.epoch, channel.delivered = result.epoch, 0
+            result = await self.history(channel.topic, 0)
+        if result.gap:
+            logger.warning("event=redis_feed_gap topic=%s from=%s to=%s", channel.topic,
+                           (channel.delivered or 0) + 1, result.first - 1)
+        for envelope in result.messages:
+            self._deliver(channel, envelope)
+
+    async def _subscribed(self, channel: _Channel) -> None:
+        """The channel's SUBSCRIBE was confirmed: from here its messages arrive."""
+        if channel.confirmed:
+            return
+        if channel.delivered is None:  # first subscription: start after the latest seq
+            epoch, seq = await self._client.mget(self._keys(channel.topic, "epoch", "seq"))
+            channel.epoch = epoch.decode() if epoch is not None else None
+            channel.delivered = int(seq or 0)
+        else:  # resubscribed after an outage: what was missed meanwhile, then live
+            await self._catch_up(channel)
+            members = await self.members(channel.topic)
+            self._notify(channel, PresenceEvent(channel.topic, tuple(members)))
+        channel.confirmed = True
+        if not channel.ready.done():
+            channel.ready.set_result(None)
+
+    async def _received(self, channel: _Channel, payload: bytes) -> None:
+        message = json.loads(payload)
+        if "seq" in message:
+            envelope = Envelope(channel.topic, message["seq"], message["epoch"],
+                                message["data"], message["sender"], message["time"])
+            if envelope.epoch != channel.epoch:  # reset: a new life starts from seq 0
+                channel.epoch, channel.delivered = envelope.epoch, 0
+            delivered = channel.delivered or 0
+            if envelope.seq > delivered + 1:  # not seen on the channel: take it from the stream
+                await self._catch_up(channel)
+            self._deliver(channel, envelope)
+        else:
+            self._notify(channel, PresenceEvent(
+                channel.topic, tuple(sorted(message["members"])),
+                joined=message.get("joined"), left=message.get("left")))
+        waiter = self._waiters.get(message["token"])
+        if waiter is not None:
+            waiter.seen += 1
+            waiter.check()
+
+    async def _read_forever(self) -> None:
+        """The reader task: one pub/sub connection, reconnected with backoff."""
+        delay = 0.05
+        assert self._wakeup is not None
+        while not self._closed:
+            if not self._channels:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            try:
+                await self._read_session()
+            except (RedisError, OSError, BackendUnavailable) as exc:
+                self._lost(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay)
+            except Exception as exc:  # a bug: log it, start again on a new connection
+                logger.exception("hub: the Redis reader failed")
+                self._lost(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay)
+            else:
+                delay = 0.05
+
+    def _lost(self, exc: BaseException) -> None:
+        self._live = False
+        for channel in self._channels.values():
+            channel.confirmed = False
+        for waiter in self._waiters.values():
+            waiter.done.set()  # what they published comes through the catch-up
+        if not self._down:
+            self._down = True
+            logger.warning("event=redis_unavailable url=%s error=\"%s\" action=reconnecting",
+                           _safe_url(self.url), exc)
+
+    async def _read_session(self) -> None:
+        assert self._sub_lock is not None
+        pubsub = self._client.pubsub()
+        self._pubsub = pubsub
+        try:
+            async with self._sub_lock:
+                await pubsub.subscribe(*[c.name for c in self._channels.values()])
+                self._live = True
+            loop = asyncio.get_running_loop()
+            heard = loop.time()
+            pinged = False
+            while not self._closed:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    silence = loop.time() - heard
+                    if silence > 2 * HEALTH_INTERVAL:
+                        raise OSError(f"no answer from Redis for {silence:.0f} s")
+                    if silence > HEALTH_INTERVAL and not pinged:
+                        await pubsub.ping()
+                        pinged = True
+                    continue
+                heard, pinged = loop.time(), False
+                kind = message["type"]
+                name = message["channel"]
+                topic = (name.decode() if isinstance(name, bytes) else str(name)
+                         )[len(self.key_prefix):] if name is not None else ""
+                channel = self._channels.get(topic)
+                if channel is None:
+                    continue  # unsubscribed meanwhile, or a pong
+                if kind in (b"subscribe", "subscribe"):
+                    await self._subscribed(channel)
+                    if self._down and all(c.confirmed for c in self._channels.values()):
+                        self._down = False
+                        logger.warning("event=redis_reconnected url=%s", _safe_url(self.url))
+                elif kind in (b"message", "message") and channel.confirmed:
+                    await self._received(channel, message["data"])
+        finally:
+            self._live = False
+            self._pubsub = None
+            try:
+                await pubsub.aclose()
+            except (RedisError, OSError):
+                pass
+
+    # -- closing ----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Remove this node's members (best effort), stop the live feed, close connections."""
+        if self._closed:
+            return
+        local, self._local = self._local, {}
+        if self._client is not None:
+            try:
+                await asyncio.wait_for(self._leave_all(local), self.timeout)
+            except (BackendUnavailable, asyncio.TimeoutError):
+                pass  # they expire after presence_ttl
+        self._closed = True
+        for task in (self._reader, self._refresher):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        for waiter in self._waiters.values():
+            waiter.done.set()
+        for channel in self._channels.values():
+            if not channel.ready.done():
+                channel.ready.cancel()
+        self._channels.clear()
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _leave_all(self, local: dict[str, dict[str, str]]) -> None:
+        for topic, members in local.items():
+            for member_id in members:
+                keys, args = self._presence_args(topic)
+                await self._run("leave", keys, [*args, f"{self._node}:0", member_id])
+
+
+def _envelope(topic: str, entry: Any) -> Envelope:
+    """An envelope from a stream entry: ``[id, [field, value, ...]]``."""
+    raw = entry[1]
+    fields = {raw[i]: raw[i + 1] for i in range(0, len(raw), 2)}
+    sender = fields.get(b"sender")
+    return Envelope(topic, int(fields[b"seq"]), fields[b"epoch"].decode(),
+                    json.loads(fields[b"data"]), None if sender is None else sender.decode(),
+                    int(fields[b"time"]))
