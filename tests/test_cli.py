@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -368,3 +369,77 @@ class TestShutdown:
 
             asyncio.run(asyncio.wait_for(scenario(), 200 * UNIT))
             assert server.returncode == 0
+
+
+def wait_for_listeners(port: int, count: int) -> None:
+    """Wait until ``count`` sockets listen on ``port`` (SO_REUSEPORT: one per worker)."""
+    deadline = time.monotonic() + 200 * UNIT
+    while time.monotonic() < deadline:
+        with open("/proc/net/tcp") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+        listening = [r for r in rows if r[3] == "0A" and int(r[1].split(":")[1], 16) == port]
+        if len(listening) >= count:
+            return
+        time.sleep(UNIT / 2)
+    raise TimeoutError(f"fewer than {count} sockets listen on {port}")
+
+
+class TestScaleOut:
+    """``tether chat --redis`` and ``--workers``: nodes sharing topics through Redis."""
+
+    def test_redis_unreachable_is_a_clear_error(self) -> None:
+        result = subprocess.run(
+            TETHER + ["chat", "--port", str(free_port()),
+                      "--redis", f"redis://127.0.0.1:{free_port()}/0"],
+            capture_output=True, timeout=200 * UNIT)
+        assert result.returncode == 1
+        assert b"cannot reach Redis" in result.stderr
+        assert b"Traceback" not in result.stderr
+
+    def test_workers_need_redis(self) -> None:
+        result = subprocess.run(TETHER + ["chat", "--port", str(free_port()), "--workers", "2"],
+                                capture_output=True, timeout=100 * UNIT)
+        assert result.returncode == 2
+        assert b"--workers > 1 needs --redis" in result.stderr
+
+    def test_two_workers_serve_one_port_and_share_topics(self, tmp_path: Path) -> None:
+        from .hub.conftest import redis_running
+
+        (tmp_path / "redis").mkdir()
+        with redis_running(tmp_path / "redis") as redis:
+            with server_process("chat", "--workers", "2", "--redis", redis.url) as (server, port):
+                wait_for_listeners(port, 2)
+
+                async def scenario() -> set[str]:
+                    url = f"ws://127.0.0.1:{port}/ws"
+                    clients = [await tether.connect(f"{url}?name=c{i}",
+                                                    origin=f"http://127.0.0.1:{port}")
+                               for i in range(16)]
+                    for ws in clients:
+                        await ws.send('{"type": "subscribe", "topic": "lobby"}')
+                        while True:  # subscribed, then the presence snapshot
+                            frame = json.loads(await ws.recv())
+                            if frame["type"] == "presence":
+                                break
+                    await clients[0].send(
+                        '{"type": "publish", "topic": "lobby", "data": "hi all", "id": "1"}')
+                    for ws in clients:
+                        while True:
+                            frame = json.loads(await ws.recv())
+                            if frame["type"] == "message":
+                                assert frame["data"] == "hi all" and frame["seq"] == 1
+                                break
+                    for ws in clients:
+                        await ws.close()
+                    return set()
+
+                asyncio.run(asyncio.wait_for(scenario(), 300 * UNIT))
+                server.send_signal(signal.SIGTERM)
+                assert server.wait(200 * UNIT) == 0
+                assert server.stderr is not None
+                log = server.stderr.read().decode()
+                pids = {part.split("=")[1] for line in log.splitlines() if "event=open" in line
+                        for part in line.split() if part.startswith("pid=")}
+                # The kernel spread the 16 connections over both workers (SO_REUSEPORT), and
+                # every client got the message whichever worker it was on.
+                assert len(pids) == 2, log

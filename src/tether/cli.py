@@ -81,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--data", metavar="DIR", default=None,
                       help="folder for the chat history (default: ./tether-data); "
                       "'-' keeps history in memory only")
+    chat.add_argument("--redis", metavar="URL",
+                      help="share topics, history and presence with every other tether "
+                      "node using this Redis, e.g. redis://127.0.0.1:6379/0 (instead of "
+                      "--data); see docs/scaling.md")
+    chat.add_argument("--workers", type=int, default=1, metavar="N",
+                      help="run N processes on one port (SO_REUSEPORT), each a node; N > 1 "
+                      "needs --redis (default: %(default)s)")
+    chat.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _add_server_options(chat)
 
     connect = commands.add_parser(
@@ -206,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("echo", "broadcast", "chat"):
         _configure_logging(args.quiet)
+        if getattr(args, "workers", 1) > 1:
+            return _supervise(args, list(sys.argv[1:] if argv is None else argv))
         return _run(_serve(args))
     if args.command == "connect":
         return _run(_connect(args))
@@ -213,10 +223,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--workers N``: N processes of this command on one port (SO_REUSEPORT), each a node
+    of the same Redis-backed hub. SIGINT/SIGTERM go to every worker (each closes its
+    connections with 1001); the exit code is 0 when they all exit 0."""
+    import subprocess
+
+    if args.command != "chat" or not args.redis:
+        print(f"tether {args.command}: --workers > 1 needs --redis (workers share topics "
+              "through it)", file=sys.stderr)
+        return 2
+    command = [sys.executable, "-m", "tether", *argv, "--workers", "1", "--reuse-port"]
+    workers = [subprocess.Popen(command) for _ in range(args.workers)]
+    logger.info("event=workers count=%d pids=%s", len(workers),
+                ",".join(str(w.pid) for w in workers))
+
+    def forward(signum: int, frame: Any) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    codes = []
+    for worker in workers:
+        code = worker.wait()
+        codes.append(code)
+        if code != 0:
+            forward(signal.SIGTERM, None)  # one failed (e.g. Redis unreachable): stop all
+    return 0 if all(code == 0 for code in codes) else 1
+
+
 def _configure_logging(quiet: bool) -> None:
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s level=%(levelname)s %(message)s",
+        format="%(asctime)s level=%(levelname)s pid=%(process)d %(message)s",
         stream=sys.stderr,
     )
 
@@ -257,12 +298,26 @@ async def _serve(args: argparse.Namespace) -> int:
         from .apps.chat.server import open_chat_backend
         from .hub import Hub
 
-        data = None if args.data == "-" else Path(args.data or "tether-data")
-        try:
-            hub = Hub(open_chat_backend(data))
-        except (OSError, ValueError) as exc:
-            print(f"tether chat: cannot open the history in {data}: {exc}", file=sys.stderr)
-            return 1
+        from .exceptions import BackendUnavailable
+
+        if args.redis:
+            from .hub.redis import RedisBackend
+
+            try:
+                backend = RedisBackend(args.redis)
+                await backend.connect()
+            except (BackendUnavailable, ValueError) as exc:
+                print(f"tether chat: {exc}", file=sys.stderr)
+                return 1
+            hub = Hub(backend)
+        else:
+            data = None if args.data == "-" else Path(args.data or "tether-data")
+            try:
+                hub = Hub(open_chat_backend(data))
+            except (OSError, ValueError) as exc:
+                print(f"tether chat: cannot open the history in {data}: {exc}",
+                      file=sys.stderr)
+                return 1
         handler = make_chat_router(hub)  # type: ignore[assignment]
         if "allowed_origins" not in options:
             # Same origin only: a page elsewhere cannot open the chat socket (CSWSH).
@@ -273,7 +328,8 @@ async def _serve(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     _install_stop_signals(stop)
     try:
-        server = await serve(handler, args.host, args.port, **options)
+        server = await serve(handler, args.host, args.port,
+                             reuse_port=getattr(args, "reuse_port", False), **options)
     except OSError as exc:
         print(f"tether {args.command}: cannot listen on {args.host}:{args.port}: "
               f"{exc.strerror or exc}", file=sys.stderr)
