@@ -443,3 +443,27 @@ class TestScaleOut:
                 # The kernel spread the 16 connections over both workers (SO_REUSEPORT), and
                 # every client got the message whichever worker it was on.
                 assert len(pids) == 2, log
+
+    def test_broadcast_nodes_share_messages(self, tmp_path: Path) -> None:
+        from .hub.conftest import redis_running
+
+        (tmp_path / "redis").mkdir()
+        with redis_running(tmp_path / "redis") as redis, \
+                server_process("broadcast", "--redis", redis.url) as (node_a, port_a), \
+                server_process("broadcast", "--redis", redis.url) as (node_b, port_b):
+
+            async def scenario() -> None:
+                on_a = await tether.connect(f"ws://127.0.0.1:{port_a}/")
+                on_b = await tether.connect(f"ws://127.0.0.1:{port_b}/")
+                await on_a.send("from a")
+                await on_b.send(b"\x00from b")
+                got = [[await ws.recv(), await ws.recv()] for ws in (on_a, on_b)]
+                assert got[0] == got[1]  # one order, whichever it is, on both nodes
+                assert sorted(got[0], key=repr) == sorted(["from a", b"\x00from b"], key=repr)
+                await on_a.close()
+                await on_b.close()
+
+            asyncio.run(asyncio.wait_for(scenario(), 200 * UNIT))
+            for node in (node_a, node_b):
+                node.send_signal(signal.SIGTERM)
+                assert node.wait(100 * UNIT) == 0

@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         "rather than allowed to grow the server's memory. Ctrl-C or SIGTERM closes every "
         "connection with 1001 and exits 0.",
     )
+    _add_scale_options(broadcast)
     _add_server_options(broadcast)
     chat = commands.add_parser(
         "chat",
@@ -81,14 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--data", metavar="DIR", default=None,
                       help="folder for the chat history (default: ./tether-data); "
                       "'-' keeps history in memory only")
-    chat.add_argument("--redis", metavar="URL",
-                      help="share topics, history and presence with every other tether "
-                      "node using this Redis, e.g. redis://127.0.0.1:6379/0 (instead of "
-                      "--data); see docs/scaling.md")
-    chat.add_argument("--workers", type=int, default=1, metavar="N",
-                      help="run N processes on one port (SO_REUSEPORT), each a node; N > 1 "
-                      "needs --redis (default: %(default)s)")
-    chat.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    _add_scale_options(chat)
     _add_server_options(chat)
 
     connect = commands.add_parser(
@@ -115,6 +109,17 @@ def _parser() -> argparse.ArgumentParser:
                          help="wss://: do not verify the server's certificate (for "
                          "self-signed certificates in development; never in production)")
     return parser
+
+
+def _add_scale_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--redis", metavar="URL",
+                         help="share messages (and the chat's history and presence) with every "
+                         "other tether node using this Redis, e.g. redis://127.0.0.1:6379/0; "
+                         "see docs/scaling.md")
+    command.add_argument("--workers", type=int, default=1, metavar="N",
+                         help="run N processes on one port (SO_REUSEPORT), each a node; N > 1 "
+                         "needs --redis (default: %(default)s)")
+    command.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
 
 def _add_server_options(command: argparse.ArgumentParser) -> None:
@@ -229,7 +234,7 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
     connections with 1001); the exit code is 0 when they all exit 0."""
     import subprocess
 
-    if args.command != "chat" or not args.redis:
+    if not args.redis:
         print(f"tether {args.command}: --workers > 1 needs --redis (workers share topics "
               "through it)", file=sys.stderr)
         return 2
@@ -287,29 +292,29 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"tether {args.command}: {exc}", file=sys.stderr)
         return 2
     hub = None
+    broadcast_app = None
     if args.command == "echo":
         from .apps.echo import echo as handler
     elif args.command == "broadcast":
-        from .apps.broadcast import make_router
+        from .apps.broadcast import BroadcastApp
 
-        handler = make_router()  # type: ignore[assignment]
+        backend = None
+        if args.redis:
+            backend = await _open_redis(args)
+            if backend is None:
+                return 1
+        broadcast_app = BroadcastApp(backend)
+        handler = broadcast_app.router  # type: ignore[assignment]
     else:
         from .apps.chat.server import make_router as make_chat_router
         from .apps.chat.server import open_chat_backend
         from .hub import Hub
 
-        from .exceptions import BackendUnavailable
-
         if args.redis:
-            from .hub.redis import RedisBackend
-
-            try:
-                backend = RedisBackend(args.redis)
-                await backend.connect()
-            except (BackendUnavailable, ValueError) as exc:
-                print(f"tether chat: {exc}", file=sys.stderr)
+            redis_backend = await _open_redis(args)
+            if redis_backend is None:
                 return 1
-            hub = Hub(backend)
+            hub = Hub(redis_backend)
         else:
             data = None if args.data == "-" else Path(args.data or "tether-data")
             try:
@@ -334,6 +339,8 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"tether {args.command}: cannot listen on {args.host}:{args.port}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         return 1
+    if broadcast_app is not None:
+        await broadcast_app.start(server)
     scheme = "wss" if "ssl" in options else "ws"
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]
@@ -344,7 +351,23 @@ async def _serve(args: argparse.Namespace) -> int:
     await server.close(1001, "server shutting down", timeout=args.shutdown_timeout)
     if hub is not None:
         await hub.close()
+    if broadcast_app is not None and broadcast_app.backend is not None:
+        await broadcast_app.backend.close()
     return 0
+
+
+async def _open_redis(args: argparse.Namespace) -> Any:
+    """A connected RedisBackend, or None after printing why not (exit code 1)."""
+    from .exceptions import BackendUnavailable
+    from .hub.redis import RedisBackend
+
+    try:
+        backend = RedisBackend(args.redis)
+        await backend.connect()
+    except (BackendUnavailable, ValueError) as exc:
+        print(f"tether {args.command}: {exc}", file=sys.stderr)
+        return None
+    return backend
 
 
 def _url_host(host: str) -> str:
