@@ -14,6 +14,16 @@
  *              and its TCP close; reports handshakes/s.
  *   broadcast  C connections that only read; counts received messages for
  *              D seconds (or until N messages in total).
+ *   idle       C connections that complete the handshake and then hold the
+ *              connection open, sending nothing, for D seconds or until a
+ *              line (or EOF) arrives on stdin when stdin is a pipe; then
+ *              close each one with close code 1000.
+ *
+ * --notify prints "open" on stderr once every connection is open and (in
+ * broadcast mode with -n) "done" once every message has arrived, before the
+ * connections are closed, so a driver can sample the server in between.
+ * --concurrency K keeps at most K connects/handshakes pending at once while
+ * the connections are being opened (echo, broadcast, idle; 0 = all at once).
  *
  * Output: one line of JSON on stdout.  Errors (connection failure, protocol
  * violation, timeout) print a message on stderr and exit with status 1;
@@ -36,13 +46,14 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------------ */
 /* configuration                                                       */
 
-enum { MODE_ECHO, MODE_HANDSHAKE, MODE_BROADCAST };
+enum { MODE_ECHO, MODE_HANDSHAKE, MODE_BROADCAST, MODE_IDLE };
 
 static struct {
     int mode;
@@ -58,6 +69,8 @@ static struct {
     long verify;     /* bytes checked at head and tail; <0 = whole payload */
     double timeout;  /* seconds without progress before giving up */
     uint64_t seed;
+    int notify;      /* print "open"/"done" on stderr */
+    int concurrency; /* pending connects while opening; 0 = all */
 } cfg = {
     .mode = MODE_ECHO,
     .host = "127.0.0.1",
@@ -72,9 +85,11 @@ static struct {
     .verify = 64,
     .timeout = 10.0,
     .seed = 0,
+    .notify = 0,
+    .concurrency = -1,
 };
 
-static const char *mode_name[] = {"echo", "handshake", "broadcast"};
+static const char *mode_name[] = {"echo", "handshake", "broadcast", "idle"};
 
 /* RFC 6455 section 1.3 example key and its accept value. */
 #define WS_KEY "dGhlIHNhbXBsZSBub25jZQ=="
@@ -305,6 +320,19 @@ static uint64_t total_sent, total_recv, total_inflight, total_bytes;
 static uint64_t hs_started, hs_done;
 static uint64_t t_start, t_last_recv, t_stop;
 static uint64_t timeout_ns;
+static int n_started; /* connections started so far (connect phase) */
+static uint64_t t_all_open;
+static int stdin_eof_early; /* stdin ended before all connections were open */
+static int stdin_watched;
+static int stdin_marker; /* epoll data.ptr for stdin */
+
+static void notify(const char *what)
+{
+    if (cfg.notify) {
+        fprintf(stderr, "%s\n", what);
+        fflush(stderr);
+    }
+}
 
 static void set_events(conn_t *c, int want_out)
 {
@@ -499,10 +527,14 @@ static void on_connected(conn_t *c)
     flush(c);
 }
 
+static void start_connection(conn_t *c);
+
 static void on_open(conn_t *c)
 {
     c->state = ST_OPEN;
     n_open++;
+    if (cfg.mode != MODE_HANDSHAKE && n_started < nconns)
+        start_connection(&conns[n_started++]);
     if (cfg.mode == MODE_HANDSHAKE) {
         queue_close(c);
     } else if (cfg.mode == MODE_ECHO && phase == P_RUN) {
@@ -928,7 +960,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: loadgen MODE --port P [options]\n"
-            "modes: echo | handshake | broadcast\n"
+            "modes: echo | handshake | broadcast | idle\n"
             "  --host H          server address (default 127.0.0.1)\n"
             "  --port P          server port (required)\n"
             "  --path PATH       request path (default /)\n"
@@ -942,6 +974,12 @@ static void usage(FILE *f)
             "                    -1 = whole payload)\n"
             "  --timeout T       seconds without progress before failing (default 10)\n"
             "  --seed X          random seed (default: time-based)\n"
+            "  --notify          print 'open' on stderr when all connections are open and\n"
+            "                    'done' when all -n broadcast messages have arrived\n"
+            "  --concurrency K   at most K connections opening at once (default: all at\n"
+            "                    once; idle: 100)\n"
+            "idle: holds the connections for -d seconds (default 5), or until a line or\n"
+            "EOF on stdin when stdin is a pipe.\n"
             "Prints one line of JSON on stdout; exits 1 on connection/protocol errors.\n");
 }
 
@@ -987,6 +1025,7 @@ int main(int argc, char **argv)
         {"iterations", required_argument, 0, 'n'},
         {"verify", required_argument, 0, 'V'}, {"timeout", required_argument, 0, 'T'},
         {"seed", required_argument, 0, 'S'},  {"help", no_argument, 0, 'h'},
+        {"notify", no_argument, 0, 'N'},      {"concurrency", required_argument, 0, 'C'},
         {0, 0, 0, 0},
     };
     const char *mode = NULL;
@@ -1019,6 +1058,8 @@ int main(int argc, char **argv)
         case 'V': cfg.verify = (long)parse_ll(optarg, "verify"); break;
         case 'T': cfg.timeout = parse_double(optarg, "timeout"); break;
         case 'S': cfg.seed = (uint64_t)parse_ll(optarg, "seed"); break;
+        case 'N': cfg.notify = 1; break;
+        case 'C': cfg.concurrency = (int)parse_ll(optarg, "concurrency"); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -1035,6 +1076,8 @@ int main(int argc, char **argv)
         cfg.mode = MODE_HANDSHAKE;
     else if (!strcmp(mode, "broadcast"))
         cfg.mode = MODE_BROADCAST;
+    else if (!strcmp(mode, "idle"))
+        cfg.mode = MODE_IDLE;
     else
         usage_error("unknown mode '%s'", mode);
     if (cfg.port <= 0 || cfg.port > 65535)
@@ -1058,6 +1101,17 @@ int main(int argc, char **argv)
     if (cfg.mode == MODE_HANDSHAKE && (uint64_t)cfg.conns > cfg.count)
         cfg.conns = (int)cfg.count;
     timeout_ns = (uint64_t)(cfg.timeout * 1e9);
+    if (cfg.concurrency < 0)
+        cfg.concurrency = cfg.mode == MODE_IDLE ? 100 : 0;
+
+    /* many connections: raise the soft limit on open files to the hard one */
+    {
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+            rl.rlim_cur = rl.rlim_max;
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
+    }
 
     /* address */
     memset(&srv_addr, 0, sizeof srv_addr);
@@ -1131,8 +1185,23 @@ int main(int argc, char **argv)
         t_start = t0;
         deadline = run_ns ? t0 + run_ns : 0;
     }
-    for (int i = 0; i < nconns; i++)
-        start_connection(&conns[i]);
+    if (cfg.mode == MODE_HANDSHAKE || cfg.concurrency <= 0 || cfg.concurrency >= nconns) {
+        for (int i = 0; i < nconns; i++)
+            start_connection(&conns[i]);
+        n_started = nconns;
+    } else {
+        for (int i = 0; i < cfg.concurrency; i++)
+            start_connection(&conns[i]);
+        n_started = cfg.concurrency;
+    }
+    if (cfg.mode == MODE_IDLE) {
+        struct stat st;
+        if (fstat(0, &st) == 0 && S_ISFIFO(st.st_mode)) {
+            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &stdin_marker};
+            if (epoll_ctl(epfd, EPOLL_CTL_ADD, 0, &ev) == 0)
+                stdin_watched = 1;
+        }
+    }
 
     struct epoll_event evs[256];
     uint64_t last_check = t0;
@@ -1151,8 +1220,21 @@ int main(int argc, char **argv)
                 continue;
             die("epoll_wait: %s", strerror(errno));
         }
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.ptr == &stdin_marker) {
+                /* idle mode: any input or EOF on stdin ends the hold */
+                char tmp[256];
+                (void)!read(0, tmp, sizeof tmp);
+                epoll_ctl(epfd, EPOLL_CTL_DEL, 0, NULL);
+                stdin_watched = 0;
+                if (phase == P_RUN)
+                    deadline = now_ns(); /* checked below */
+                else
+                    stdin_eof_early = 1;
+                continue;
+            }
             handle_event((conn_t *)evs[i].data.ptr, evs[i].events);
+        }
         t = now_ns();
 
         if (cfg.mode == MODE_HANDSHAKE) {
@@ -1165,8 +1247,11 @@ int main(int argc, char **argv)
         } else {
             if (phase == P_CONNECT && n_open == nconns) {
                 phase = P_RUN;
-                t_start = t_last_recv = now_ns();
+                t_start = t_last_recv = t_all_open = now_ns();
                 deadline = run_ns ? t_start + run_ns : 0;
+                if (stdin_eof_early)
+                    deadline = t_start;
+                notify("open");
                 if (cfg.mode == MODE_ECHO) {
                     for (int i = 0; i < nconns; i++) {
                         for (int k = 0; k < cfg.inflight && may_send(); k++)
@@ -1182,9 +1267,11 @@ int main(int argc, char **argv)
                  (cfg.count && cfg.mode == MODE_BROADCAST && total_recv >= cfg.count))) {
                 phase = P_DRAIN;
                 t_stop = t;
+                if (cfg.mode == MODE_BROADCAST && cfg.count && total_recv >= cfg.count)
+                    notify("done");
             }
             if (phase == P_DRAIN && total_inflight == 0) {
-                if (cfg.mode == MODE_BROADCAST)
+                if (cfg.mode == MODE_BROADCAST || cfg.mode == MODE_IDLE)
                     t_last_recv = t_stop;
                 phase = P_CLOSE;
                 for (int i = 0; i < nconns; i++) {
@@ -1224,12 +1311,15 @@ int main(int argc, char **argv)
             elapsed = 1e-9;
         printf(",\"handshakes\":%llu,\"elapsed_s\":%.6f,\"handshakes_per_s\":%.1f",
                (unsigned long long)hs_done, elapsed, (double)hs_done / elapsed);
+    } else if (cfg.mode == MODE_IDLE) {
+        printf(",\"open_s\":%.6f,\"held_s\":%.6f", (double)(t_all_open - t0) / 1e9,
+               (double)(t_stop - t_all_open) / 1e9);
     } else {
         printf(",\"messages\":%llu,\"bytes\":%llu,\"elapsed_s\":%.6f,\"msgs_per_s\":%.1f",
                (unsigned long long)total_recv, (unsigned long long)total_bytes, elapsed,
                (double)total_recv / elapsed);
     }
-    if (cfg.mode != MODE_BROADCAST) {
+    if (cfg.mode == MODE_ECHO || cfg.mode == MODE_HANDSHAKE) {
         printf(",\"lat_samples\":%llu,\"p50_us\":%.2f,\"p90_us\":%.2f,\"p99_us\":%.2f"
                ",\"p999_us\":%.2f,\"min_us\":%.2f,\"max_us\":%.2f,\"mean_us\":%.2f",
                (unsigned long long)hist.n, h_percentile(&hist, 0.50) / 1e3,

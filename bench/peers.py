@@ -1,0 +1,700 @@
+#!/usr/bin/env python3
+"""Peer benchmark: tether against websockets, aiohttp, Node's ws and picows (issue 6).
+
+Seven scenarios, each server measured on loopback with the C load generator
+(bench/loadgen.c) pinned to one CPU and the server pinned to the other:
+
+  a  1 connection, 32-byte text, 100 in flight      server CPU µs per message
+  b  1 connection, 32-byte text, 1 in flight        p50 round trip µs
+  c  100 connections, 10 in flight each             server CPU µs per message
+  d  1 MiB binary echo, 1 in flight                 server CPU µs per MB (10^6 bytes)
+  e  broadcast to 1,000 clients                     server CPU µs per delivery
+  f  10,000 idle connections                        KiB of server RSS per connection
+  g  connect + handshake + close, 10 concurrent     server CPU µs per handshake
+
+Server CPU is utime+stime of the server process (/proc/<pid>/stat), sampled around the
+measured part only. Compression is off on both sides. Rounds interleave the servers (the
+order rotates every round); the table shows medians across rounds and the ratio
+websockets / server (> 1: better than websockets; every row is "lower is better").
+
+Usage:
+  python bench/peers.py                                  # all servers, 3 rounds, ~6-8 min
+  python bench/peers.py --servers tether,picows --rounds 1 --duration 1
+  python bench/peers.py --json peers.json
+
+Each round, for each server: start the echo server fresh; one handshake as a sanity check;
+f (before/after VmRSS around 10,000 idle connections); a short warm-up; a, b, c, d, g; stop.
+Then start the broadcast server fresh; e; stop. A server that cannot start is reported as
+skipped with the reason; a scenario that fails is reported as failed and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+SERVERS_DIR = BENCH_DIR / "servers"
+NODE_DIR = BENCH_DIR / ".node"
+sys.path.insert(0, str(BENCH_DIR))
+
+from echo import (  # noqa: E402  (bench/echo.py: the echo benchmark's helpers)
+    HOST,
+    background_load,
+    build_loadgen,
+    free_port,
+    pick_cpus,
+    proc_cpu_seconds,
+    python_speed,
+)
+
+ALL_SERVERS = ["tether", "websockets", "aiohttp", "node-ws", "picows"]
+ALL_SCENARIOS = ["a", "b", "c", "d", "e", "f", "g"]
+
+# (row label, key of the figure in a run's result, format)
+ROWS = {
+    "a": ("a. 1 connection, 32-byte text, 100 in flight: CPU µs per message",
+          "server_cpu_us_per_msg", "{:.2f}"),
+    "b": ("b. 1 connection, 1 in flight: p50 round trip µs", "p50_us", "{:.1f}"),
+    "c": ("c. 100 connections, 10 in flight each: CPU µs per message",
+          "server_cpu_us_per_msg", "{:.2f}"),
+    "d": ("d. 1 MiB binary echo: CPU µs per MB", "server_cpu_us_per_mb", "{:.0f}"),
+    "e": ("e. broadcast to 1,000 clients: CPU µs per delivery",
+          "server_cpu_us_per_delivery", "{:.2f}"),
+    "f": ("f. 10,000 idle connections: KiB RSS per connection", "kib_per_conn", "{:.1f}"),
+    "g": ("g. connect + handshake + close: CPU µs per handshake",
+          "server_cpu_us_per_handshake", "{:.0f}"),
+}
+
+ECHO_ARGS = {
+    "a": ["echo", "-c", "1", "-k", "100", "-s", "32", "--text"],
+    "b": ["echo", "-c", "1", "-k", "1", "-s", "32", "--text"],
+    "c": ["echo", "-c", "100", "-k", "10", "-s", "32", "--text"],
+    "d": ["echo", "-c", "1", "-k", "1", "-s", "1M", "--binary"],
+    "g": ["handshake", "-c", "10"],
+}
+
+
+# --------------------------------------------------------------------------
+# processes
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def child_setup(cpu: int | None) -> Callable[[], None]:
+    """preexec_fn: default SIGINT, the fd limit raised to its hard limit, CPU pinning."""
+
+    def fn() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        raise_nofile()
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+
+    return fn
+
+
+def vm_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+class Server:
+    """One server process that we started (and only ever signal by its PID)."""
+
+    def __init__(self, name: str, mode: str, cmd: list[str], env: dict[str, str],
+                 cpu: int | None, log_dir: Path):
+        self.name = name
+        self.mode = mode
+        self.log_path = log_dir / f"{name}-{mode}-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT, preexec_fn=child_setup(cpu))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, n: int = 8) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").strip()
+                             .splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def wait_ready(self, port: int, timeout: float = 30) -> None:
+        import socket
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"exited with status {self.proc.returncode} before "
+                                   f"listening: {self.log_tail()}")
+            try:
+                with socket.create_connection((HOST, port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"did not accept connections within {timeout:.0f} s")
+
+    def cpu(self) -> float:
+        u, s = proc_cpu_seconds(self.proc.pid)
+        return u + s
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGINT)
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+
+
+# --------------------------------------------------------------------------
+# the servers under test
+
+
+def ensure_node_ws() -> str | None:
+    """Install ws + bufferutil into bench/.node when missing; None or the reason it failed."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node:
+        return "node not found"
+    if (NODE_DIR / "node_modules" / "ws").is_dir() and \
+            (NODE_DIR / "node_modules" / "bufferutil").is_dir():
+        return None
+    if not npm:
+        return "npm not found (needed to install ws and bufferutil)"
+    NODE_DIR.mkdir(exist_ok=True)
+    pkg = NODE_DIR / "package.json"
+    if not pkg.exists():
+        pkg.write_text('{"name": "tether-bench-peers", "private": true}\n')
+    print(f"installing ws and bufferutil into {NODE_DIR} (npm)", file=sys.stderr)
+    r = subprocess.run([npm, "install", "--no-audit", "--no-fund", "ws@8", "bufferutil@4"],
+                       cwd=NODE_DIR, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        return "npm install ws bufferutil failed: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+    return None
+
+
+def server_env(name: str) -> dict[str, str]:
+    env = dict(os.environ)
+    if name == "tether":
+        src = str(REPO_DIR / "src")
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if name == "node-ws":
+        env["NODE_PATH"] = str(NODE_DIR / "node_modules")
+    return env
+
+
+def server_command(name: str, mode: str, python: str, port: int, args: argparse.Namespace
+                   ) -> list[str]:
+    bc = ["--clients", str(args.bcast_clients), "--messages", str(args.bcast_messages),
+          "--size", str(args.bcast_size), "--burst", str(args.bcast_burst)]
+    if name == "tether" and mode == "echo":
+        return [python, "-m", "tether", "echo", "--host", HOST, "--port", str(port),
+                "--no-compression", "--quiet", "--ping-interval", "0",
+                "--max-size", "2000000"]
+    if name == "tether":
+        script = [python, str(SERVERS_DIR / "tether_broadcast.py")]
+    elif name == "node-ws":
+        script = [shutil.which("node") or "node", str(SERVERS_DIR / "ws_peer.js")]
+    else:
+        script = [python, str(SERVERS_DIR / f"{name}_peer.py")]
+    return script + [mode, HOST, str(port)] + bc
+
+
+def check_server(name: str, python: str) -> str | None:
+    if name == "node-ws":
+        reason = ensure_node_ws()
+        if reason:
+            return reason
+        probe = [shutil.which("node") or "node", "-e",
+                 "require('ws'); const b = require('bufferutil'); "
+                 "if (!require('node-gyp-build').path) throw new Error('no native bufferutil')"]
+    elif name == "tether":
+        probe = [python, "-c", "import tether, tether.asyncio.broadcast"]
+    elif name == "websockets":
+        probe = [python, "-c", "import websockets.asyncio.server"]
+    elif name == "aiohttp":
+        probe = [python, "-c", "import aiohttp.web"]
+    elif name == "picows":
+        probe = [python, "-c", "import picows, uvloop"]
+    else:
+        return f"unknown server {name!r}"
+    try:
+        r = subprocess.run(probe, env=server_env(name), capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    if r.returncode != 0:
+        lines = (r.stderr or r.stdout).strip().splitlines()
+        return lines[-1] if lines else f"exit status {r.returncode}"
+    return None
+
+
+def versions(python: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    code = ("import importlib.metadata as m\n"
+            "for p in ('tether','websockets','aiohttp','picows','uvloop','httptools'):\n"
+            "    try: print(p, m.version(p))\n"
+            "    except Exception: pass\n")
+    r = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        k, v = line.split()
+        out[k] = v
+    try:
+        pj = json.loads((NODE_DIR / "node_modules" / "ws" / "package.json").read_text())
+        out["ws"] = pj["version"]
+        out["node"] = subprocess.run(["node", "--version"], capture_output=True,
+                                     text=True).stdout.strip()
+    except (OSError, ValueError, KeyError):
+        pass
+    out["python"] = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
+                                   capture_output=True, text=True).stdout.strip()
+    return out
+
+
+# --------------------------------------------------------------------------
+# the load generator
+
+
+def run_loadgen(loadgen: Path, lg_args: list[str], port: int, cpu: int | None,
+                timeout: float) -> dict[str, Any]:
+    cmd = [str(loadgen)] + lg_args + ["--host", HOST, "--port", str(port)]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                           preexec_fn=child_setup(cpu), stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"load generator timed out after {timeout:.0f} s: {' '.join(cmd)}")
+    if r.returncode != 0:
+        raise RuntimeError("load generator: " + (r.stderr.strip() or f"status {r.returncode}"))
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+class LiveLoadgen:
+    """A load generator whose --notify lines on stderr we wait for while it runs."""
+
+    def __init__(self, loadgen: Path, lg_args: list[str], port: int, cpu: int | None):
+        self.cmd = [str(loadgen)] + lg_args + ["--notify", "--host", HOST, "--port", str(port)]
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=child_setup(cpu))
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.errors: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def expect(self, word: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"load generator: no '{word}' within {timeout:.0f} s")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.proc.wait()
+                raise RuntimeError("load generator exited early: " + " / ".join(self.errors))
+            if line == word:
+                return
+            self.errors.append(line)
+
+    def finish(self, timeout: float) -> dict[str, Any]:
+        try:
+            out, _ = self.proc.communicate(input="stop\n", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RuntimeError(f"load generator did not finish within {timeout:.0f} s")
+        while True:
+            try:
+                line = self.lines.get(timeout=1)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.errors.append(line)
+        if self.proc.returncode != 0:
+            raise RuntimeError("load generator: " + (" / ".join(self.errors)
+                                                     or f"status {self.proc.returncode}"))
+        return json.loads(out.strip().splitlines()[-1])
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # the process we started, by its PID
+            self.proc.wait()
+
+
+# --------------------------------------------------------------------------
+# scenarios
+
+
+def scenario_echo(key: str, srv: Server, port: int, loadgen: Path, cpu: int | None,
+                  args: argparse.Namespace) -> dict[str, Any]:
+    duration = args.duration_g if key == "g" else args.duration
+    c0, t0 = srv.cpu(), time.monotonic()
+    res = run_loadgen(loadgen, ECHO_ARGS[key] + ["-d", str(duration)], port, cpu,
+                      timeout=duration + 60)
+    wall = time.monotonic() - t0
+    cpu_s = srv.cpu() - c0
+    out = dict(res, server_cpu_s=cpu_s, scenario_wall_s=wall, server_cpu_util=cpu_s / wall)
+    if key == "g":
+        n = res["handshakes"] or 1
+        out["server_cpu_us_per_handshake"] = cpu_s * 1e6 / n
+    else:
+        n = res["messages"] or 1
+        out["server_cpu_us_per_msg"] = cpu_s * 1e6 / n
+        out["server_cpu_us_per_mb"] = cpu_s * 1e6 / (res["bytes"] / 1e6) if res["bytes"] else 0
+    out["loadgen_over_server_cpu"] = res["client_cpu_s"] / cpu_s if cpu_s else None
+    return out
+
+
+def scenario_idle(srv: Server, port: int, loadgen: Path, cpu: int | None,
+                  args: argparse.Namespace) -> dict[str, Any]:
+    n = args.idle_conns
+    time.sleep(0.2)
+    rss0, c0 = vm_rss_kib(srv.pid), srv.cpu()
+    lg = LiveLoadgen(loadgen, ["idle", "-c", str(n), "--concurrency", "100", "-d", "300",
+                               "--timeout", "30"], port, cpu)
+    try:
+        lg.expect("open", timeout=120)
+        t_open = time.monotonic()
+        time.sleep(args.idle_settle)
+        rss1 = vm_rss_kib(srv.pid)
+        c1 = srv.cpu()
+        res = lg.finish(timeout=120)
+    finally:
+        lg.kill()
+    return dict(res, rss_before_kib=rss0, rss_after_kib=rss1, kib_per_conn=(rss1 - rss0) / n,
+                server_cpu_open_s=c1 - c0,
+                server_cpu_us_per_open=(c1 - c0) * 1e6 / n,
+                settle_s=time.monotonic() - t_open,
+                loadgen_over_server_cpu=res["client_cpu_s"] / (c1 - c0) if c1 > c0 else None)
+
+
+def scenario_broadcast(srv: Server, port: int, loadgen: Path, cpu: int | None,
+                       args: argparse.Namespace) -> dict[str, Any]:
+    k, m = args.bcast_clients, args.bcast_messages
+    expected = k * m
+    lg = LiveLoadgen(loadgen, ["broadcast", "-c", str(k), "--concurrency", "100",
+                               "-n", str(expected), "-d", "300", "--timeout", "60"], port, cpu)
+    try:
+        lg.expect("open", timeout=120)
+        time.sleep(0.3)  # the last handshakes settle on the server's side
+        c0, t0 = srv.cpu(), time.monotonic()
+        os.kill(srv.pid, signal.SIGUSR2)  # the server we started: "broadcast now"
+        lg.expect("done", timeout=120)
+        wall = time.monotonic() - t0
+        cpu_s = srv.cpu() - c0
+        res = lg.finish(timeout=120)
+    finally:
+        lg.kill()
+    if res["messages"] != expected:
+        raise RuntimeError(f"{res['messages']} messages received, {expected} expected")
+    return dict(res, deliveries=expected, server_cpu_s=cpu_s, scenario_wall_s=wall,
+                server_cpu_us_per_delivery=cpu_s * 1e6 / expected,
+                deliveries_per_s=expected / wall,
+                loadgen_over_server_cpu=res["client_cpu_s"] / cpu_s if cpu_s else None)
+
+
+def warm_up(port: int, loadgen: Path, cpu: int | None, seconds: float) -> None:
+    if seconds > 0:
+        run_loadgen(loadgen, ["echo", "-k", "10", "-s", "32", "-d", str(seconds)], port, cpu, 60)
+        run_loadgen(loadgen, ["echo", "-k", "1", "-s", "1M", "--binary", "-n", "5"], port, cpu, 60)
+        run_loadgen(loadgen, ["handshake", "-c", "10", "-n", "200"], port, cpu, 60)
+
+
+# --------------------------------------------------------------------------
+# main
+
+
+def one_server_round(name: str, rnd: int, args: argparse.Namespace, loadgen: Path,
+                     cpus: tuple[int | None, int | None], log_dir: Path,
+                     results: dict[str, Any]) -> None:
+    lg_cpu, srv_cpu = cpus
+    res = results[name]
+    echo_keys = [k for k in ["f", "a", "b", "c", "d", "g"] if k in args.scenario_list]
+
+    def record(key: str, fn: Callable[[], dict[str, Any]], srv: Server) -> None:
+        try:
+            r = fn()
+        except (RuntimeError, OSError, ValueError) as e:
+            msg = str(e)
+            if srv.proc.poll() is not None:
+                msg += f" (server exited with status {srv.proc.returncode}: {srv.log_tail(4)})"
+            res["errors"].append({"round": rnd, "scenario": key, "error": msg})
+            print(f"  [{rnd + 1}] {name:<10} {key}: FAILED: {msg}", file=sys.stderr)
+            return
+        r["round"] = rnd
+        res["runs"][key].append(r)
+        label, field, fmt = ROWS[key]
+        extra = ""
+        if r.get("loadgen_over_server_cpu") is not None:
+            extra = f"  (loadgen/server CPU {r['loadgen_over_server_cpu']:.2f})"
+        print(f"  [{rnd + 1}] {name:<10} {key}: {fmt.format(r[field])}{extra}", file=sys.stderr)
+
+    groups = []
+    if echo_keys:
+        groups.append(("echo", echo_keys))
+    if "e" in args.scenario_list:
+        groups.append(("broadcast", ["e"]))
+    for mode, keys in groups:
+        port = free_port()
+        cmd = server_command(name, mode, args.python, port, args)
+        srv = Server(name, mode, cmd, server_env(name), srv_cpu, log_dir)
+        try:
+            try:
+                srv.wait_ready(port)
+                run_loadgen(loadgen, ["handshake", "-n", "1"], port, lg_cpu, timeout=30)
+            except RuntimeError as e:
+                for key in keys:
+                    res["errors"].append({"round": rnd, "scenario": key,
+                                          "error": f"{mode} server: {e}"})
+                print(f"  [{rnd + 1}] {name:<10} {mode} server failed: {e}", file=sys.stderr)
+                continue
+            warmed = False
+            for key in keys:
+                if key == "f":
+                    record(key, lambda: scenario_idle(srv, port, loadgen, lg_cpu, args), srv)
+                    continue
+                if key == "e":
+                    record(key, lambda: scenario_broadcast(srv, port, loadgen, lg_cpu, args),
+                           srv)
+                    continue
+                if not warmed:
+                    try:
+                        warm_up(port, loadgen, lg_cpu, args.warmup)
+                    except RuntimeError as e:
+                        print(f"  [{rnd + 1}] {name:<10} warm-up failed: {e}", file=sys.stderr)
+                    warmed = True
+                record(key, lambda k=key: scenario_echo(k, srv, port, loadgen, lg_cpu, args),
+                       srv)
+        finally:
+            srv.stop()
+
+
+def render(results: dict[str, Any], servers: list[str], scenarios: list[str], vers: dict
+           ) -> tuple[str, dict[str, dict[str, float]]]:
+    def head(name: str) -> str:
+        v = {"tether": vers.get("tether"), "websockets": vers.get("websockets"),
+             "aiohttp": vers.get("aiohttp"), "picows": vers.get("picows"),
+             "node-ws": vers.get("ws")}.get(name)
+        label = {"node-ws": "Node ws", "picows": "picows"}.get(name, name)
+        if name == "node-ws":
+            label += f" {v} (+bufferutil)" if v else ""
+        elif name == "picows":
+            label += f" {v} (uvloop)" if v else ""
+        elif v:
+            label += f" {v}"
+        return label
+
+    medians: dict[str, dict[str, float]] = {s: {} for s in servers}
+    lines = ["| scenario | " + " | ".join(head(s) for s in servers) + " |",
+             "|---|" + "---:|" * len(servers)]
+    for key in scenarios:
+        label, field, fmt = ROWS[key]
+        row = [label]
+        for s in servers:
+            r = results[s]
+            if r["status"] != "ok":
+                row.append("skipped")
+                continue
+            vals = [run[field] for run in r["runs"][key]]
+            if not vals:
+                row.append("failed")
+                continue
+            med = statistics.median(vals)
+            medians[s][key] = med
+            cell = fmt.format(med)
+            if len(vals) > 1:
+                cell += f" ({fmt.format(min(vals))}–{fmt.format(max(vals))})"
+            row.append(cell)
+        lines.append("| " + " | ".join(row) + " |")
+    table = "\n".join(lines)
+    ratios: dict[str, dict[str, float]] = {s: {} for s in servers}
+    if "websockets" in servers:
+        rl = ["| websockets / server (> 1: better than websockets) | "
+              + " | ".join(head(s) for s in servers) + " |",
+              "|---|" + "---:|" * len(servers)]
+        for key in scenarios:
+            base = medians["websockets"].get(key)
+            row = [ROWS[key][0].split(":")[0]]
+            for s in servers:
+                v = medians[s].get(key)
+                if base and v:
+                    ratios[s][key] = base / v
+                    row.append(f"{base / v:.2f}x")
+                else:
+                    row.append("–")
+            rl.append("| " + " | ".join(row) + " |")
+        table += "\n\n" + "\n".join(rl)
+    return table, ratios
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--servers", default=",".join(ALL_SERVERS),
+                   help=f"comma-separated, among {','.join(ALL_SERVERS)} (default: all)")
+    p.add_argument("--scenarios", default="a,b,c,d,e,f,g", help="comma-separated among a-g")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, servers interleaved (3)")
+    p.add_argument("--duration", type=float, default=2.0,
+                   help="seconds per run of a, b, c, d (default 2)")
+    p.add_argument("--duration-g", type=float, default=2.0,
+                   help="seconds per run of g, the handshake scenario (default 2)")
+    p.add_argument("--bcast-clients", type=int, default=1000, help="e: subscribers (1000)")
+    p.add_argument("--bcast-messages", type=int, default=300,
+                   help="e: messages broadcast to every subscriber (300)")
+    p.add_argument("--bcast-size", type=int, default=32, help="e: bytes of text per message (32)")
+    p.add_argument("--bcast-burst", type=int, default=10,
+                   help="e: messages per turn of the event loop (10)")
+    p.add_argument("--idle-conns", type=int, default=10000, help="f: idle connections (10000)")
+    p.add_argument("--idle-settle", type=float, default=0.5,
+                   help="f: seconds between the last handshake and the RSS sample (0.5)")
+    p.add_argument("--warmup", type=float, default=0.3,
+                   help="seconds of echo traffic before a-d, g on each fresh server (0.3)")
+    p.add_argument("--python", default=sys.executable, help="interpreter for the Python servers")
+    p.add_argument("--json", metavar="FILE", help="also write every run, medians and ratios")
+    p.add_argument("--no-pin", action="store_true", help="don't pin to CPUs")
+    p.add_argument("--rebuild", action="store_true", help="recompile the load generator")
+    args = p.parse_args(argv)
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    args.scenario_list = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    for s in servers:
+        if s not in ALL_SERVERS:
+            p.error(f"unknown server {s!r}")
+    for s in args.scenario_list:
+        if s not in ROWS:
+            p.error(f"unknown scenario {s!r}")
+    scenarios = [s for s in ALL_SCENARIOS if s in args.scenario_list]
+
+    raise_nofile()
+    need = args.idle_conns + 64
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if "f" in scenarios and soft != resource.RLIM_INFINITY and soft < need:
+        print(f"warning: the open-files limit is {soft}; f needs about {need} in the server "
+              f"and in the load generator", file=sys.stderr)
+
+    loadgen = build_loadgen(force=args.rebuild)
+    cpus = pick_cpus(args.no_pin)
+    results: dict[str, Any] = {}
+    runnable = []
+    for name in servers:
+        reason = check_server(name, args.python)
+        if reason:
+            results[name] = {"status": "skipped", "reason": reason}
+            print(f"{name}: skipped: {reason}", file=sys.stderr)
+        else:
+            results[name] = {"status": "ok", "runs": {k: [] for k in scenarios}, "errors": []}
+            runnable.append(name)
+    vers = versions(args.python)
+    busy = background_load()
+    speed = python_speed(args.python, cpus[1])
+    pin = (f"load generator on CPU {cpus[0]}, servers on CPU {cpus[1]}"
+           if cpus[0] is not None else "no CPU pinning")
+    print(f"servers: {', '.join(runnable) or 'none'}; scenarios {','.join(scenarios)}; "
+          f"{args.rounds} rounds; {pin}; background load "
+          f"{'?' if busy is None else f'{busy:.2f}'} cores", file=sys.stderr)
+
+    log_dir = Path(tempfile.mkdtemp(prefix="tether-peers-"))
+    started = time.monotonic()
+    interrupted = False
+    try:
+        for rnd in range(args.rounds):
+            k = rnd % max(1, len(runnable))
+            order = runnable[k:] + runnable[:k]
+            print(f"round {rnd + 1}/{args.rounds}: {', '.join(order)}", file=sys.stderr)
+            for name in order:
+                one_server_round(name, rnd, args, loadgen, cpus, log_dir, results)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted; reporting what was measured", file=sys.stderr)
+    total = time.monotonic() - started
+
+    table, ratios = render(results, servers, scenarios, vers)
+    cmd = "python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print()
+    print(f"## Peers ({args.rounds} rounds, medians (min–max); {pin}; {total:.0f} s)")
+    print()
+    print(table)
+    print()
+    notes = [f"- command: `{cmd.strip()}`",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(vers.items())),
+             f"- a–d {args.duration:g} s per run, g {args.duration_g:g} s; e {args.bcast_clients} "
+             f"clients x {args.bcast_messages} messages of {args.bcast_size} B; f "
+             f"{args.idle_conns} connections"]
+    if speed is not None:
+        notes.append(f"- Python speed reference on the server CPU: sum(range(1000)) = "
+                     f"{speed:.1f} µs")
+    lg = []
+    for key in scenarios:
+        vals = [run["loadgen_over_server_cpu"] for s in runnable for run in results[s]["runs"][key]
+                if run.get("loadgen_over_server_cpu") is not None]
+        if vals:
+            lg.append(f"{key} {min(vals):.2f}–{max(vals):.2f}")
+    if lg:
+        notes.append("- load generator CPU / server CPU, range over servers and rounds: "
+                     + ", ".join(lg))
+    for s in servers:
+        r = results[s]
+        if r["status"] == "skipped":
+            notes.append(f"- {s}: skipped ({r['reason']})")
+        elif r["errors"]:
+            e = r["errors"][0]
+            notes.append(f"- {s}: {len(r['errors'])} failed run(s); first ({e['scenario']}, "
+                         f"round {e['round'] + 1}): {e['error'].splitlines()[0][:300]}")
+    if busy is not None and busy > 0.2:
+        notes.append(f"- warning: {busy:.1f} cores were busy with other processes at the start")
+    print("\n".join(notes))
+    print(f"\n(server logs in {log_dir})", file=sys.stderr)
+    if args.json:
+        doc = {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": cmd.strip(),
+                        "platform": platform.platform(), "cpus": os.cpu_count(),
+                        "pin": {"loadgen": cpus[0], "server": cpus[1]}, "versions": vers,
+                        "options": {k: v for k, v in vars(args).items() if k != "scenario_list"},
+                        "python_sum_range_1000_us": speed, "background_busy_cores": busy,
+                        "total_s": total, "interrupted": interrupted},
+               "servers": results,
+               "medians": {s: {k: statistics.median([r[ROWS[k][1]] for r in results[s]["runs"][k]])
+                               for k in scenarios if results[s].get("runs", {}).get(k)}
+                           for s in servers},
+               "ratios_websockets_over_server": ratios}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"results written to {args.json}", file=sys.stderr)
+    failed = any(results[s].get("errors") for s in runnable)
+    return 1 if failed or interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
