@@ -149,6 +149,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    """Stop a process we started, by its PID only: SIGINT, then SIGKILL after 5 s."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+
 def proc_cpu_seconds(pid: int) -> tuple[float, float]:
     """(utime, stime) of a process (all its threads), in seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -260,16 +273,7 @@ class ServerProcess:
         return proc_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
-        """Stop the server we started: SIGINT, then SIGKILL (by PID only)."""
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(signal.SIGINT)
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-            except ProcessLookupError:
-                pass
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -54,6 +54,7 @@ NODE_DIR = BENCH_DIR / ".node"
 sys.path.insert(0, str(BENCH_DIR))
 
 from echo import (  # noqa: E402  (bench/echo.py: the echo benchmark's helpers)
+    stop_process,
     HOST,
     background_load,
     build_loadgen,
@@ -163,15 +164,7 @@ class Server:
         return u + s
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(signal.SIGINT)
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-            except ProcessLookupError:
-                pass
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -37,7 +37,18 @@ __all__ = [
     "PresenceEvent",
     "DEFAULT_HISTORY_SIZE",
     "DEFAULT_HISTORY_AGE",
+    "check_history_bounds",
 ]
+
+def check_history_bounds(history_size: int, history_age: float) -> None:
+    """The rule every backend applies to its history bounds.
+
+    Raises:
+        ValueError: a bound is negative.
+    """
+    if history_size < 0 or history_age < 0:
+        raise ValueError("history_size and history_age cannot be negative")
+
 
 DEFAULT_HISTORY_SIZE = 1000
 """Messages kept per topic."""

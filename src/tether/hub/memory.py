@@ -16,6 +16,7 @@ from itertools import islice
 from typing import Any
 
 from .base import (
+    check_history_bounds,
     DEFAULT_HISTORY_AGE,
     DEFAULT_HISTORY_SIZE,
     Backend,
@@ -138,8 +139,7 @@ class MemoryBackend(LocalFeed, Backend):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
-        if history_size < 0 or history_age < 0:
-            raise ValueError("history_size and history_age cannot be negative")
+        check_history_bounds(history_size, history_age)
         self.history_size = history_size
         self.history_age = history_age
         self.clock = clock

@@ -63,6 +63,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from .base import (
+    check_history_bounds,
     DEFAULT_HISTORY_AGE,
     DEFAULT_HISTORY_SIZE,
     Backend,
@@ -315,8 +316,7 @@ class RedisBackend(Backend):
         max_retry_delay: float = 5.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        if history_size < 0 or history_age < 0:
-            raise ValueError("history_size and history_age cannot be negative")
+        check_history_bounds(history_size, history_age)
         if presence_ttl <= 0 or timeout <= 0 or max_retry_delay <= 0:
             raise ValueError("presence_ttl, timeout and max_retry_delay must be positive")
         self.url = url

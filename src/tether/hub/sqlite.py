@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import (
+    check_history_bounds,
     DEFAULT_HISTORY_AGE,
     DEFAULT_HISTORY_SIZE,
     Backend,
@@ -87,8 +88,7 @@ class SQLiteBackend(LocalFeed, Backend):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
-        if history_size < 0 or history_age < 0:
-            raise ValueError("history_size and history_age cannot be negative")
+        check_history_bounds(history_size, history_age)
         self.path = Path(path)
         self.history_size = history_size
         self.history_age = history_age
