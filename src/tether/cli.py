@@ -330,6 +330,8 @@ async def _serve(args: argparse.Namespace) -> int:
             hosts = {args.host, "localhost", "127.0.0.1"} if args.host in (
                 "127.0.0.1", "localhost", "::1") else {args.host}
             options["allowed_origins"] = [f"{scheme}://{h}:{args.port}" for h in sorted(hosts)]
+    if broadcast_app is not None:
+        await broadcast_app.start()  # subscribed before the first client can connect
     stop = asyncio.Event()
     _install_stop_signals(stop)
     try:
@@ -339,8 +341,6 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"tether {args.command}: cannot listen on {args.host}:{args.port}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         return 1
-    if broadcast_app is not None:
-        await broadcast_app.start(server)
     scheme = "wss" if "ssl" in options else "ws"
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]

@@ -15,7 +15,6 @@ from typing import Any
 from ..asyncio.broadcast import broadcast
 from ..asyncio.connection import WebSocket
 from ..asyncio.router import Router
-from ..asyncio.server import Server, ServerConnection
 from ..hub.base import Backend, Envelope, PresenceEvent
 from ..protocol.http11 import Headers, Request, Response
 from ..typing import Data
@@ -50,7 +49,8 @@ class BroadcastApp:
 
     def __init__(self, backend: Backend | None = None) -> None:
         self.backend = backend
-        self.server: Server | None = None
+        self.clients: set[WebSocket] = set()
+        """The open connections of this node, like ``wss.clients`` in Node's ws."""
         self.router = Router()
         page = files("tether.apps").joinpath("static/broadcast.html").read_bytes()
 
@@ -69,26 +69,31 @@ class BroadcastApp:
 
         self.router.add_websocket("/", self.relay)
 
-    async def start(self, server: Server) -> None:
-        """Attach to the running server; with a backend, start receiving other nodes'
-        messages."""
-        self.server = server
+    async def start(self) -> None:
+        """With a backend, subscribe to the other nodes' messages.
+
+        Call it before the server listens: a client that connects afterwards then gets every
+        message published after it connected, whichever node it was sent to.
+        """
         if self.backend is not None:
             await self.backend.listen(TOPIC, self._deliver)
 
     async def relay(self, ws: WebSocket) -> None:
-        assert isinstance(ws, ServerConnection)
-        async for message in ws:
-            if self.backend is None:
-                broadcast(ws.server.connections, message)
-            else:
-                await self.backend.publish(TOPIC, _encode(message))
+        self.clients.add(ws)
+        try:
+            async for message in ws:
+                if self.backend is None:
+                    broadcast(self.clients, message)
+                else:
+                    await self.backend.publish(TOPIC, _encode(message))
+        finally:
+            self.clients.discard(ws)
 
     def _deliver(self, event: Envelope | PresenceEvent) -> None:
-        if isinstance(event, Envelope) and self.server is not None:
+        if isinstance(event, Envelope):
             message = _decode(event.data)
             if message is not None:
-                broadcast(self.server.connections, message)
+                broadcast(self.clients, message)
 
 
 def make_router() -> Router:
