@@ -142,6 +142,27 @@ class TestEchoAndConnect:
                 1001, "server shutting down")
             assert server.wait(100 * UNIT) == 0
 
+    @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+    def test_loop_option(self, loop: str) -> None:
+        with echo_server("--loop", loop) as (server, port):
+            result = subprocess.run(
+                TETHER + ["connect", "--loop", loop, f"ws://127.0.0.1:{port}"],
+                input=b"on " + loop.encode() + b"\n", capture_output=True, timeout=100 * UNIT)
+            assert result.returncode == 0, result.stderr
+            assert result.stdout == b"on " + loop.encode() + b"\n"
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(100 * UNIT) == 0
+            assert server.stderr is not None
+            assert f"loop={loop}" in server.stderr.read().decode()
+
+    def test_unknown_loop_in_environment_is_a_clear_error(self) -> None:
+        result = subprocess.run(TETHER + ["echo", "--port", str(free_port())],
+                                env={**os.environ, "TETHER_LOOP": "trio"},
+                                capture_output=True, timeout=100 * UNIT)
+        assert result.returncode == 2
+        assert b"unknown event loop 'trio'" in result.stderr
+        assert b"Traceback" not in result.stderr
+
     def test_sigterm_too(self) -> None:
         with echo_server() as (server, _):
             server.send_signal(signal.SIGTERM)

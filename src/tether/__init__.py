@@ -52,6 +52,7 @@ __all__ = [
     "WebSocket",
     "broadcast",
     "connect",
+    "run",
     "serve",
 ]
 
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     from .asyncio.router import Router
     from .asyncio.connection import WebSocket
     from .asyncio.server import Server, serve
+    from .asyncio.runner import run
 
 _LAZY = {
     "broadcast": "tether.asyncio.broadcast",
@@ -75,6 +77,7 @@ _LAZY = {
     "WebSocket": "tether.asyncio.connection",
     "Server": "tether.asyncio.server",
     "serve": "tether.asyncio.server",
+    "run": "tether.asyncio.runner",
 }
 
 

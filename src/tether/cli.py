@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .asyncio.runner import LOOPS, loop_factory, run
 
 __all__ = ["main"]
 
@@ -108,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     connect.add_argument("--insecure", action="store_true",
                          help="wss://: do not verify the server's certificate (for "
                          "self-signed certificates in development; never in production)")
+    _add_loop_option(connect)
     return parser
 
 
@@ -161,6 +163,13 @@ def _add_server_options(command: argparse.ArgumentParser) -> None:
                          help="on Ctrl-C or SIGTERM, how long to wait for connections to close "
                          "(with 1001) before dropping them (default: %(default)s)")
     command.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    _add_loop_option(command)
+
+
+def _add_loop_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--loop", choices=LOOPS, default=None,
+                         help="event loop: uvloop when installed (auto, the default; or the "
+                         "TETHER_LOOP environment variable), or the standard asyncio loop")
 
 
 def _server_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -221,9 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_logging(args.quiet)
         if getattr(args, "workers", 1) > 1:
             return _supervise(args, list(sys.argv[1:] if argv is None else argv))
-        return _run(_serve(args))
+        return _run(_serve(args), args.loop)
     if args.command == "connect":
-        return _run(_connect(args))
+        return _run(_connect(args), args.loop)
     parser.print_help()
     return 2
 
@@ -267,9 +276,15 @@ def _configure_logging(quiet: bool) -> None:
     )
 
 
-def _run(coro: Any) -> int:
+def _run(coro: Any, loop: str | None) -> int:
     try:
-        return int(asyncio.run(coro))
+        loop_factory(loop)
+    except ValueError as exc:  # --loop uvloop without uvloop, or a bad TETHER_LOOP
+        coro.close()
+        print(f"tether: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(run(coro, loop=loop))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         return 130
 
@@ -342,10 +357,12 @@ async def _serve(args: argparse.Namespace) -> int:
               f"{exc.strerror or exc}", file=sys.stderr)
         return 1
     scheme = "wss" if "ssl" in options else "ws"
+    loop_name = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") \
+        else "asyncio"
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]
-        logger.info("event=listen app=%s url=%s://%s:%s", args.command, scheme,
-                    _url_host(host), port)
+        logger.info("event=listen app=%s url=%s://%s:%s loop=%s", args.command, scheme,
+                    _url_host(host), port, loop_name)
     await stop.wait()
     logger.info("event=shutdown connections=%d code=1001", len(server.connections))
     await server.close(1001, "server shutting down", timeout=args.shutdown_timeout)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 import pytest
 
@@ -170,6 +171,127 @@ def _python_mask_reference(data: bytes, mask: bytes) -> bytes:
 
 
 @pytest.mark.skipif(_speedups is None, reason="tether.accel._speedups is not built")
+class Text(NamedTuple):
+    """Stands for TextMessage: the event types are NamedTuple classes of one field."""
+
+    data: str
+
+
+class Binary(NamedTuple):
+    """Stands for BinaryMessage."""
+
+    data: bytes
+
+
+def make_frame(b0: int, payload: bytes, mask: bytes | None, length_bytes: int = 0) -> bytes:
+    """A frame with the given first byte; ``length_bytes`` forces a 2- or 8-byte length."""
+    n = len(payload)
+    bit = 0x80 if mask is not None else 0
+    if length_bytes == 2 or (not length_bytes and 126 <= n < 0x10000):
+        header = bytes((b0, bit | 126)) + n.to_bytes(2, "big")
+    elif length_bytes == 8 or (not length_bytes and n >= 0x10000):
+        header = bytes((b0, bit | 127)) + n.to_bytes(8, "big")
+    else:
+        header = bytes((b0, bit | n))
+    if mask is None:
+        return header + payload
+    return header + mask + reference_mask(payload, mask)
+
+
+def random_frame(rng: random.Random, masked: bool) -> bytes:
+    kind = rng.random()
+    size = rng.choice([0, 1, 5, 125, 126, 200, 65535, 65536, 70000]) if kind < 0.1 else \
+        rng.randrange(0, 300)
+    text = rng.random() < 0.6
+    if text:
+        payload = ("é€x" * size)[:size].encode()[:size]
+        if rng.random() < 0.1:
+            payload = payload[: rng.randrange(0, len(payload) + 1)] + b"\xff"  # invalid
+        if rng.random() < 0.05 and len(payload) > 1:
+            payload = "€".encode()[:2]  # truncated sequence
+    else:
+        payload = rng.randbytes(size)
+    b0 = 0x81 if text else 0x82
+    if rng.random() < 0.1:
+        b0 = rng.choice([0x01, 0x02, 0x80, 0x89, 0x8A, 0x88, 0xC1, 0x91, 0x83])
+    frame_mask = rng.randbytes(4) if masked != (rng.random() < 0.05) else None
+    length_bytes = rng.choice([0] * 20 + [2, 8])
+    if length_bytes == 2 and len(payload) >= 0x10000:
+        length_bytes = 8
+    return make_frame(b0, payload, frame_mask, length_bytes)
+
+
+class TestParseMessages:
+    """parse_messages(): whole messages in single plain frames, and nothing else."""
+
+    def test_text_and_binary_masked(self, accel: ModuleType) -> None:
+        mask = b"\x01\x02\x03\x04"
+        stream = (make_frame(0x81, "héllo".encode(), mask) + make_frame(0x82, b"\x00\xff", mask)
+                  + make_frame(0x82, b"z" * 300, mask) + make_frame(0x81, b"y" * 70000, mask))
+        events: list[object] = []
+        assert accel.parse_messages(stream, 0, True, None, events, Text, Binary) == len(stream)
+        assert [type(e) for e in events] == [Text, Binary, Binary, Text]
+        assert [e[0] for e in events] == ["héllo", b"\x00\xff", b"z" * 300, "y" * 70000]
+
+    def test_unmasked_for_clients_and_a_start_position(self, accel: ModuleType) -> None:
+        stream = b"junk" + make_frame(0x81, b"hi", None) + make_frame(0x82, b"", None)
+        events: list[object] = []
+        assert accel.parse_messages(bytearray(stream), 4, False, 10, events, Text, Binary) \
+            == len(stream)
+        assert events == [Text("hi"), Binary(b"")]
+
+    @pytest.mark.parametrize("second", [
+        make_frame(0x01, b"fragment", b"abcd"),          # FIN clear
+        make_frame(0x80, b"continuation", b"abcd"),       # continuation
+        make_frame(0xC1, b"compressed", b"abcd"),         # RSV1
+        make_frame(0x89, b"ping", b"abcd"),               # control frames
+        make_frame(0x88, b"\x03\xe8", b"abcd"),
+        make_frame(0x83, b"reserved opcode", b"abcd"),
+        make_frame(0x81, b"unmasked", None),              # wrong mask bit
+        make_frame(0x81, b"short", b"abcd", length_bytes=2),   # non-minimal lengths
+        make_frame(0x82, b"x" * 200, b"abcd", length_bytes=8),
+        make_frame(0x81, b"x" * 101, b"abcd"),            # over the limit
+        make_frame(0x81, b"caf\xc3", b"abcd"),            # invalid UTF-8
+        make_frame(0x81, b"\xed\xa0\x80", b"abcd"),       # a surrogate
+        make_frame(0x81, b"x" * 50, b"abcd")[:-1],        # incomplete payload
+        make_frame(0x82, b"x" * 200, b"abcd")[:3],        # incomplete length
+        make_frame(0x82, b"x" * 70000, b"abcd")[:9],
+        b"\x81",                                          # one byte
+    ])
+    def test_stops_before_anything_else(self, accel: ModuleType, second: bytes) -> None:
+        first = make_frame(0x81, b"ok", b"wxyz")
+        stream = first + second + make_frame(0x81, b"never reached", b"wxyz")
+        events: list[object] = []
+        assert accel.parse_messages(stream, 0, True, 100, events, Text, Binary) == len(first)
+        assert events == [Text("ok")]
+
+    def test_nothing_to_parse(self, accel: ModuleType) -> None:
+        events: list[object] = []
+        assert accel.parse_messages(b"", 0, True, None, events, Text, Binary) == 0
+        assert accel.parse_messages(b"\x81\x80", 2, True, None, events, Text, Binary) == 2
+        assert events == []
+
+
+class TestFrame:
+    """frame(): an unmasked frame in one bytes object, §5.2's minimal length encoding."""
+
+    @pytest.mark.parametrize("n", [0, 125, 126, 65535, 65536])
+    def test_lengths(self, accel: ModuleType, n: int) -> None:
+        payload = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
+        result = accel.frame(0x82, payload)
+        assert type(result) is bytes
+        assert result == make_frame(0x82, payload, None)
+
+    def test_buffer_types(self, accel: ModuleType) -> None:
+        for payload in (b"abc", bytearray(b"abc"), memoryview(b"xabc")[1:]):
+            assert accel.frame(0x81, payload) == b"\x81\x03abc"
+
+    def test_first_byte_out_of_range(self, accel: ModuleType) -> None:
+        for first in (-1, 256):
+            with pytest.raises(ValueError):
+                accel.frame(first, b"")
+
+
 class TestDifferential:
     """The compiled implementation against its specification, on random inputs."""
 
@@ -205,8 +327,31 @@ class TestDifferential:
             assert errors[0] == errors[1], (data, mask, errors)
 
     def test_same_names(self) -> None:
-        assert _python.__all__ == ["apply_mask"]
+        assert _python.__all__ == ["apply_mask", "parse_messages", "frame"]
         assert all(hasattr(_speedups, name) for name in _python.__all__)
+
+    def test_parse_messages_random_streams(self) -> None:
+        """Random runs of frames, valid and not, cut anywhere: same position, same events."""
+        rng = random.Random(7692)
+        for _ in range(400):
+            masked = rng.random() < 0.7
+            stream = b"".join(random_frame(rng, masked) for _ in range(rng.randrange(1, 6)))
+            stream = stream[: rng.randrange(0, len(stream) + 1)]
+            limit = rng.choice([None, 0, 100, 70000])
+            buf: bytes | bytearray = rng.choice([stream, bytearray(stream)])
+            results = []
+            for module in (_python, _speedups):
+                events: list[object] = []
+                pos = module.parse_messages(buf, 0, masked, limit, events, Text, Binary)
+                results.append((pos, [(type(e), e) for e in events]))
+            assert results[0] == results[1], (stream, masked, limit)
+
+    def test_frame_random(self) -> None:
+        rng = random.Random(13)
+        for n in [0, 1, 125, 126, 127, 65535, 65536, 70000]:
+            payload = rng.randbytes(n)
+            first = rng.randrange(256)
+            assert _speedups.frame(first, payload) == _python.frame(first, payload)
 
 
 def _implementation_in_subprocess(env_value: str | None, block_speedups: bool = False) -> str:

@@ -8,24 +8,18 @@ the specification. ``IMPLEMENTATION`` says which one is live ("c" or "python").
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-
-from ..typing import BytesLike
-
-__all__ = ["apply_mask", "IMPLEMENTATION"]
-
-apply_mask: Callable[[BytesLike, BytesLike], bytes]
+__all__ = ["apply_mask", "parse_messages", "frame", "IMPLEMENTATION"]
 
 if os.environ.get("TETHER_NO_EXTENSIONS", "").lower() in ("", "0", "false", "no"):
     try:
-        from ._speedups import apply_mask
+        from ._speedups import apply_mask, frame, parse_messages
     except ImportError:  # not built: no compiler at install time, or BUILD_EXTENSION=no
-        from ._python import apply_mask
+        from ._python import apply_mask, frame, parse_messages
 
         IMPLEMENTATION = "python"
     else:
         IMPLEMENTATION = "c"
 else:
-    from ._python import apply_mask
+    from ._python import apply_mask, frame, parse_messages
 
     IMPLEMENTATION = "python"

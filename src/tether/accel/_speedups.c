@@ -30,6 +30,28 @@ get_contiguous(PyObject *obj, Py_buffer *view, PyObject **copy)
     return 0;
 }
 
+/* XOR n bytes from in into out with the 4-byte mask m, starting at mask offset 0. */
+static void
+xor_mask(const unsigned char *in, unsigned char *out, Py_ssize_t n, const unsigned char *m)
+{
+    Py_ssize_t i = 0;
+    uint32_t m32;
+    uint64_t m64;
+
+    memcpy(&m32, m, 4);
+    m64 = ((uint64_t)m32 << 32) | m32;
+    /* 8 bytes at a time; memcpy keeps unaligned access defined and compiles to a load. */
+    for (; i + 8 <= n; i += 8) {
+        uint64_t chunk;
+        memcpy(&chunk, in + i, 8);
+        chunk ^= m64;
+        memcpy(out + i, &chunk, 8);
+    }
+    for (; i < n; i++) {
+        out[i] = in[i] ^ m[i & 3];
+    }
+}
+
 static PyObject *
 apply_mask(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -55,27 +77,8 @@ apply_mask(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (result == NULL) {
         goto release_mask;
     }
-    {
-        const unsigned char *in = (const unsigned char *)data.buf;
-        unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
-        const unsigned char *m = (const unsigned char *)mask.buf;
-        Py_ssize_t n = data.len, i = 0;
-        uint32_t m32;
-        uint64_t m64;
-
-        memcpy(&m32, m, 4);
-        m64 = ((uint64_t)m32 << 32) | m32;
-        /* 8 bytes at a time; memcpy keeps unaligned access defined and compiles to a load. */
-        for (; i + 8 <= n; i += 8) {
-            uint64_t chunk;
-            memcpy(&chunk, in + i, 8);
-            chunk ^= m64;
-            memcpy(out + i, &chunk, 8);
-        }
-        for (; i < n; i++) {
-            out[i] = in[i] ^ m[i & 3];
-        }
-    }
+    xor_mask((const unsigned char *)data.buf, (unsigned char *)PyBytes_AS_STRING(result),
+             data.len, (const unsigned char *)mask.buf);
 
 release_mask:
     PyBuffer_Release(&mask);
@@ -86,10 +89,251 @@ release_data:
     return result;
 }
 
+/* A new instance of a tuple subclass with one item (a NamedTuple event), as tuple.__new__
+ * would build it, without the Python-level __new__ call. Steals a reference to item. */
+static PyObject *
+new_event(PyTypeObject *type, PyObject *item)
+{
+    PyObject *event = type->tp_alloc(type, 1);
+    if (event == NULL) {
+        Py_DECREF(item);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(event, 0, item);
+    return event;
+}
+
+#define STACK_TEXT 1024
+
+static PyObject *
+parse_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    Py_ssize_t pos, end, limit;
+    int masked;
+    PyObject *events;
+    PyTypeObject *text_type, *binary_type;
+    unsigned char stack[STACK_TEXT];
+
+    if (nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "parse_messages() takes 7 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    masked = PyObject_IsTrue(args[2]);
+    if (masked < 0) {
+        return NULL;
+    }
+    limit = args[3] == Py_None ? -1 : PyLong_AsSsize_t(args[3]);
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    events = args[4];
+    if (!PyList_Check(events)) {
+        PyErr_SetString(PyExc_TypeError, "events must be a list");
+        return NULL;
+    }
+    if (!PyType_Check(args[5]) || !PyType_IsSubtype((PyTypeObject *)args[5], &PyTuple_Type) ||
+        !PyType_Check(args[6]) || !PyType_IsSubtype((PyTypeObject *)args[6], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "event types must be tuple subclasses");
+        return NULL;
+    }
+    text_type = (PyTypeObject *)args[5];
+    binary_type = (PyTypeObject *)args[6];
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) != 0) {
+        return NULL;
+    }
+    end = view.len;
+    if (pos < 0 || pos > end) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "pos out of range");
+        return NULL;
+    }
+
+    {
+        const unsigned char *buf = (const unsigned char *)view.buf;
+        while (end - pos >= 2) {
+            unsigned char b0 = buf[pos], b1 = buf[pos + 1];
+            uint64_t length = b1 & 0x7F;
+            Py_ssize_t header = 2, n;
+            const unsigned char *payload, *mask = NULL;
+            PyObject *message, *event;
+            int is_text;
+
+            /* FIN set, RSV clear, text or binary: a whole message in one plain frame. */
+            if (b0 != 0x81 && b0 != 0x82) {
+                break;
+            }
+            if ((b1 & 0x80) != (masked ? 0x80 : 0)) {
+                break;
+            }
+            if (length == 126) {
+                if (end - pos < 4) {
+                    break;
+                }
+                length = ((uint64_t)buf[pos + 2] << 8) | buf[pos + 3];
+                if (length < 126) {
+                    break;
+                }
+                header = 4;
+            }
+            else if (length == 127) {
+                int i;
+                if (end - pos < 10) {
+                    break;
+                }
+                length = 0;
+                for (i = 0; i < 8; i++) {
+                    length = (length << 8) | buf[pos + 2 + i];
+                }
+                if ((length >> 63) || length < 0x10000) {
+                    break;
+                }
+                header = 10;
+            }
+            if (limit >= 0 && length > (uint64_t)limit) {
+                break;
+            }
+            if (masked) {
+                header += 4;
+            }
+            if (end - pos < header || (uint64_t)(end - pos - header) < length) {
+                break; /* incomplete */
+            }
+            n = (Py_ssize_t)length;
+            if (masked) {
+                mask = buf + pos + header - 4;
+            }
+            payload = buf + pos + header;
+            is_text = b0 == 0x81;
+            if (!is_text) {
+                message = PyBytes_FromStringAndSize(NULL, n);
+                if (message == NULL) {
+                    goto error;
+                }
+                if (masked) {
+                    xor_mask(payload, (unsigned char *)PyBytes_AS_STRING(message), n, mask);
+                }
+                else {
+                    memcpy(PyBytes_AS_STRING(message), payload, n);
+                }
+            }
+            else {
+                const unsigned char *text = payload;
+                unsigned char *scratch = NULL;
+                if (masked) {
+                    if (n <= STACK_TEXT) {
+                        scratch = stack;
+                    }
+                    else {
+                        scratch = PyMem_Malloc(n);
+                        if (scratch == NULL) {
+                            PyErr_NoMemory();
+                            goto error;
+                        }
+                    }
+                    xor_mask(payload, scratch, n, mask);
+                    text = scratch;
+                }
+                message = PyUnicode_DecodeUTF8((const char *)text, n, NULL);
+                if (scratch != NULL && scratch != stack) {
+                    PyMem_Free(scratch);
+                }
+                if (message == NULL) {
+                    if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                        PyErr_Clear();
+                        break; /* the general path reports it */
+                    }
+                    goto error;
+                }
+            }
+            event = new_event(is_text ? text_type : binary_type, message);
+            if (event == NULL) {
+                goto error;
+            }
+            if (PyList_Append(events, event) < 0) {
+                Py_DECREF(event);
+                goto error;
+            }
+            Py_DECREF(event);
+            pos += header + n;
+        }
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(pos);
+
+error:
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+/* The first byte and length bytes of an unmasked frame, then the payload: one bytes object. */
+static PyObject *
+frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data;
+    long first;
+    Py_ssize_t n, header;
+    PyObject *result;
+    unsigned char *out;
+
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "frame() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    first = PyLong_AsLong(args[0]);
+    if (first == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (first < 0 || first > 255) {
+        PyErr_SetString(PyExc_ValueError, "first byte out of range");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) != 0) {
+        return NULL;
+    }
+    n = data.len;
+    header = n < 126 ? 2 : n < 0x10000 ? 4 : 10;
+    result = PyBytes_FromStringAndSize(NULL, header + n);
+    if (result == NULL) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    out = (unsigned char *)PyBytes_AS_STRING(result);
+    out[0] = (unsigned char)first;
+    if (n < 126) {
+        out[1] = (unsigned char)n;
+    }
+    else if (n < 0x10000) {
+        out[1] = 126;
+        out[2] = (unsigned char)(n >> 8);
+        out[3] = (unsigned char)n;
+    }
+    else {
+        int i;
+        uint64_t len = (uint64_t)n;
+        out[1] = 127;
+        for (i = 0; i < 8; i++) {
+            out[9 - i] = (unsigned char)(len >> (8 * i));
+        }
+    }
+    memcpy(out + header, data.buf, n);
+    PyBuffer_Release(&data);
+    return result;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL,
      "apply_mask(data, mask) -> bytes\n\nXOR data with the 4-byte mask repeated "
      "(RFC 6455 section 5.3)."},
+    {"parse_messages", (PyCFunction)(void (*)(void))parse_messages, METH_FASTCALL,
+     "parse_messages(buf, pos, masked, limit, events, text_type, binary_type) -> int\n\n"
+     "Parse whole messages in single plain frames; see tether/accel/_python.py."},
+    {"frame", (PyCFunction)(void (*)(void))frame, METH_FASTCALL,
+     "frame(first_byte, payload) -> bytes\n\nAn unmasked frame: header and payload."},
     {NULL, NULL, 0, NULL},
 };
 

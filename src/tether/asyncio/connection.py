@@ -12,8 +12,9 @@ import asyncio
 import logging
 import os
 from collections import deque
+from time import perf_counter
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Any, cast
 
 from ..exceptions import (
     ConnectionClosed,
@@ -143,8 +144,8 @@ class WebSocket(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(self.write_limit, self.write_limit // 4)
         self.remote_address = transport.get_extra_info("peername")
         self.local_address = transport.get_extra_info("sockname")
@@ -323,7 +324,7 @@ class WebSocket(asyncio.Protocol):
         payload = os.urandom(4)
         self.protocol.send_ping(payload)
         self._keepalive_ping = payload
-        self._pings[payload] = (self.loop.create_future(), self.loop.time())
+        self._pings[payload] = (self.loop.create_future(), perf_counter())
         self._write(self.protocol.data_to_send())
         if self.ping_timeout is not None:
             self._keepalive_timer = self.loop.call_later(self.ping_timeout, self._heartbeat_lost)
@@ -470,7 +471,7 @@ class WebSocket(asyncio.Protocol):
         except InvalidState:
             raise self._closed_error() from None
         future: asyncio.Future[float] = self.loop.create_future()
-        self._pings[data] = (future, self.loop.time())
+        self._pings[data] = (future, perf_counter())
         self._write(self.protocol.data_to_send())
         return await future
 
@@ -485,7 +486,7 @@ class WebSocket(asyncio.Protocol):
     def _receive_pong(self, data: bytes) -> None:
         if data not in self._pings:
             return  # unsolicited (a one-way heartbeat, §5.5.3) or late: nothing to settle
-        now = self.loop.time()
+        now = perf_counter()  # not loop.time(): uvloop's ticks in milliseconds
         # A pong answers its ping and, implicitly, every earlier one (RFC 6455 §5.5.3).
         for key in list(self._pings):
             future, sent_at = self._pings.pop(key)

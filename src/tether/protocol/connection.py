@@ -19,7 +19,7 @@ import struct
 from secrets import token_bytes
 from enum import IntEnum
 
-from ..accel import apply_mask
+from ..accel import apply_mask, frame, parse_messages
 from ..exceptions import (
     FrameError,
     InvalidState,
@@ -203,7 +203,19 @@ class Connection:
         pos = 0
         end_of_data = len(buf)
         expect_mask = 0x80 if self._is_server else 0
+        events = self._events
+        limit = self.max_message_size
         while end_of_data - pos >= 2:
+            if not self._msg_opcode:
+                # Whole messages in single plain frames, the common case, in one call (C when
+                # built); the code below takes every other frame, and any error.
+                start = parse_messages(buf, pos, self._is_server, limit, events, TextMessage,
+                                       BinaryMessage)
+                if start != pos:
+                    pos = start
+                    self._probe = None  # a frame it was checking is complete
+                    if end_of_data - pos < 2:
+                        break
             b0 = buf[pos]
             b1 = buf[pos + 1]
             length = b1 & 0x7F
@@ -575,10 +587,11 @@ class Connection:
             return
         length = len(payload) if not isinstance(payload, memoryview) else payload.nbytes
         if self._is_server:
-            header = serialize_header(fin, rsv1, opcode, length, False)
             if length <= _JOIN_LIMIT:
-                self._output.append(header + payload)
+                self._output.append(
+                    frame((0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode, payload))
             else:
+                header = serialize_header(fin, rsv1, opcode, length, False)
                 self._output.append(header)
                 self._output.append(payload)  # type: ignore[arg-type]
         else:
