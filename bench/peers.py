@@ -64,7 +64,7 @@ from echo import (  # noqa: E402  (bench/echo.py: the echo benchmark's helpers)
     python_speed,
 )
 
-ALL_SERVERS = ["tether", "websockets", "aiohttp", "node-ws", "picows"]
+ALL_SERVERS = ["tether", "tether-cb", "websockets", "aiohttp", "node-ws", "picows"]
 ALL_SCENARIOS = ["a", "b", "c", "d", "e", "f", "g"]
 
 # (row label, key of the figure in a run's result, format)
@@ -196,7 +196,7 @@ def ensure_node_ws() -> str | None:
 
 def server_env(name: str) -> dict[str, str]:
     env = dict(os.environ)
-    if name == "tether":
+    if name.startswith("tether"):
         src = str(REPO_DIR / "src")
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if name == "node-ws":
@@ -214,6 +214,8 @@ def server_command(name: str, mode: str, python: str, port: int, args: argparse.
                 "--max-size", "2000000"]
     if name == "tether":
         script = [python, str(SERVERS_DIR / "tether_broadcast.py")]
+    elif name == "tether-cb":
+        script = [python, str(SERVERS_DIR / "tether_callbacks.py")]
     elif name == "node-ws":
         script = [shutil.which("node") or "node", str(SERVERS_DIR / "ws_peer.js")]
     else:
@@ -229,7 +231,7 @@ def check_server(name: str, python: str) -> str | None:
         probe = [shutil.which("node") or "node", "-e",
                  "require('ws'); const b = require('bufferutil'); "
                  "if (!require('node-gyp-build').path) throw new Error('no native bufferutil')"]
-    elif name == "tether":
+    elif name.startswith("tether"):
         probe = [python, "-c", "import tether, tether.asyncio.broadcast"]
     elif name == "websockets":
         probe = [python, "-c", "import websockets.asyncio.server"]
@@ -500,10 +502,12 @@ def one_server_round(name: str, rnd: int, args: argparse.Namespace, loadgen: Pat
 def render(results: dict[str, Any], servers: list[str], scenarios: list[str], vers: dict
            ) -> tuple[str, dict[str, dict[str, float]]]:
     def head(name: str) -> str:
-        v = {"tether": vers.get("tether"), "websockets": vers.get("websockets"),
+        v = {"tether": vers.get("tether"), "tether-cb": vers.get("tether"),
+             "websockets": vers.get("websockets"),
              "aiohttp": vers.get("aiohttp"), "picows": vers.get("picows"),
              "node-ws": vers.get("ws")}.get(name)
-        label = {"node-ws": "Node ws", "picows": "picows"}.get(name, name)
+        label = {"node-ws": "Node ws", "picows": "picows", "tether": "tether (coroutines)",
+                 "tether-cb": "tether (callbacks)"}.get(name, name)
         if name == "node-ws":
             label += f" {v} (+bufferutil)" if v else ""
         elif name == "picows":

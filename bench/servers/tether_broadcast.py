@@ -50,4 +50,4 @@ async def main() -> None:
 
 if __name__ == "__main__":
     raise_nofile()
-    asyncio.run(main())
+    tether.run(main())  # uvloop when installed, as the CLI

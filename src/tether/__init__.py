@@ -39,6 +39,7 @@ __all__ = [
     "InvalidState",
     "InvalidStatus",
     "InvalidURI",
+    "Listener",
     "ProtocolError",
     "ProxyError",
     "Request",
@@ -66,7 +67,7 @@ if TYPE_CHECKING:
     from .asyncio.broadcast import broadcast
     from .asyncio.client import connect
     from .asyncio.router import Router
-    from .asyncio.connection import WebSocket
+    from .asyncio.connection import Listener, WebSocket
     from .asyncio.server import Server, serve
     from .asyncio.runner import run
 
@@ -75,6 +76,7 @@ _LAZY = {
     "Router": "tether.asyncio.router",
     "connect": "tether.asyncio.client",
     "WebSocket": "tether.asyncio.connection",
+    "Listener": "tether.asyncio.connection",
     "Server": "tether.asyncio.server",
     "serve": "tether.asyncio.server",
     "run": "tether.asyncio.runner",

@@ -329,6 +329,9 @@ class TestFlowControl:
             async with serving(handler, max_queue=4) as (_, url), tether.connect(url) as ws:
                 for i in range(50):
                     await ws.send(str(i))
+                    # One write each (sends in one loop turn are coalesced into one write,
+                    # and everything one read returns is parsed before reading pauses).
+                    await asyncio.sleep(0)
                 server_ws = connections[0]
                 for _ in range(200):  # bounded: up to 20 s on a loaded machine
                     if server_ws._reading_paused:

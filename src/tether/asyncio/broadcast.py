@@ -72,7 +72,7 @@ def write_frame(ws: WebSocket, frame: bytes, max_buffered: int = DEFAULT_MAX_BUF
     protocol = ws.protocol
     if transport is None or protocol.state is not State.OPEN:
         return Written.NOT_OPEN
-    if transport.get_write_buffer_size() + len(frame) > max_buffered:
+    if transport.get_write_buffer_size() + ws._pending_size + len(frame) > max_buffered:
         return Written.OVER_BUDGET
     try:
         protocol.send_frame(frame)
@@ -87,7 +87,7 @@ def close_slow(ws: WebSocket, code: int = 1013) -> None:
     says how far; never waits (the close timer bounds the closing handshake)."""
     if ws.protocol.state is not State.OPEN or ws.transport is None:
         return
-    buffered = ws.transport.get_write_buffer_size()
+    buffered = ws.buffered_amount
     logger.info("event=slow remote=%s buffered=%dB code=%d", format_address(ws.remote_address),
                 buffered, code)
     ws.protocol.send_close(code, f"too slow: {buffered} bytes unsent")

@@ -27,12 +27,48 @@ from ..protocol.events import BinaryMessage, CloseFrame, Pong, TextMessage
 from ..protocol.http11 import Request, Response
 from ..typing import Data
 
-__all__ = ["WebSocket"]
+__all__ = ["WebSocket", "Listener"]
 
 logger = logging.getLogger("tether")
 
 _CLOSED: Any = object()  # wakes a waiting recv() when the connection closes
 _OK_CODES = (1000, 1001, 1005)
+# Writes smaller than this are coalesced within a loop turn; larger ones go out as they are
+# (joining would copy them).
+_COALESCE_LIMIT = 16384
+
+
+class Listener:
+    """The low-level callback API: methods called on the event loop as things happen, with no
+    task, coroutine or queue per message. The coroutine API (``async for``, ``recv()``) is
+    this API with a listener that queues messages for the application.
+
+    Subclass it, override what you need and pass an instance where a handler goes
+    (``serve(Echo(), ...)``, a ``Router`` route). One instance serves every connection of its
+    route; per-connection state belongs on the connection (``ws.anything = ...``) or in a
+    dict keyed by it. Callbacks must not block. Send with :meth:`WebSocket.send_nowait`,
+    close with :meth:`WebSocket.close_nowait`. An exception in a callback is logged and
+    closes that connection with 1011.
+
+    Example::
+
+        class Echo(tether.Listener):
+            def on_message(self, ws, message):
+                ws.send_nowait(message)
+    """
+
+    def on_open(self, ws: WebSocket) -> None:
+        """The connection is open (after the 101 response)."""
+
+    def on_message(self, ws: WebSocket, message: Data) -> None:
+        """A message arrived: ``str`` for text, ``bytes`` for binary."""
+
+    def on_drain(self, ws: WebSocket) -> None:
+        """The unsent data fell back under the low-water mark (a quarter of ``write_limit``)
+        after passing ``write_limit``: a good time to send more. See ``buffered_amount``."""
+
+    def on_close(self, ws: WebSocket) -> None:
+        """The connection is closed; ``ws.close_code`` and ``ws.close_reason`` say how."""
 
 
 class WebSocket(asyncio.Protocol):
@@ -99,6 +135,11 @@ class WebSocket(asyncio.Protocol):
         self._keepalive_ping: bytes | None = None  # the heartbeat ping awaiting its pong
         self._closed = self.loop.create_future()
         self._lost = False
+        self._listener: Listener | None = None
+        # Small writes of the current loop turn after its first one (see _write), or None
+        # when nothing was written yet this turn.
+        self._pending: list[bytes] | None = None
+        self._pending_size = 0
 
     # -- the browser's vocabulary ------------------------------------------------------------
 
@@ -124,7 +165,7 @@ class WebSocket(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return 0
-        return transport.get_write_buffer_size()
+        return transport.get_write_buffer_size() + self._pending_size
 
     @property
     def close_code(self) -> int | None:
@@ -197,6 +238,12 @@ class WebSocket(asyncio.Protocol):
         if not self._closed.done():
             self._closed.set_result(None)
         self._log_close()
+        listener = self._listener
+        if listener is not None:
+            try:
+                listener.on_close(self)
+            except Exception:
+                logger.exception("listener on_close failed")
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -207,6 +254,12 @@ class WebSocket(asyncio.Protocol):
             if not drain.done():
                 drain.set_result(None)
         self._drain_waiters.clear()
+        listener = self._listener
+        if listener is not None:
+            try:
+                listener.on_drain(self)
+            except Exception:
+                self._listener_failed("on_drain")
 
     # -- events and output -------------------------------------------------------------------
 
@@ -214,6 +267,13 @@ class WebSocket(asyncio.Protocol):
         for event in events:
             cls = type(event)
             if cls is TextMessage or cls is BinaryMessage:
+                listener = self._listener
+                if listener is not None:
+                    try:
+                        listener.on_message(self, event[0])
+                    except Exception:
+                        self._listener_failed("on_message")
+                    continue
                 waiter = self._waiter
                 if waiter is not None and not waiter.done():
                     self._waiter = None
@@ -229,6 +289,11 @@ class WebSocket(asyncio.Protocol):
                 self._receive_close()
             else:
                 self._process_other_event(event)
+
+    def _listener_failed(self, callback: str) -> None:
+        logger.exception("listener %s failed", callback)
+        if self.protocol.state is State.OPEN:
+            self.close_nowait(1011, "internal error")
 
     def _receive_close(self) -> None:
         if not self.protocol.close_reply_pending():
@@ -253,21 +318,53 @@ class WebSocket(asyncio.Protocol):
         """Events the subclasses care about: the handshake's Request and Response."""
 
     def _write(self, output: list[bytes]) -> None:
+        """Hand the core's output to the transport, coalescing small writes.
+
+        The first write of a loop turn goes out at once, so a lone reply has no added latency;
+        the small writes that follow in the same turn are joined and written once, when the
+        turn ends (one system call for a burst of replies instead of one each). A large chunk,
+        or a batch past ``write_limit``, flushes at once, keeping the order.
+        """
         transport = self.transport
         if transport is None:
             return
         for chunk in output:
             if chunk:
-                self.bytes_sent += len(chunk)
-                transport.write(chunk)
+                size = len(chunk)
+                self.bytes_sent += size
+                pending = self._pending
+                if pending is None:
+                    transport.write(chunk)
+                    self._pending = []
+                    self.loop.call_soon(self._end_turn)
+                elif size >= _COALESCE_LIMIT or self._pending_size + size > self.write_limit:
+                    if pending:
+                        self._flush()
+                    transport.write(chunk)
+                else:
+                    pending.append(chunk)
+                    self._pending_size += size
             else:
                 # The core says: close the TCP connection. Half-close so the peer can still
                 # read everything we sent, then wait (bounded) for it to close its side.
+                self._flush()
                 if transport.can_write_eof():
                     transport.write_eof()
                 else:
                     transport.close()
                 self._start_close_timer()
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if pending and self.transport is not None and not self._lost:
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        if pending:
+            pending.clear()
+            self._pending_size = 0
+
+    def _end_turn(self) -> None:
+        self._flush()
+        self._pending = None
 
     def _start_close_timer(self) -> None:
         if self._close_timer is None and not self._lost:
@@ -405,22 +502,39 @@ class WebSocket(asyncio.Protocol):
             TypeError: ``message`` is of another type.
         """
         try:
-            if isinstance(message, str):
-                self.protocol.send_text(message.encode())
+            self.send_nowait(message)
+        except ConnectionClosed:
+            await self._wait_lost_if_closing()
+            raise self._closed_error() from None  # as the closing handshake ended
+        if self._writing_paused:
+            await self._drain()
+
+    def send_nowait(self, message: Data | bytearray | memoryview | Iterable[Data]) -> None:
+        """Send a message now and never wait, as ``send()`` does but without its pause above
+        ``write_limit``: for callbacks (:class:`Listener`), which watch ``buffered_amount``
+        or ``on_drain`` themselves.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            TypeError: ``message`` is of another type.
+        """
+        protocol = self.protocol
+        try:
+            if type(message) is str:
+                protocol.send_text(message.encode())
             elif isinstance(message, (bytes, bytearray, memoryview)):
-                self.protocol.send_binary(message)
+                protocol.send_binary(message)
+            elif isinstance(message, str):  # a str subclass
+                protocol.send_text(message.encode())
             elif isinstance(message, Iterable):
                 self._send_fragments(message)
             else:
                 raise TypeError(f"cannot send {type(message).__name__}: use str or bytes")
         except InvalidState:
-            if self.protocol.state is State.OPEN:
+            if protocol.state is State.OPEN:
                 raise  # misuse, e.g. a new message while a fragmented one is in progress
-            await self._wait_lost_if_closing()
             raise self._closed_error() from None
-        self._write(self.protocol.data_to_send())
-        if self._writing_paused:
-            await self._drain()
+        self._write(protocol.data_to_send())
 
     def _send_fragments(self, fragments: Iterable[Data]) -> None:
         iterator = iter(fragments)
@@ -511,6 +625,16 @@ class WebSocket(asyncio.Protocol):
         Raises:
             ValueError: ``code`` is not valid on the wire or ``reason`` passes 123 bytes.
         """
+        self.close_nowait(code, reason)
+        await self._wait_lost()
+
+    def close_nowait(self, code: int = 1000, reason: str = "") -> None:
+        """Start closing and return at once: ``close()`` for callbacks. The connection is
+        closed when ``on_close`` runs (or ``wait_closed()`` returns).
+
+        Raises:
+            ValueError: ``code`` is not valid on the wire or ``reason`` passes 123 bytes.
+        """
         if self.protocol.state is State.CONNECTING:
             self._abort()
         elif self.protocol.close_reply_pending():
@@ -519,7 +643,6 @@ class WebSocket(asyncio.Protocol):
             self.protocol.send_close(code, reason)
             self._write(self.protocol.data_to_send())
             self._start_close_timer()
-        await self._wait_lost()
 
     async def wait_closed(self) -> None:
         """Wait until the connection is closed."""

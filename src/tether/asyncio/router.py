@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Union
 from ..protocol.http11 import Headers, Request, Response
 
 if TYPE_CHECKING:
-    from .connection import WebSocket
+    from .connection import Listener, WebSocket
 
 __all__ = ["Router", "HttpHandler", "WebSocketHandler", "text_response"]
 
-WebSocketHandler = Callable[["WebSocket"], Awaitable[None]]
+WebSocketHandler = Union[Callable[["WebSocket"], Awaitable[None]], "Listener"]
+"""A coroutine function run once per connection (``async def handler(ws)``), or a
+:class:`~tether.asyncio.connection.Listener` whose callbacks serve every connection."""
 HttpHandler = Callable[[Request], Union[Response, Awaitable[Response]]]
 
 

@@ -36,7 +36,7 @@ from ..protocol.connection import DEFAULT_MAX_MESSAGE_SIZE, State
 from ..protocol.extensions.base import ServerExtensionFactory
 from ..protocol.http11 import Headers, Request, Response
 from ..protocol.server import SelectSubprotocol, ServerProtocol
-from .connection import WebSocket, format_address, logger
+from .connection import Listener, WebSocket, format_address, logger
 from .router import Router, WebSocketHandler, text_response
 
 __all__ = ["serve", "Server", "ServerConnection", "Handler", "ProcessRequest", "Authenticate"]
@@ -229,7 +229,15 @@ class ServerConnection(WebSocket):
             self.opened_at = self.loop.time()
             self._log_open()
             self.start_keepalive()
-            self.handler_task = self.loop.create_task(self._run_handler())
+            handler = self.handler
+            if isinstance(handler, Listener):
+                self._listener = handler
+                try:
+                    handler.on_open(self)
+                except Exception:
+                    self._listener_failed("on_open")
+            else:
+                self.handler_task = self.loop.create_task(self._run_handler())
             if events:
                 self._process_events(events)
         else:
@@ -268,9 +276,10 @@ class ServerConnection(WebSocket):
         self.server.connections.discard(self)
 
     async def _run_handler(self) -> None:
-        assert self.handler is not None
+        handler = self.handler
+        assert handler is not None and not isinstance(handler, Listener)
         try:
-            await self.handler(self)
+            await handler(self)
         except ConnectionClosed:
             pass
         except Exception:
