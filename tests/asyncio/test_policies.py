@@ -334,6 +334,34 @@ class TestBroadcast:
         run(main(), timeout=600 * UNIT)
 
 
+    def test_a_burst_in_one_loop_turn_reaches_everyone_in_order(self) -> None:
+        """Writes in one loop turn are coalesced (the first goes out at once, the rest at the
+        end of the turn, or whenever they pass write_limit): a burst far larger than
+        write_limit still reaches every reader, in order, and nobody is closed for it."""
+        count, clients = 2000, 20
+        delivered: list[int] = []
+
+        async def relay(ws: WebSocket) -> None:
+            assert isinstance(ws, ServerConnection)
+            async for _ in ws:
+                for n in range(count):  # one loop turn: broadcast() never waits
+                    delivered.append(tether.broadcast(ws.server.connections, f"{n:05d}" + "x" * 95))
+
+        async def main() -> None:
+            async with serving(relay, compression=None, write_limit=16384) as (_, url):
+                conns = [await tether.connect(url, compression=None) for _ in range(clients)]
+                await conns[0].send("go")
+                for ws in conns:
+                    got = [str(await ws.recv())[:5] for _ in range(count)]
+                    assert got == [f"{n:05d}" for n in range(count)]
+                    assert ws.ready_state == tether.OPEN
+                for ws in conns:
+                    await ws.close()
+
+        run(main(), timeout=600 * UNIT)
+        assert delivered == [clients] * count
+
+
 class TestRequestSeenByHooks:
     def test_cookies_and_remote_address(self) -> None:
         seen: list[tuple[dict[str, str], Any, str]] = []

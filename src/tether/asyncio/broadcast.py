@@ -24,7 +24,7 @@ from ..exceptions import InvalidState
 from ..protocol.connection import Side, State
 from ..protocol.frames import Opcode, serialize_header
 from ..typing import Data
-from .connection import WebSocket, format_address, logger
+from .connection import _COALESCE_LIMIT, WebSocket, format_address, logger
 
 __all__ = [
     "broadcast",
@@ -35,6 +35,8 @@ __all__ = [
     "text_frame",
     "write_frame",
 ]
+
+_OPEN = State.OPEN
 
 DEFAULT_MAX_BUFFERED = 2**20
 """Unsent bytes a connection may hold before a broadcast gives up on it (1 MiB)."""
@@ -118,9 +120,32 @@ def broadcast(
         payload = bytes(message)
         opcode = Opcode.BINARY
     frame = data_frame(payload, opcode)
+    size = len(frame)
     delivered = 0
     for ws in connections:
-        if ws.protocol.side is Side.CLIENT:  # masked per frame: cannot share bytes
+        protocol = ws.protocol
+        pending = ws._pending
+        if (
+            pending is not None
+            and protocol.state is _OPEN
+            and protocol._is_server
+            and not protocol._send_opcode
+            and size < _COALESCE_LIMIT
+        ):
+            # The hot path, for a connection already written to in this loop turn: what
+            # write_frame() and protocol.send_frame() do, inlined (same checks, same order).
+            transport = ws.transport
+            buffered = ws._pending_size
+            if transport is not None and buffered + size <= ws.write_limit:
+                if transport.get_write_buffer_size() + buffered + size > max_buffered:
+                    close_slow(ws, slow_code)
+                    continue
+                pending.append(frame)
+                ws._pending_size = buffered + size
+                ws.bytes_sent += size
+                delivered += 1
+                continue
+        if protocol.side is Side.CLIENT:  # masked per frame: cannot share bytes
             if ws.protocol.state is not State.OPEN or ws.transport is None:
                 continue
             try:

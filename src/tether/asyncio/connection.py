@@ -325,6 +325,15 @@ class WebSocket(asyncio.Protocol):
         turn ends (one system call for a burst of replies instead of one each). A large chunk,
         or a batch past ``write_limit``, flushes at once, keeping the order.
         """
+        pending = self._pending
+        if pending is not None and len(output) == 1:  # the usual case, in a burst
+            chunk = output[0]
+            size = len(chunk)
+            if 0 < size < _COALESCE_LIMIT and self._pending_size + size <= self.write_limit:
+                self.bytes_sent += size
+                pending.append(chunk)
+                self._pending_size += size
+                return
         transport = self.transport
         if transport is None:
             return
@@ -374,6 +383,11 @@ class WebSocket(asyncio.Protocol):
         self._close_timer = None
         if self.transport is not None:
             self.transport.abort()
+
+    def _resume_reading(self) -> None:
+        self._reading_paused = False
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def _pause_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -461,9 +475,7 @@ class WebSocket(asyncio.Protocol):
             self._processing = True
             message = messages.popleft()
             if self._reading_paused and len(messages) <= self.max_queue // 4:
-                self._reading_paused = False
-                if self.transport is not None:
-                    self.transport.resume_reading()
+                self._resume_reading()
             return message
         if self._lost or self.protocol.input_closed:
             if self.protocol.close_reply_pending():
@@ -486,6 +498,14 @@ class WebSocket(asyncio.Protocol):
         return self
 
     async def __anext__(self) -> Data:
+        messages = self._messages
+        if messages:
+            # recv()'s fast path, without a second coroutine per message.
+            self._processing = True
+            message = messages.popleft()
+            if self._reading_paused and len(messages) <= self.max_queue // 4:
+                self._resume_reading()
+            return message
         try:
             return await self.recv()
         except ConnectionClosedOK:

@@ -473,17 +473,23 @@ class Connection:
             self._send_opcode = 0
 
     def _send_data(self, opcode: int, data: bytes | bytearray | memoryview, fin: bool) -> None:
-        self._check_open()
+        if self.close_sent is not None or self.eof_sent or self.state is State.CONNECTING:
+            self._check_open()  # raises
         if self._send_opcode:
             raise InvalidState("a fragmented message is in progress; send its continuation")
         rsv1 = False
-        if fin and self.extension is not None:
-            # Fragmented messages go uncompressed: simpler, and RFC 7692 §6 allows it.
-            encoded = self.extension.encode(bytes(data))
-            if encoded is not None:
-                data, rsv1 = encoded, True
+        if fin:
+            if self.extension is not None:
+                # Fragmented messages go uncompressed: simpler, and RFC 7692 §6 allows it.
+                encoded = self.extension.encode(bytes(data))
+                if encoded is not None:
+                    data, rsv1 = encoded, True
+            elif self._is_server and len(data) <= _JOIN_LIMIT:
+                # The common case in one step: a small uncompressed message from a server.
+                self._output.append(frame(0x80 | opcode, data))
+                return
         else:
-            self._send_opcode = 0 if fin else opcode
+            self._send_opcode = opcode
         self._write_frame(fin, rsv1, opcode, data)
 
     def send_frame(self, frame: bytes) -> None:
