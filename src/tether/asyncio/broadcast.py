@@ -130,13 +130,12 @@ def broadcast(
             and protocol.state is _OPEN
             and protocol._is_server
             and not protocol._send_opcode
-            and size < _COALESCE_LIMIT
         ):
             # The hot path, for a connection already written to in this loop turn: what
             # write_frame() and protocol.send_frame() do, inlined (same checks, same order).
             transport = ws.transport
             buffered = ws._pending_size
-            if transport is not None and buffered + size <= ws.write_limit:
+            if transport is not None and buffered + size <= _COALESCE_LIMIT:
                 if transport.get_write_buffer_size() + buffered + size > max_buffered:
                     close_slow(ws, slow_code)
                     continue

@@ -79,6 +79,8 @@ OnReconnect = Callable[[int, float, Exception], "Awaitable[None] | None"]
 class ClientConnection(WebSocket):
     """The client's side of one connection."""
 
+    __slots__ = ("handshake_done",)
+
     protocol: ClientProtocol
 
     def __init__(self, protocol: ClientProtocol, **options: Any) -> None:

@@ -33,8 +33,9 @@ logger = logging.getLogger("tether")
 
 _CLOSED: Any = object()  # wakes a waiting recv() when the connection closes
 _OK_CODES = (1000, 1001, 1005)
-# Writes smaller than this are coalesced within a loop turn; larger ones go out as they are
-# (joining would copy them).
+# Writes are coalesced within a loop turn up to this many bytes; a batch never grows past it
+# (it counts in buffered_amount, and so against broadcast budgets, until written), and a
+# larger chunk goes out as it is (joining would copy it).
 _COALESCE_LIMIT = 16384
 
 
@@ -93,6 +94,43 @@ class WebSocket(asyncio.Protocol):
             application is behind: a peer that sent that much is alive.
     """
 
+    # Slots keep an idle connection small; __dict__ stays available (created on first use)
+    # for the application's own attributes, as in Node's ws.
+    __slots__ = (
+        "protocol",
+        "ping_interval",
+        "ping_timeout",
+        "max_queue",
+        "write_limit",
+        "close_timeout",
+        "loop",
+        "transport",
+        "request",
+        "response",
+        "remote_address",
+        "local_address",
+        "latency",
+        "bytes_received",
+        "bytes_sent",
+        "opened_at",
+        "_messages",
+        "_waiter",
+        "_processing",
+        "_reading_paused",
+        "_writing_paused",
+        "_drain_waiters",
+        "_pings",
+        "_close_timer",
+        "_keepalive_timer",
+        "_keepalive_ping",
+        "_closed",
+        "_lost",
+        "_listener",
+        "_pending",
+        "_pending_size",
+        "__dict__",
+    )
+
     def __init__(
         self,
         protocol: Connection,
@@ -120,7 +158,9 @@ class WebSocket(asyncio.Protocol):
         self.bytes_sent = 0
         self.opened_at = 0.0
 
-        self._messages: deque[Data] = deque()
+        # The messages waiting for the application; an empty tuple until the first one (an
+        # empty deque costs 600 bytes, and most connections never queue anything).
+        self._messages: deque[Data] | tuple[()] = ()
         self._waiter: asyncio.Future[Any] | None = None
         # True from handing a message to the application until it asks for the next one:
         # meanwhile it may still answer that message, so a close reply waits (see
@@ -280,8 +320,11 @@ class WebSocket(asyncio.Protocol):
                     self._processing = True
                     waiter.set_result(event[0])
                 else:
-                    self._messages.append(event[0])
-                    if len(self._messages) >= self.max_queue and not self._reading_paused:
+                    messages = self._messages
+                    if not isinstance(messages, deque):
+                        self._messages = messages = deque()
+                    messages.append(event[0])
+                    if len(messages) >= self.max_queue and not self._reading_paused:
                         self._pause_reading()
             elif cls is Pong:
                 self._receive_pong(event.data)
@@ -323,13 +366,13 @@ class WebSocket(asyncio.Protocol):
         The first write of a loop turn goes out at once, so a lone reply has no added latency;
         the small writes that follow in the same turn are joined and written once, when the
         turn ends (one system call for a burst of replies instead of one each). A large chunk,
-        or a batch past ``write_limit``, flushes at once, keeping the order.
+        or a batch that would pass 16 KiB, flushes at once, keeping the order.
         """
         pending = self._pending
         if pending is not None and len(output) == 1:  # the usual case, in a burst
             chunk = output[0]
             size = len(chunk)
-            if 0 < size < _COALESCE_LIMIT and self._pending_size + size <= self.write_limit:
+            if 0 < size and self._pending_size + size <= _COALESCE_LIMIT:
                 self.bytes_sent += size
                 pending.append(chunk)
                 self._pending_size += size
@@ -346,7 +389,7 @@ class WebSocket(asyncio.Protocol):
                     transport.write(chunk)
                     self._pending = []
                     self.loop.call_soon(self._end_turn)
-                elif size >= _COALESCE_LIMIT or self._pending_size + size > self.write_limit:
+                elif self._pending_size + size > _COALESCE_LIMIT:
                     if pending:
                         self._flush()
                     transport.write(chunk)

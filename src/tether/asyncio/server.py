@@ -58,6 +58,8 @@ class ServerConnection(WebSocket):
         user: what ``authenticate`` returned for this connection (None without it).
     """
 
+    __slots__ = ("server", "user", "handler", "handler_task", "_open_timer")
+
     protocol: ServerProtocol
 
     def __init__(self, server: Server, protocol: ServerProtocol) -> None:

@@ -100,6 +100,34 @@ class Connection:
         eof_received: whether the peer closed its side of the TCP connection.
     """
 
+    __slots__ = (
+        "side",
+        "auto_close_reply",
+        "state",
+        "max_message_size",
+        "extension",
+        "close_rcvd",
+        "close_sent",
+        "close_rcvd_then_sent",
+        "receive_error",
+        "eof_received",
+        "eof_sent",
+        "_pending_failure",
+        "_is_server",
+        "_events",
+        "_output",
+        "_buffer",
+        "_discard",
+        "_msg_opcode",
+        "_msg_compressed",
+        "_msg_parts",
+        "_msg_wire_size",
+        "_msg_size",
+        "_decoder",
+        "_probe",
+        "_send_opcode",
+    )
+
     def __init__(
         self,
         side: Side,
