@@ -149,3 +149,33 @@ class TestListener:
                 return got
 
         assert run(main()) == ["/fast", "/coro"]
+
+
+class TestClientListener:
+    def test_a_client_gets_messages_through_callbacks(self) -> None:
+        got: list[Any] = []
+        done = asyncio.Event()
+
+        class Client(Listener):
+            def on_open(self, ws: WebSocket) -> None:
+                got.append("open")
+                ws.send_nowait("one")
+                ws.send_nowait(b"two")
+
+            def on_message(self, ws: WebSocket, message: str | bytes) -> None:
+                got.append(message)
+                if len(got) == 3:
+                    ws.close_nowait(1000, "thanks")
+
+            def on_close(self, ws: WebSocket) -> None:
+                got.append(("close", ws.close_code))
+                done.set()
+
+        async def main() -> None:
+            async with serving() as (_, url):  # the coroutine echo server
+                ws = await tether.connect(url, listener=Client())
+                await asyncio.wait_for(done.wait(), 50 * UNIT)
+                assert ws.ready_state == tether.CLOSED
+
+        run(main())
+        assert got == ["open", "one", b"two", ("close", 1000)]

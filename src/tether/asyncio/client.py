@@ -38,7 +38,7 @@ from ..protocol.client import ClientProtocol, parse_uri
 from ..protocol.connection import DEFAULT_MAX_MESSAGE_SIZE
 from ..protocol.extensions.base import ClientExtensionFactory
 from ..protocol.http11 import Response
-from .connection import WebSocket, logger
+from .connection import Listener, WebSocket, logger
 from .proxy import ProxyURI, open_tunnel, parse_proxy_uri
 
 __all__ = [
@@ -79,13 +79,16 @@ OnReconnect = Callable[[int, float, Exception], "Awaitable[None] | None"]
 class ClientConnection(WebSocket):
     """The client's side of one connection."""
 
-    __slots__ = ("handshake_done",)
+    __slots__ = ("handshake_done", "handshake_listener")
 
     protocol: ClientProtocol
 
-    def __init__(self, protocol: ClientProtocol, **options: Any) -> None:
+    def __init__(
+        self, protocol: ClientProtocol, listener: Listener | None = None, **options: Any
+    ) -> None:
         super().__init__(protocol, **options)
         self.handshake_done: asyncio.Future[None] = self.loop.create_future()
+        self.handshake_listener = listener
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -101,6 +104,15 @@ class ClientConnection(WebSocket):
             self.start_keepalive()
             if not self.handshake_done.done():
                 self.handshake_done.set_result(None)
+            listener = self.handshake_listener
+            if listener is not None:
+                # From here on, messages go to the listener (frames that came with the 101
+                # response too: they are processed after this event).
+                self._listener = listener
+                try:
+                    listener.on_open(self)
+                except Exception:
+                    self._listener_failed("on_open")
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -176,6 +188,9 @@ class connect:
             attempt, or the :class:`ConnectionClosed` that describes how the previous
             connection closed (``.code``, ``.reason``). An exception it raises ends the
             iteration.
+        listener: a :class:`~tether.asyncio.connection.Listener` that gets every message
+            through its callbacks (``on_open``, ``on_message``, ``on_close``) instead of
+            ``recv()``; the connection is still returned, to send and close with.
 
     Raises (when awaited, or from the iteration for failures not retried):
         InvalidURI, OSError, TimeoutError, HandshakeError (InvalidStatus for a non-101 answer,
@@ -210,6 +225,7 @@ class connect:
         backoff_reset_after: float = BACKOFF_RESET_AFTER,
         no_reconnect_codes: Collection[int] = NO_RECONNECT_CODES,
         on_reconnect: OnReconnect | None = None,
+        listener: Listener | None = None,
     ) -> None:
         if compression not in ("deflate", None):
             raise ValueError(f"unsupported compression {compression!r}: use 'deflate' or None")
@@ -236,6 +252,7 @@ class connect:
         self.backoff_reset_after = backoff_reset_after
         self.no_reconnect_codes = frozenset(no_reconnect_codes)
         self.on_reconnect = on_reconnect
+        self.listener = listener
         self.connection: ClientConnection | None = None
 
     async def _connect(self) -> ClientConnection:
@@ -265,7 +282,7 @@ class connect:
         server_hostname = (self.server_hostname or wsuri.host) if ssl_context else None
 
         def factory() -> ClientConnection:
-            return ClientConnection(protocol, **self.options)
+            return ClientConnection(protocol, self.listener, **self.options)
 
         async def open_connection() -> ClientConnection:
             if proxy is None:
