@@ -124,22 +124,23 @@ def broadcast(
     delivered = 0
     for ws in connections:
         protocol = ws.protocol
-        pending = ws._pending
-        if (
-            pending is not None
-            and protocol.state is _OPEN
-            and protocol._is_server
-            and not protocol._send_opcode
-        ):
-            # The hot path, for a connection already written to in this loop turn: what
-            # write_frame() and protocol.send_frame() do, inlined (same checks, same order).
+        if protocol.state is _OPEN and protocol._is_server and not protocol._send_opcode:
+            # The hot path: what write_frame() and protocol.send_frame() do, inlined (same
+            # checks, same order), and the frame joins the connection's writes of this loop
+            # turn, written once when the turn ends: a fan-out can wait one turn, and a burst
+            # of messages then costs one system call per connection, not one per message.
             transport = ws.transport
             buffered = ws._pending_size
             if transport is not None and buffered + size <= _COALESCE_LIMIT:
                 if transport.get_write_buffer_size() + buffered + size > max_buffered:
                     close_slow(ws, slow_code)
                     continue
-                pending.append(frame)
+                pending = ws._pending
+                if pending is None:
+                    ws._pending = [frame]
+                    ws.loop.call_soon(ws._end_turn)
+                else:
+                    pending.append(frame)
                 ws._pending_size = buffered + size
                 ws.bytes_sent += size
                 delivered += 1
