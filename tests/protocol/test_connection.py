@@ -1101,3 +1101,41 @@ class TestIncrementalParsing:
         whole = _run(Side.SERVER, [stream])
         byte_by_byte = _run(Side.SERVER, [stream[i : i + 1] for i in range(len(stream))])
         assert byte_by_byte == whole
+
+
+class TestLargeFrames:
+    """Frames past 64 KiB that arrive in many reads are collected and parsed once whole:
+    the same events as at once, and the limits still apply from the header."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(cuts=st.lists(st.integers(0, 10**6), min_size=1, max_size=40), data=st.data())
+    def test_any_split_of_large_frames(self, cuts: list[int], data: st.DataObject) -> None:
+        big = bytes(range(256)) * 400  # 100 KiB
+        stream = b"".join([
+            frame(BINARY, big, mask=KEY),
+            frame(TEXT, b"small", mask=KEY),
+            frame(BINARY, big[:70_000], fin=False, mask=KEY),
+            frame(PING, b"between", mask=KEY),
+            frame(CONT, big[:90_000], mask=KEY),
+            frame(TEXT, "é".encode() * 40_000, mask=KEY),
+            frame(BINARY, big, mask=KEY),
+        ])
+        whole = _run(Side.SERVER, [stream])
+        assert [name for name, _ in whole[0]] == [
+            "BinaryMessage", "TextMessage", "Ping", "BinaryMessage", "TextMessage",
+            "BinaryMessage"]
+        assert _run(Side.SERVER, _splits(stream, cuts)) == whole
+
+    def test_the_limit_applies_from_the_header(self) -> None:
+        server = Connection(Side.SERVER, max_message_size=100_000)
+        stream = frame(BINARY, bytes(100_001), mask=KEY)
+        server.receive_data(stream[:20])
+        assert isinstance(server.receive_error, MessageTooBig)
+
+    def test_an_error_after_a_large_frame_is_still_found(self) -> None:
+        server = Connection(Side.SERVER)
+        stream = frame(BINARY, bytes(80_000), mask=KEY) + frame(TEXT, b"\xff", mask=KEY)
+        for i in range(0, len(stream), 7_000):
+            server.receive_data(stream[i : i + 7_000])
+        assert_events(server.events_received(), [BinaryMessage(bytes(80_000))])
+        assert isinstance(server.receive_error, InvalidUTF8)

@@ -50,6 +50,9 @@ _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 # Frames with payloads up to this size are written as one bytes object (header + payload);
 # larger ones as two, so the payload is never copied just to prepend a header.
 _JOIN_LIMIT = 4096
+# Incomplete frames larger than this are collected read by read and joined once (see
+# receive_data); smaller ones wait in the receive buffer.
+_COLLECT_LIMIT = 65536
 
 _TEXT = Opcode.TEXT.value
 _BINARY = Opcode.BINARY.value
@@ -117,6 +120,9 @@ class Connection:
         "_events",
         "_output",
         "_buffer",
+        "_wanted",
+        "_parts",
+        "_parts_size",
         "_discard",
         "_msg_opcode",
         "_msg_compressed",
@@ -154,6 +160,11 @@ class Connection:
         self._events: list[Event] = []
         self._output: list[bytes] = []
         self._buffer = bytearray()
+        # A frame that cannot be checked before it is whole: its size (header included), and
+        # its bytes so far, one bytes object per read.
+        self._wanted = 0
+        self._parts: list[bytes] = []
+        self._parts_size = 0
         self._discard = False  # ignore incoming bytes: after a close frame or a failure
         # The message being received, if it has more than one frame or is compressed.
         self._msg_opcode = 0  # 0 when no message is in progress
@@ -197,9 +208,22 @@ class Connection:
         if self._discard or not data:
             return
         buffer = self._buffer
-        if buffer:
+        if self._wanted:
+            # The rest of a frame known to be incomplete (see _parse): collect the reads and
+            # join them once, rather than grow a buffer read after read.
+            parts = self._parts
+            parts.append(data)
+            self._parts_size += len(data)
+            if self._parts_size < self._wanted:
+                return
+            data = b"".join(parts)
+            parts.clear()
+            self._parts_size = 0
+            self._wanted = 0
+            source: bytes | bytearray = data
+        elif buffer:
             buffer += data
-            source: bytes | bytearray = buffer
+            source = buffer
         else:
             source = data
         try:
@@ -210,7 +234,12 @@ class Connection:
         except Exception as exc:  # a bug: fail with 1011 rather than crash the I/O layer
             self._fail_receiving(exc)
             return
-        if source is buffer:
+        if self._wanted:  # what is left is the start of a large frame
+            self._parts.append(bytes(memoryview(source)[pos:]))
+            self._parts_size = len(source) - pos
+            if source is buffer:
+                buffer.clear()
+        elif source is buffer:
             del buffer[:pos]
         elif pos < len(data):
             buffer += memoryview(data)[pos:]
@@ -278,6 +307,10 @@ class Connection:
             if end > end_of_data:
                 if opcode != _BINARY and not rsv1 and length > 0:
                     self._check_partial_text(buf, opcode, start, end_of_data)
+                elif end - pos > _COLLECT_LIMIT:
+                    # Nothing to check before the frame is whole: collect the reads until then
+                    # without parsing again (a 1 MiB frame arrives in dozens of reads).
+                    self._wanted = end - pos
                 return pos
             if self._probe is not None:
                 self._probe = None  # the frame it checked is complete
