@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import queue
 import shutil
@@ -84,6 +85,10 @@ async def serve_node(args: argparse.Namespace) -> None:
     from tether.hub import Hub
     from tether.hub.redis import RedisBackend
 
+    # The hub's warnings (a subscribe refused with `unavailable`, Redis outages) go to the
+    # node's log, which the driver prints when a round fails.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     loop = asyncio.get_running_loop()
     # presence_ttl: the refresh (every ttl/3 s: one Lua call per member) stays out of the run.
     backend = RedisBackend(args.redis, key_prefix=args.prefix, presence_ttl=3600.0)
@@ -113,7 +118,9 @@ async def serve_node(args: argparse.Namespace) -> None:
             print(f"{live()} of {args.local} subscribers live after 10 s "
                   f"({len(subs)} in the topic, {sum(not s.active for s in subs)} inactive, "
                   f"held lengths {Counter(len(s.held) for s in subs if s.held is not None)}, "
-                  f"{len(hub._sessions)} sessions); tasks:",
+                  f"{len(hub._sessions)} sessions, "
+                  f"{sum(not s.subscriptions for s in hub._sessions)} of them not subscribed: "
+                  "see the warnings above); tasks:",
                   file=sys.stderr, flush=True)
             def where(task: asyncio.Task[Any]) -> str:
                 frames, coro = [], task.get_coro()

@@ -199,6 +199,8 @@ def server_env(name: str) -> dict[str, str]:
     if name.startswith("tether"):
         src = str(REPO_DIR / "src")
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if name == "tether-cb":
+        env["TETHER_PEER_API"] = "callbacks"
     if name == "node-ws":
         env["NODE_PATH"] = str(NODE_DIR / "node_modules")
     return env
@@ -212,10 +214,8 @@ def server_command(name: str, mode: str, python: str, port: int, args: argparse.
         return [python, "-m", "tether", "echo", "--host", HOST, "--port", str(port),
                 "--no-compression", "--quiet", "--ping-interval", "0",
                 "--max-size", "2000000"]
-    if name == "tether":
-        script = [python, str(SERVERS_DIR / "tether_broadcast.py")]
-    elif name == "tether-cb":
-        script = [python, str(SERVERS_DIR / "tether_callbacks.py")]
+    if name.startswith("tether"):
+        script = [python, str(SERVERS_DIR / "tether_peer.py")]
     elif name == "node-ws":
         script = [shutil.which("node") or "node", str(SERVERS_DIR / "ws_peer.js")]
     else:

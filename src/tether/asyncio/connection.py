@@ -513,13 +513,8 @@ class WebSocket(asyncio.Protocol):
             RuntimeError: another coroutine is already waiting in ``recv()``.
         """
         self._processing = False
-        messages = self._messages
-        if messages:
-            self._processing = True
-            message = messages.popleft()
-            if self._reading_paused and len(messages) <= self.max_queue // 4:
-                self._resume_reading()
-            return message
+        if self._messages:
+            return self._take_queued()
         if self._lost or self.protocol.input_closed:
             if self.protocol.close_reply_pending():
                 self._reply_close()
@@ -537,18 +532,22 @@ class WebSocket(asyncio.Protocol):
             raise self._closed_error()
         return message  # type: ignore[no-any-return]
 
+    def _take_queued(self) -> Data:
+        """The next queued message (there is one); reading resumes once the queue is short."""
+        messages = self._messages
+        assert isinstance(messages, deque)
+        self._processing = True
+        message = messages.popleft()
+        if self._reading_paused and len(messages) <= self.max_queue // 4:
+            self._resume_reading()
+        return message
+
     def __aiter__(self) -> AsyncIterator[Data]:
         return self
 
     async def __anext__(self) -> Data:
-        messages = self._messages
-        if messages:
-            # recv()'s fast path, without a second coroutine per message.
-            self._processing = True
-            message = messages.popleft()
-            if self._reading_paused and len(messages) <= self.max_queue // 4:
-                self._resume_reading()
-            return message
+        if self._messages:
+            return self._take_queued()  # recv()'s fast path, without a second coroutine
         try:
             return await self.recv()
         except ConnectionClosedOK:

@@ -1,14 +1,19 @@
-"""tether's callback API (tether.Listener) for bench/peers.py: the "tether-cb" server.
+"""tether for bench/peers.py, with either API: "tether" (coroutines) and "tether-cb" (callbacks).
 
-Usage: python tether_callbacks.py MODE HOST PORT [--clients K --messages N --size S --burst B]
-(see _peer_common.py). Echo: on_message sends the message back with send_nowait(), no
-coroutine per connection or message. Broadcast: tether.broadcast() to the open connections,
-as tether_broadcast.py does for the coroutine API.
+Usage: python tether_peer.py MODE HOST PORT [--clients K --messages N --size S --burst B]
+(see _peer_common.py), with TETHER_PEER_API=coroutines (the default) or callbacks.
+
+  echo       coroutines: ``async for message in ws: await ws.send(message)``, as in
+             ``tether echo`` (peers.py runs that command for the "tether" echo scenarios);
+             callbacks: a tether.Listener whose on_message calls ws.send_nowait(message).
+  broadcast  tether.broadcast() to every open connection, the same with both APIs; the
+             connections are kept open by a coroutine handler or by a Listener.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 
 import tether
@@ -20,15 +25,24 @@ class Echo(tether.Listener):
         ws.send_nowait(message)
 
 
-class Keep(tether.Listener):
-    """Broadcast mode: the clients only read; the server keeps its connections open."""
+async def echo(ws: tether.WebSocket) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+async def keep(ws: tether.WebSocket) -> None:
+    await ws.wait_closed()
 
 
 async def main() -> None:
     args = parse_args()
+    callbacks = os.environ.get("TETHER_PEER_API", "coroutines") == "callbacks"
+    if args.mode == "echo":
+        handler: object = Echo() if callbacks else echo
+    else:
+        handler = tether.Listener() if callbacks else keep
     loop = asyncio.get_running_loop()
-    listener = Echo() if args.mode == "echo" else Keep()
-    server = await tether.serve(listener, args.host, args.port, compression=None,
+    server = await tether.serve(handler, args.host, args.port, compression=None,  # type: ignore[arg-type]
                                 ping_interval=None, ping_timeout=None, backlog=1024,
                                 max_size=MAX_SIZE)
     conns = server.connections
@@ -50,11 +64,12 @@ async def main() -> None:
         loop.add_signal_handler(signal.SIGUSR2, lambda: loop.create_task(run()))
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    print(f"tether ({args.mode}, callbacks) on {args.host}:{args.port}", flush=True)
+    api = "callbacks" if callbacks else "coroutines"
+    print(f"tether ({args.mode}, {api}) on {args.host}:{args.port}", flush=True)
     await stop
     await server.close(1001)
 
 
 if __name__ == "__main__":
     raise_nofile()
-    tether.run(main())
+    tether.run(main())  # uvloop when installed, as the CLI
