@@ -96,6 +96,7 @@ class ClientConnection(WebSocket):
         self.request = request
         self.protocol.send_request(request)
         self._write(self.protocol.data_to_send())
+        self._flush()  # the request goes out now
 
     def _process_other_event(self, event: Any) -> None:
         if isinstance(event, Response):

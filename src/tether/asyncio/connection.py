@@ -235,6 +235,9 @@ class WebSocket(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
         protocol = self.protocol
+        batch = self._pending is None
+        if batch:  # gather what the events make us write, and write it once, below
+            self._pending = []
         protocol.receive_data(data)
         events = protocol.events_received()
         if events:
@@ -244,6 +247,8 @@ class WebSocket(asyncio.Protocol):
         output = protocol.data_to_send()
         if output:
             self._write(output)
+        if batch:
+            self._end_turn()
 
     def eof_received(self) -> None:
         self.protocol.receive_eof()
@@ -363,13 +368,15 @@ class WebSocket(asyncio.Protocol):
     def _write(self, output: list[bytes]) -> None:
         """Hand the core's output to the transport, coalescing small writes.
 
-        The first write of a loop turn goes out at once, so a lone reply has no added latency;
-        the small writes that follow in the same turn are joined and written once, when the
-        turn ends (one system call for a burst of replies instead of one each). A large chunk,
-        or a batch that would pass 16 KiB, flushes at once, keeping the order.
+        Small chunks are gathered and written together, in one system call, at the first of:
+        the end of ``data_received`` (replies sent from callbacks), ``recv()`` finding no
+        message and about to wait (replies sent by a coroutine that has read everything
+        there was), the end of the loop turn (anything else), 16 KiB gathered, a large chunk
+        (written as it is, after what was gathered), or a close. A lone reply waits for
+        nothing, and a burst of replies costs one system call instead of one each.
         """
         pending = self._pending
-        if pending is not None and len(output) == 1:  # the usual case, in a burst
+        if pending is not None and len(output) == 1:  # the usual case
             chunk = output[0]
             size = len(chunk)
             if 0 < size and self._pending_size + size <= _COALESCE_LIMIT:
@@ -386,8 +393,8 @@ class WebSocket(asyncio.Protocol):
                 self.bytes_sent += size
                 pending = self._pending
                 if pending is None:
-                    transport.write(chunk)
-                    self._pending = []
+                    self._pending = [chunk]
+                    self._pending_size = size
                     self.loop.call_soon(self._end_turn)
                 elif self._pending_size + size > _COALESCE_LIMIT:
                     if pending:
@@ -522,6 +529,8 @@ class WebSocket(asyncio.Protocol):
             raise self._closed_error()
         if self._waiter is not None:
             raise RuntimeError("another coroutine is already waiting for the next message")
+        if self._pending:
+            self._flush()  # the replies to what was read: out now, before waiting
         waiter = self._waiter = self.loop.create_future()
         try:
             message = await waiter

@@ -81,12 +81,13 @@ class ServerConnection(WebSocket):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self.server.closing:
+        server = self.server
+        if server.closing:
             assert self.transport is not None
             self.transport.abort()
             return
-        self.server.connections.add(self)
-        self._open_timer = self.loop.call_later(self.server.open_timeout, self._open_timed_out)
+        server.connections.add(self)
+        self._open_timer = self.loop.call_later(server.open_timeout, self._open_timed_out)
 
     def _open_timed_out(self) -> None:
         # A client that never finishes its request (slowloris) is dropped.
@@ -97,14 +98,17 @@ class ServerConnection(WebSocket):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        if self.protocol.state is State.CONNECTING and self.protocol.handshake_error is None:
+        protocol = self.protocol
+        if protocol.state is State.CONNECTING and protocol.handshake_error is None:
             self.bytes_received += len(data)
-            self.protocol.receive_data(data)
-            if self.protocol.handshake_error is not None:  # unparseable request, answered
-                self._write(self.protocol.data_to_send())
-                self._log_rejected(self.protocol.handshake_error.status_hint)
+            protocol.receive_data(data)
+            if protocol.handshake_error is not None:  # unparseable request, answered
+                self._write(protocol.data_to_send())
+                self._log_rejected(protocol.handshake_error.status_hint)
                 return
-            self._process_events(self.protocol.events_received())
+            # Before the response, the only event is the request.
+            for event in protocol.events_received():
+                self._process_other_event(event)
             return
         super().data_received(data)
 
@@ -123,11 +127,12 @@ class ServerConnection(WebSocket):
         answer, or None with ``self.handler`` set to go on with the upgrade (or unset when an
         HTTP route took the request)."""
         server = self.server
-        if server.max_connections is not None and len(server.connections) > server.max_connections:
+        max_connections = server.max_connections
+        if max_connections is not None and len(server.connections) > max_connections:
             return text_response(503, "server at capacity; try again later",
                                  Headers([("Retry-After", "5")]))
         handler = server.route_websocket(request.path)
-        if handler is None or "Upgrade" not in request.headers:
+        if handler is None or "upgrade" not in request.headers._lookup():
             http_handler = server.router.resolve_http(request) if server.router else None
             if http_handler is not None:
                 self.loop.create_task(self._answer_http(http_handler, request))
@@ -138,8 +143,9 @@ class ServerConnection(WebSocket):
         invalid = self.protocol.validate(request)
         if invalid is not None:
             return invalid
-        if server.origin_policy is not None:
-            refusal = server.origin_policy.check(request)
+        origin_policy = server.origin_policy
+        if origin_policy is not None:
+            refusal = origin_policy.check(request)
             if refusal is not None:
                 return self.protocol.reject(403, refusal)
         return None
@@ -162,7 +168,11 @@ class ServerConnection(WebSocket):
         """The hooks that may be async: authentication, then process_request. The common
         case, no hook or sync hooks, completes here without a task."""
         try:
-            self._run_hooks_sync(request)
+            server = self.server
+            if server.authenticate is None and server.process_request is None:
+                self._respond(self.protocol.accept(request))
+            else:
+                self._run_hooks_sync(request)
         except Exception:
             logger.exception("handshake hook failed")
             self._respond(self.protocol.reject(500, "internal server error"))
@@ -227,6 +237,7 @@ class ServerConnection(WebSocket):
         # Frames pipelined after the request were parsed by send_response().
         events = self.protocol.events_received()
         self._write(self.protocol.data_to_send())
+        self._flush()  # the response goes out now
         if response.status == 101:
             self.opened_at = self.loop.time()
             self._log_open()
