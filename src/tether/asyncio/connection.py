@@ -173,7 +173,7 @@ class WebSocket(asyncio.Protocol):
         self._close_timer: asyncio.TimerHandle | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._keepalive_ping: bytes | None = None  # the heartbeat ping awaiting its pong
-        self._closed = self.loop.create_future()
+        self._closed: asyncio.Future[None] | None = None  # created by the first waiter
         self._lost = False
         self._listener: Listener | None = None
         # Small writes of the current loop turn after its first one (see _write), or None
@@ -280,7 +280,7 @@ class WebSocket(asyncio.Protocol):
                 future.set_exception(self._closed_error())
                 future.exception()  # retrieved here: nobody may be awaiting this ping
         self._pings.clear()
-        if not self._closed.done():
+        if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
         self._log_close()
         listener = self._listener
@@ -722,6 +722,10 @@ class WebSocket(asyncio.Protocol):
         await self._wait_lost()
 
     async def _wait_lost(self) -> None:
+        if self._lost:
+            return
+        if self._closed is None:
+            self._closed = self.loop.create_future()
         await asyncio.shield(self._closed)
 
     async def _wait_lost_if_closing(self) -> None:
