@@ -84,6 +84,12 @@ class TestCheckRequest:
     def test_valid(self) -> None:
         assert check_request(request()) == SAMPLE_KEY
 
+    def test_key_variants(self) -> None:
+        # Any 22 base64 characters and "==" decode to 16 bytes (the unused bits are ignored).
+        for key in ("AAAAAAAAAAAAAAAAAAAAAA==", "////////////////////////"[:22] + "==",
+                    "dGhlIHNhbXBsZSBub25jZR=="):
+            assert check_request(request(Sec_WebSocket_Key=key)) == key
+
     def test_token_variants(self) -> None:
         assert check_request(request(Upgrade="WebSocket", Connection="keep-alive, Upgrade"))
         assert check_request(request(Upgrade="h2c, websocket", Connection="UPGRADE"))
@@ -108,6 +114,10 @@ class TestCheckRequest:
             (request(Sec_WebSocket_Key=base64.b64encode(bytes(15)).decode()), 400, "not 15"),
             (request(Sec_WebSocket_Key=base64.b64encode(bytes(17)).decode()), 400, "not 17"),
             (request(Sec_WebSocket_Key=""), 400, "not 0"),
+            # 24 characters ending in "==", the shape of a 16-byte key, but not base64.
+            (request(Sec_WebSocket_Key="dGhlIHNhbXBsZSBub25jZ*=="), 400, "not valid base64"),
+            (request(Sec_WebSocket_Key="dGhlIHNhbXBsZSBub25j=Q=="), 400, "not valid base64"),
+            (request(Sec_WebSocket_Key="dGhlIHNhbXBsZSBub25jZé=="), 400, "not valid base64"),
             (request(Sec_WebSocket_Version="8"), 426, "must be 13, not 8"),
             (request(Sec_WebSocket_Version=None), 426, "must be 13, not none"),
             (request(Sec_WebSocket_Version="13, 8"), 426, "must be 13, not 13, 8"),

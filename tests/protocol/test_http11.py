@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from tether.exceptions import HandshakeError, InvalidMessage
@@ -16,6 +18,7 @@ from tether.protocol.http11 import (
     RequestParser,
     Response,
     ResponseParser,
+    parse_upgrade_request,
 )
 
 from .conftest import request_bytes
@@ -41,6 +44,21 @@ class TestHeaders:
         headers.add("A", "1")
         headers.add("A", "2")
         assert headers.get_all("a") == ["1", "2"]
+
+    def test_add_after_lookup(self) -> None:
+        # Lookups go through an index built on the first one; add() keeps it up to date.
+        headers = Headers([("A", "1")])
+        assert headers.get_all("b") == [] and "B" not in headers
+        headers.add("b", "2")
+        headers.add("A", "3")
+        assert headers.get_all("B") == ["2"] and "B" in headers
+        assert headers.get("a") == "1, 3"
+        assert list(headers) == [("A", "1"), ("b", "2"), ("A", "3")]
+
+    def test_get_all_returns_a_copy(self) -> None:
+        headers = Headers([("A", "1")])
+        headers.get_all("A").append("2")
+        assert headers.get_all("A") == ["1"]
 
     @pytest.mark.parametrize(
         ("name", "value"),
@@ -167,6 +185,105 @@ class TestRequestParser:
         with pytest.raises(InvalidMessage, match="invalid HTTP message") as info:
             RequestParser().feed(b"\x00\r\n\r\n")
         assert info.value.status_hint == 400
+
+
+# The sample upgrade request and variations on it for the fast path.
+UPGRADE = (
+    b"GET /chat?x=1 HTTP/1.1\r\nHost: h:1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n\x81\x80ab"
+)
+
+
+def _parsed(result: tuple[Request, bytes] | None) -> object:
+    if result is None:
+        return None
+    request, rest = result
+    return (request.method, request.target, request.http_version, list(request.headers), rest)
+
+
+class TestParseUpgradeRequest:
+    """The fast path for a whole upgrade request: the same result as RequestParser, or None
+    (RequestParser then decides); never a request that RequestParser would refuse."""
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            UPGRADE,
+            request_bytes(),
+            request_bytes(replace={"Connection": "keep-alive, Upgrade"}, add=[("X-Empty", "")]),
+            request_bytes(add=[("X-A", "1"), ("x-a", "  2  "), ("Cookie", "a=b; c=d")]),
+            b"GET / HTTP/1.1\r\nUpgrade:h2c\r\nConnection:upgrade\r\n\r\n",
+        ],
+    )
+    def test_same_as_request_parser(self, data: bytes) -> None:
+        fast = parse_upgrade_request(data)
+        assert fast is not None
+        assert _parsed(fast) == _parsed(RequestParser().feed(data))
+        headers = fast[0].headers
+        assert headers._lookup() == Headers(list(headers))._lookup()
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            UPGRADE[:40],  # incomplete
+            b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n",  # not an upgrade
+            UPGRADE.replace(b"Connection: Upgrade", b"Connection: keep-alive"),
+            UPGRADE.replace(b"Upgrade: websocket", b"Upgrade:"),
+            UPGRADE.replace(b"GET", b"POST"),
+            UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0"),
+            UPGRADE.replace(b"/chat", b"http://h/chat"),
+            UPGRADE.replace(b"h:1", b"caf\xe9"),  # not ASCII
+            UPGRADE.replace(b"h:1", b"a\tb"),  # HTAB
+            UPGRADE.replace(b"Host:", b"Host :"),
+            UPGRADE.replace(b"Host: h:1\r\n", b"Host: h:1\r\n continued\r\n"),
+            UPGRADE.replace(b"Host: h:1\r\n", b"Host: h:1\n"),
+            UPGRADE.replace(b"Host: h:1\r\n", b"Content-Length: 2\r\n"),
+            UPGRADE.replace(b"Host: h:1\r\n", b": empty name\r\n"),
+            UPGRADE.replace(b"Host: h:1\r\n", b"No colon\r\n"),
+        ],
+    )
+    def test_anything_else_is_left_to_the_parser(self, data: bytes) -> None:
+        assert parse_upgrade_request(data) is None
+
+    def test_limits_are_left_to_the_parser(self) -> None:
+        assert parse_upgrade_request(UPGRADE, max_request_line=8) is None
+        assert parse_upgrade_request(UPGRADE, max_headers=4) is None
+        head = UPGRADE.index(b"\r\n\r\n") + 4
+        assert parse_upgrade_request(UPGRADE, max_header_bytes=head - 1) is None
+        assert parse_upgrade_request(UPGRADE, max_request_line=9, max_headers=5,
+                                     max_header_bytes=head)
+
+    def test_differential(self) -> None:
+        # Random edits of upgrade requests: wherever the fast path answers, RequestParser
+        # answers the same.
+        rnd = random.Random(6455)
+        pieces = [b" ", b"\t", b"\r", b"\n", b"\r\n", b":", b",", b"\x00", b"\x7f", b"\x85",
+                  b"\xa0", b"a", b"/", b"?", b"%", b'"', b"upgrade", b"keep-alive", b"X: y\r\n",
+                  b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n",
+                  b"Upgrade: a\r\n", b"Connection: close\r\n", b"HTTP/1.0", b"\r\n\r\n"]
+        bases = [UPGRADE, UPGRADE.replace(b"Connection: Upgrade", b"Connection: a,Upgrade ,b"),
+                 b"GET /a HTTP/1.1\r\nConnection: close\r\nConnection: upgrade\r\nUpgrade: x\r\n"
+                 b"X:\r\n\r\nzz"]
+        limits = [(8192, 128, 16384), (10, 128, 16384), (8192, 5, 16384), (8192, 128, 150)]
+        hits = 0
+        for _ in range(3000):
+            data = bytearray(rnd.choice(bases))
+            for _ in range(rnd.choice((1, 1, 2, 3))):
+                i = rnd.randrange(len(data) + 1)
+                op = rnd.random()
+                if op < 0.4:
+                    data[i:i] = rnd.choice(pieces)
+                elif op < 0.7:
+                    del data[i:i + rnd.randint(1, 3)]
+                else:
+                    data[i:i + 1] = rnd.choice(pieces)
+            limit = rnd.choice(limits)
+            fast = parse_upgrade_request(bytes(data), *limit)
+            if fast is None:
+                continue
+            hits += 1
+            assert _parsed(fast) == _parsed(RequestParser(*limit).feed(bytes(data))), data
+        assert hits > 300
 
 
 class TestResponseParser:

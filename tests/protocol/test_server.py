@@ -103,6 +103,18 @@ class TestOpeningHandshake:
         assert server.handshake_error is None
         assert server.extension is None and server.subprotocol is None
 
+    def test_response_changed_after_accept(self) -> None:
+        # What goes on the wire is the response as sent, even when changed after accept().
+        server = ServerProtocol()
+        server.receive_data(request_bytes())
+        [request] = server.events_received()
+        response = server.accept(request)  # type: ignore[arg-type]
+        response.headers.add("X-Served-By", "a")
+        server.send_response(response)
+        [sent] = server.data_to_send()
+        assert sent == response.serialize()
+        assert sent == RFC_RESPONSE[:-2] + b"X-Served-By: a\r\n\r\n"
+
     def test_messages_after_handshake(self) -> None:
         server = respond(request_bytes())
         server.data_to_send()

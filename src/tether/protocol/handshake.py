@@ -24,9 +24,14 @@ __all__ = [
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
+_GUID_BYTES = GUID.encode()
+_sha1 = hashlib.sha1
+_b2a_base64 = binascii.b2a_base64
+
+
 def accept_key(key: str) -> str:
     """Sec-WebSocket-Accept for a Sec-WebSocket-Key: base64(SHA-1(key + GUID)), §4.2.2."""
-    return base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
+    return _b2a_base64(_sha1(key.encode() + _GUID_BYTES).digest(), newline=False).decode()
 
 
 def generate_key() -> str:
@@ -40,18 +45,33 @@ def has_token(headers: Headers, name: str, token: str) -> bool:
     Raises:
         HandshakeError: the header is not a list of tokens.
     """
+    return _has_token(headers._lookup().get(name.lower()), name, token)
+
+
+def _has_token(values: list[str] | None, name: str, token: str) -> bool:
+    if values is None:
+        return False
+    if len(values) == 1 and values[0].lower() == token:
+        return True  # the common case, "Upgrade: websocket": a list of one token
     try:
-        values = parse_token_list(headers.get_all(name), f"{name} token")
+        tokens = parse_token_list(values, f"{name} token")
     except HandshakeError as exc:
         raise HandshakeError(f"invalid {name} header: {exc}") from None
-    return any(value.lower() == token for value in values)
+    return any(value.lower() == token for value in tokens)
 
 
-def _single(headers: Headers, name: str) -> str | None:
-    values = headers.get_all(name)
-    if len(values) > 1:
-        raise HandshakeError(f"more than one {name} header")
-    return values[0] if values else None
+# The base64 alphabet.
+_BASE64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def _check_key(key: str) -> None:
+    """Raise unless ``key`` is base64 that decodes to 16 bytes."""
+    try:
+        raw = base64.b64decode(key.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise HandshakeError("Sec-WebSocket-Key is not valid base64") from None
+    if len(raw) != 16:
+        raise HandshakeError(f"Sec-WebSocket-Key must decode to 16 bytes, not {len(raw)}")
 
 
 def check_request(request: Request) -> str:
@@ -61,41 +81,52 @@ def check_request(request: Request) -> str:
         HandshakeError: ``status_hint`` is 426 for a plain HTTP request or an unsupported
             version, 400 for anything else, and the message says what was wrong.
     """
-    headers = request.headers
-    has_upgrade_header = "Upgrade" in headers
-    if not has_upgrade_header and not has_token(headers, "Connection", "upgrade"):
+    get = request.headers._lookup().get
+    upgrade = get("upgrade")
+    connection = get("connection")
+    # The common case of each check first, inline; the general one in a helper.
+    if upgrade is None and not _has_token(connection, "Connection", "upgrade"):
         # A plain HTTP request on a WebSocket endpoint.
         raise HandshakeError("this endpoint speaks WebSocket only; send an upgrade request", 426)
     # §4.2.1 item 1: "An HTTP/1.1 or higher GET request".
-    if request.method != "GET":
-        raise HandshakeError(f"WebSocket upgrade requires GET, not {request.method}")
-    if request.http_version in ("0.9", "1.0"):
-        raise HandshakeError(f"WebSocket upgrade requires HTTP/1.1, not {request.http_version}")
+    method = request.method
+    if method != "GET":
+        raise HandshakeError(f"WebSocket upgrade requires GET, not {method}")
+    version = request.http_version
+    if version == "0.9" or version == "1.0":
+        raise HandshakeError(f"WebSocket upgrade requires HTTP/1.1, not {version}")
     # Item 2: "A |Host| header field".
-    if _single(headers, "Host") is None:
+    host = get("host")
+    if host is None:
         raise HandshakeError("missing Host header")
+    if len(host) > 1:
+        raise HandshakeError("more than one Host header")
     # Item 3: "An |Upgrade| header field containing the value "websocket"".
-    if not has_token(headers, "Upgrade", "websocket"):
+    if not (
+        upgrade is not None and len(upgrade) == 1 and upgrade[0].lower() == "websocket"
+    ) and not _has_token(upgrade, "Upgrade", "websocket"):
         raise HandshakeError("Upgrade header must include websocket")
     # Item 4: "A |Connection| header field that includes the token "Upgrade"".
-    if not has_token(headers, "Connection", "upgrade"):
+    if not (
+        connection is not None and len(connection) == 1 and connection[0].lower() == "upgrade"
+    ) and not _has_token(connection, "Connection", "upgrade"):
         raise HandshakeError("Connection header must include Upgrade")
     # Item 5: "A |Sec-WebSocket-Key| header field with a base64-encoded value that, when
     # decoded, is 16 bytes in length".
-    key = _single(headers, "Sec-WebSocket-Key")
-    if key is None:
+    keys = get("sec-websocket-key")
+    if keys is None:
         raise HandshakeError("missing Sec-WebSocket-Key header")
-    try:
-        raw = base64.b64decode(key.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise HandshakeError("Sec-WebSocket-Key is not valid base64") from None
-    if len(raw) != 16:
-        raise HandshakeError(f"Sec-WebSocket-Key must decode to 16 bytes, not {len(raw)}")
+    if len(keys) > 1:
+        raise HandshakeError("more than one Sec-WebSocket-Key header")
+    key = keys[0]
+    # 16 bytes are 22 base64 characters and "==" (RFC 4648 §4).
+    if not (len(key) == 24 and key[22:] == "==" and _BASE64_CHARS.issuperset(key[:22])):
+        _check_key(key)
     # Item 6: "A |Sec-WebSocket-Version| header field, with a value of 13"; §4.2.2: otherwise
     # answer 426 with the versions we speak.
-    version = headers.get_all("Sec-WebSocket-Version")
-    if version != ["13"]:
-        found = ", ".join(version) if version else "none"
+    versions = get("sec-websocket-version")
+    if versions != ["13"]:
+        found = ", ".join(versions) if versions else "none"
         raise HandshakeError(f"Sec-WebSocket-Version must be 13, not {found}", 426)
     return key
 

@@ -23,6 +23,7 @@ __all__ = [
     "Response",
     "RequestParser",
     "ResponseParser",
+    "parse_upgrade_request",
     "MAX_REQUEST_LINE",
     "MAX_HEADERS",
     "MAX_HEADER_BYTES",
@@ -38,29 +39,49 @@ MAX_BODY = 65536
 class Headers:
     """HTTP header fields: case-insensitive names, repeated fields kept in order."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_index")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = list(items)
+        # lowercased name -> values, built on the first lookup and kept up to date by add().
+        self._index: dict[str, list[str]] | None = None
+
+    def _lookup(self) -> dict[str, list[str]]:
+        """The index by lowercased name (shared: callers must not modify it)."""
+        index = self._index
+        if index is None:
+            index = {}
+            for name, value in self._items:
+                key = name.lower()
+                values = index.get(key)
+                if values is None:
+                    index[key] = [value]
+                else:
+                    values.append(value)
+            self._index = index
+        return index
 
     def add(self, name: str, value: str) -> None:
         """Append a field; CR and LF are refused so a value can never split a header."""
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
             raise ValueError(f"invalid header field {name!r}")
         self._items.append((name, value))
+        index = self._index
+        if index is not None:
+            index.setdefault(name.lower(), []).append(value)
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order."""
-        lname = name.lower()
-        return [v for k, v in self._items if k.lower() == lname]
+        values = self._lookup().get(name.lower())
+        return values[:] if values is not None else []
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The values of ``name`` joined with ", " (RFC 9110 §5.3), or ``default``."""
-        values = self.get_all(name)
-        return ", ".join(values) if values else default
+        values = self._lookup().get(name.lower())
+        return ", ".join(values) if values is not None else default
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and any(k.lower() == name.lower() for k, _ in self._items)
+        return isinstance(name, str) and name.lower() in self._lookup()
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
@@ -76,7 +97,7 @@ class Headers:
 
     def serialize(self) -> bytes:
         """The fields as they go on the wire, each followed by CRLF."""
-        return "".join(f"{k}: {v}\r\n" for k, v in self._items).encode("latin-1")
+        return "".join([f"{k}: {v}\r\n" for k, v in self._items]).encode("latin-1")
 
 
 class Request:
@@ -151,18 +172,29 @@ class Response:
         self.body = body
 
     def serialize(self) -> bytes:
-        head = f"HTTP/1.1 {self.status} {self.reason}\r\n".encode("latin-1")
-        return head + self.headers.serialize() + b"\r\n" + self.body
+        status, reason = self.status, self.reason
+        head = _STATUS_LINES.get(status)
+        if head is None or reason != _REASONS[status]:
+            head = f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1")
+        return b"".join((head, self.headers.serialize(), b"\r\n", self.body))
 
     def __repr__(self) -> str:
         return f"Response({self.status} {self.reason})"
 
 
+_REASONS: dict[int, str] = {int(status): status.phrase for status in HTTPStatus}
+_STATUS_LINES: dict[int, bytes] = {
+    status: f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1")
+    for status, reason in _REASONS.items()
+}
+
+
 def _reason_phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
+    return _REASONS.get(status, "Unknown")
+
+
+_ParserUpgrade = httptools.HttpParserUpgrade
+_ParserError = httptools.HttpParserError
 
 
 class _Parser:
@@ -172,6 +204,7 @@ class _Parser:
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
         self.headers = Headers()
+        self._items = self.headers._items
         self.header_bytes = 0
         self.headers_complete = False
         self.message_complete = False
@@ -180,10 +213,11 @@ class _Parser:
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self.headers) >= self.max_headers:
+        items = self._items
+        if len(items) >= self.max_headers:
             raise HandshakeError(f"more than {self.max_headers} header fields", 431)
         # Header values are ISO-8859-1 at most (RFC 9110 §5.5); latin-1 never fails.
-        self.headers._items.append((name.decode("latin-1"), value.decode("latin-1").strip()))
+        items.append((name.decode("latin-1"), value.decode("latin-1").strip()))
 
     def on_headers_complete(self) -> None:
         self.headers_complete = True
@@ -204,7 +238,10 @@ class _Parser:
             return self._feed_parser(parser, data)
         # Never hand the parser more than the header block may hold.
         allowance = self.max_header_bytes - self.header_bytes
-        head, rest = data[:allowance], data[allowance:]
+        if len(data) <= allowance:
+            head, rest = data, b""
+        else:
+            head, rest = data[:allowance], data[allowance:]
         self.header_bytes += len(head)
         leftover = self._feed_parser(parser, head)
         if not self.headers_complete:
@@ -222,11 +259,11 @@ class _Parser:
     ) -> bytes:
         try:
             parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            offset = exc.args[0] if exc.args else len(data)
+        except _ParserUpgrade as exc:
+            args = exc.args
             self.message_complete = True
-            return data[offset:]
-        except httptools.HttpParserError as exc:
+            return data[args[0]:] if args else b""
+        except _ParserError as exc:
             cause = exc.__context__ if isinstance(exc.__context__, HandshakeError) else None
             if cause is not None:
                 raise cause from None
@@ -260,8 +297,9 @@ class RequestParser(_Parser):
         self._parser = httptools.HttpRequestParser(self)
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self.max_request_line:
+        url = self._url + url if self._url else url
+        self._url = url
+        if len(url) > self.max_request_line:
             raise HandshakeError(f"request target exceeds {self.max_request_line} bytes", 414)
 
     def feed(self, data: bytes) -> tuple[Request, bytes] | None:
@@ -270,9 +308,92 @@ class RequestParser(_Parser):
         leftover = self._feed(self._parser, data)
         if leftover is None:
             return None
-        method = self._parser.get_method().decode("ascii", "replace")
-        target = self._url.decode("latin-1")
-        return Request(method, target, self.headers, self._parser.get_http_version()), leftover
+        parser = self._parser
+        method = parser.get_method()
+        return Request(
+            _METHODS.get(method) or method.decode("ascii", "replace"),
+            self._url.decode("latin-1"),
+            self.headers,
+            parser.get_http_version(),
+        ), leftover
+
+
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+
+
+# What parse_upgrade_request() accepts is a subset of what llhttp accepts, so that it never lets
+# through what RequestParser would refuse: a head of printable ASCII lines (so no control
+# character, not even HTAB) and field names of RFC 9110 §5.6.2 tchar.
+_TCHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+# Fields that make llhttp expect a body or change how it frames the message.
+_FRAMING_FIELDS = frozenset(("content-length", "transfer-encoding", "proxy-connection"))
+
+
+def parse_upgrade_request(
+    data: bytes,
+    max_request_line: int = MAX_REQUEST_LINE,
+    max_headers: int = MAX_HEADERS,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+) -> tuple[Request, bytes] | None:
+    """The fast path for the common case: ``data`` starts with a whole, plain WebSocket upgrade
+    request (``GET /... HTTP/1.1``, Upgrade and "Connection: upgrade", no body, printable
+    ASCII) within the limits. Returns what :meth:`RequestParser.feed` would return for it, or
+    ``None`` for anything else, which :class:`RequestParser` then handles (or refuses)."""
+    end = data.find(b"\r\n\r\n", 0, max_header_bytes)
+    if end < 0:
+        return None
+    head = data[:end]
+    if not head.isascii():
+        return None
+    lines = head.decode("ascii").split("\r\n")
+    if len(lines) > max_headers + 1 or not "".join(lines).isprintable():
+        return None  # a lone CR or LF, another control character, or too many fields
+    request_line = lines[0].split(" ")
+    if len(request_line) != 3:
+        return None
+    method, target, version = request_line
+    if (
+        method != "GET"
+        or version != "HTTP/1.1"
+        or target[:1] != "/"
+        or len(target) > max_request_line
+    ):
+        return None
+    items: list[tuple[str, str]] = []
+    index: dict[str, list[str]] = {}
+    lines[0] = ":"  # a placeholder, taken out below
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon:
+            return None
+        value = value.strip()  # printable ASCII: strips spaces only, like llhttp
+        items.append((name, value))
+        key = name.lower()
+        if key in index:
+            index[key].append(value)
+        else:
+            index[key] = [value]
+    del items[0]
+    if len(index.pop("")) > 1 or not _TCHARS.issuperset("".join(index)):
+        return None  # an empty field name, or one with a character outside tchar
+    # llhttp hands the rest over only for an upgrade: a non-empty Upgrade field and the
+    # "upgrade" token in Connection; and it reads a body after Content-Length or
+    # Transfer-Encoding.
+    upgrade = index.get("upgrade")
+    if upgrade is None or not all(upgrade) or not _FRAMING_FIELDS.isdisjoint(index):
+        return None
+    for value in index.get("connection", ()):
+        value = value.lower()
+        if value == "upgrade" or "upgrade" in [token.strip() for token in value.split(",")]:
+            break
+    else:
+        return None
+    headers = Headers.__new__(Headers)
+    headers._items = items
+    headers._index = index
+    return Request("GET", target, headers, "1.1"), data[end + 4:]
 
 
 class ResponseParser(_Parser):

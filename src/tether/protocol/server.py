@@ -23,12 +23,19 @@ from .http11 import (
     Request,
     RequestParser,
     Response,
+    parse_upgrade_request,
 )
 
 __all__ = ["ServerProtocol", "SelectSubprotocol"]
 
 SelectSubprotocol = Callable[[Sequence[str], Sequence[str]], "str | None"]
 """(offered by the client, supported by the server) -> chosen subprotocol or None."""
+
+
+_ACCEPT_HEAD = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: "
+)
 
 
 def _first_supported(offered: Sequence[str], supported: Sequence[str]) -> str | None:
@@ -58,6 +65,22 @@ class ServerProtocol(Connection):
         subprotocol: the negotiated subprotocol, or ``None``.
     """
 
+    __slots__ = (
+        "subprotocols",
+        "select_subprotocol",
+        "extension_factories",
+        "request",
+        "response",
+        "handshake_error",
+        "subprotocol",
+        "_limits",
+        "_parser",
+        "_pending",
+        "_key",
+        "_accepted",
+        "_after_request",
+    )
+
     def __init__(
         self,
         *,
@@ -82,22 +105,33 @@ class ServerProtocol(Connection):
         self.response: Response | None = None
         self.handshake_error: HandshakeError | None = None
         self.subprotocol: str | None = None
-        self._parser: RequestParser | None = RequestParser(
-            max_request_line, max_headers, max_header_bytes
-        )
+        self._limits = (max_request_line, max_headers, max_header_bytes)
+        # The parser of a request that did not come whole in the first bytes (see receive_data).
+        self._parser: RequestParser | None = None
         self._pending: tuple[Extension | None, str | None] | None = None
         self._key: str | None = None  # set by validate()
+        # The last 101 built by accept(): (response, its headers, its serialization).
+        self._accepted: tuple[Response, Headers, bytes] | None = None
         self._after_request = b""
 
     def receive_data(self, data: bytes) -> None:
         if self.state is not State.CONNECTING:
             super().receive_data(data)
             return
-        if self._parser is None:  # request complete, waiting for the response
-            self._after_request += data
-            return
+        parser = self._parser
+        if parser is None:
+            if self.request is not None:  # request complete, waiting for the response
+                self._after_request += data
+                return
+            # The first bytes: usually the whole request, which the fast path takes.
+            result = parse_upgrade_request(data, *self._limits)
+            if result is not None:
+                self.request, self._after_request = result
+                self._events.append(self.request)
+                return
+            parser = self._parser = RequestParser(*self._limits)
         try:
-            result = self._parser.feed(data)
+            result = parser.feed(data)
         except HandshakeError as exc:
             self._parser = None
             self.handshake_error = exc
@@ -132,24 +166,33 @@ class ServerProtocol(Connection):
         (426 or 400) that says what was wrong. Send it with :meth:`send_response`."""
         try:
             key = self._key if self._key is not None else check_request(request)
-            extension, extensions_header = self._negotiate_extensions(request.headers)
-            subprotocol = self._negotiate_subprotocol(request.headers)
+            index = request.headers._lookup()
+            if "sec-websocket-extensions" in index and self.extension_factories:
+                extension, extensions_header = self._negotiate_extensions(request.headers)
+            else:
+                extension, extensions_header = None, ""
+            if "sec-websocket-protocol" in index:
+                subprotocol = self._negotiate_subprotocol(request.headers)
+            else:
+                subprotocol = None
         except HandshakeError as exc:
             self.handshake_error = exc
             return self.reject(exc.status_hint, str(exc))
+        accept = accept_key(key)
         headers = Headers(
-            [
-                ("Upgrade", "websocket"),
-                ("Connection", "Upgrade"),
-                ("Sec-WebSocket-Accept", accept_key(key)),
-            ]
+            [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", accept)]
         )
         if extensions_header:
             headers.add("Sec-WebSocket-Extensions", extensions_header)
         if subprotocol is not None:
             headers.add("Sec-WebSocket-Protocol", subprotocol)
+        response = Response(101, headers, b"", "Switching Protocols")
         self._pending = (extension, subprotocol)
-        return Response(101, headers)
+        if len(headers._items) == 3:
+            # What response.serialize() returns, unless the response is changed before it is
+            # sent (send_response checks).
+            self._accepted = (response, headers, _ACCEPT_HEAD + accept.encode() + b"\r\n\r\n")
+        return response
 
     def reject(self, status: int, text: str, headers: Headers | None = None) -> Response:
         """Build a plain-text error response; ``text`` becomes its one-line body."""
@@ -167,12 +210,27 @@ class ServerProtocol(Connection):
         if self.state is not State.CONNECTING:
             raise RuntimeError("the handshake response was already sent")
         self.response = response
-        self._output.append(response.serialize())
+        accepted = self._accepted
+        if (
+            accepted is not None
+            and accepted[0] is response
+            and response.headers is accepted[1]
+            and len(accepted[1]._items) == 3
+            and response.status == 101
+            and response.reason == "Switching Protocols"
+            and not response.body
+        ):
+            self._output.append(accepted[2])  # response.serialize(), built by accept()
+        else:
+            self._output.append(response.serialize())
+        self._accepted = None
         if response.status == 101 and self._pending is not None:
             self.extension, self.subprotocol = self._pending
             self.state = State.OPEN
-            data, self._after_request = self._after_request, b""
-            self.receive_data(data)
+            data = self._after_request
+            if data:
+                self._after_request = b""
+                self.receive_data(data)
         else:
             if self.handshake_error is None:
                 self.handshake_error = HandshakeError(
