@@ -404,10 +404,16 @@ class WebSocket(asyncio.Protocol):
                     pending.append(chunk)
                     self._pending_size += size
             else:
-                # The core says: close the TCP connection. Half-close so the peer can still
-                # read everything we sent, then wait (bounded) for it to close its side.
+                # The core says: close the TCP connection.
                 self._flush()
-                if transport.can_write_eof():
+                protocol = self.protocol
+                if protocol.close_rcvd is not None and protocol.close_sent is not None:
+                    # The closing handshake is complete: the peer sends nothing more, so
+                    # close at once (after what is still unsent).
+                    transport.close()
+                elif transport.can_write_eof():
+                    # Failing, or the peer went away: half-close so that it can still read
+                    # everything we sent, then wait (bounded) for it to close its side.
                     transport.write_eof()
                 else:
                     transport.close()
