@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Peer benchmark: tether against websockets, aiohttp, Node's ws and picows (issue 6).
+"""Peer benchmark: tether against websockets, aiohttp, Node's ws, picows and a minimal C
+server (issue 6).
 
 Seven scenarios, each server measured on loopback with the C load generator
 (bench/loadgen.c) pinned to one CPU and the server pinned to the other:
@@ -51,6 +52,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 SERVERS_DIR = BENCH_DIR / "servers"
 NODE_DIR = BENCH_DIR / ".node"
+BUILD_DIR = BENCH_DIR / ".build"
+C_SERVER_SRC = SERVERS_DIR / "minimal_server.c"
+C_SERVER_BIN = BUILD_DIR / "minimal_server"
 sys.path.insert(0, str(BENCH_DIR))
 
 from echo import (  # noqa: E402  (bench/echo.py: the echo benchmark's helpers)
@@ -64,7 +68,7 @@ from echo import (  # noqa: E402  (bench/echo.py: the echo benchmark's helpers)
     python_speed,
 )
 
-ALL_SERVERS = ["tether", "tether-cb", "websockets", "aiohttp", "node-ws", "picows"]
+ALL_SERVERS = ["tether", "tether-cb", "websockets", "aiohttp", "node-ws", "picows", "c-minimal"]
 ALL_SCENARIOS = ["a", "b", "c", "d", "e", "f", "g"]
 
 # (row label, key of the figure in a run's result, format)
@@ -194,6 +198,32 @@ def ensure_node_ws() -> str | None:
     return None
 
 
+def build_c_server(force: bool = False) -> str | None:
+    """Compile servers/minimal_server.c into bench/.build/ when missing or older than its
+    source (as echo.build_loadgen does); None or the reason it failed."""
+    if (not force and C_SERVER_BIN.exists()
+            and C_SERVER_BIN.stat().st_mtime >= C_SERVER_SRC.stat().st_mtime):
+        return None
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if not cc:
+        return "no C compiler found (install gcc)"
+    BUILD_DIR.mkdir(exist_ok=True)
+    tmp = C_SERVER_BIN.with_suffix(".tmp")
+    cmd = [cc, "-O2", "-o", str(tmp), str(C_SERVER_SRC)]
+    print(f"building the minimal C server: {' '.join(cmd)}", file=sys.stderr)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"compiling minimal_server.c failed: {e}"
+    if r.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        lines = r.stderr.strip().splitlines()
+        return "compiling minimal_server.c failed: " + (lines[0] if lines else
+                                                         f"status {r.returncode}")
+    os.replace(tmp, C_SERVER_BIN)
+    return None
+
+
 def server_env(name: str) -> dict[str, str]:
     env = dict(os.environ)
     if name.startswith("tether"):
@@ -218,12 +248,16 @@ def server_command(name: str, mode: str, python: str, port: int, args: argparse.
         script = [python, str(SERVERS_DIR / "tether_peer.py")]
     elif name == "node-ws":
         script = [shutil.which("node") or "node", str(SERVERS_DIR / "ws_peer.js")]
+    elif name == "c-minimal":
+        script = [str(C_SERVER_BIN)]
     else:
         script = [python, str(SERVERS_DIR / f"{name}_peer.py")]
     return script + [mode, HOST, str(port)] + bc
 
 
-def check_server(name: str, python: str) -> str | None:
+def check_server(name: str, python: str, rebuild: bool = False) -> str | None:
+    if name == "c-minimal":
+        return build_c_server(force=rebuild)
     if name == "node-ws":
         reason = ensure_node_ws()
         if reason:
@@ -507,7 +541,8 @@ def render(results: dict[str, Any], servers: list[str], scenarios: list[str], ve
              "aiohttp": vers.get("aiohttp"), "picows": vers.get("picows"),
              "node-ws": vers.get("ws")}.get(name)
         label = {"node-ws": "Node ws", "picows": "picows", "tether": "tether (coroutines)",
-                 "tether-cb": "tether (callbacks)"}.get(name, name)
+                 "tether-cb": "tether (callbacks)",
+                 "c-minimal": "minimal C server"}.get(name, name)
         if name == "node-ws":
             label += f" {v} (+bufferutil)" if v else ""
         elif name == "picows":
@@ -584,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", default=sys.executable, help="interpreter for the Python servers")
     p.add_argument("--json", metavar="FILE", help="also write every run, medians and ratios")
     p.add_argument("--no-pin", action="store_true", help="don't pin to CPUs")
-    p.add_argument("--rebuild", action="store_true", help="recompile the load generator")
+    p.add_argument("--rebuild", action="store_true",
+                   help="recompile the load generator and the minimal C server")
     args = p.parse_args(argv)
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     args.scenario_list = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -608,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     runnable = []
     for name in servers:
-        reason = check_server(name, args.python)
+        reason = check_server(name, args.python, args.rebuild)
         if reason:
             results[name] = {"status": "skipped", "reason": reason}
             print(f"{name}: skipped: {reason}", file=sys.stderr)
