@@ -1,6 +1,7 @@
 """RedisBackend beyond the contract, against a real redis-server: two nodes sharing topics
 (live feed both ways, resume on the other node, presence and its expiry after a node crash),
-Redis killed and restarted mid-stream, Redis unreachable at start."""
+Redis killed and restarted mid-stream, Redis unreachable at start, a crowd subscribing at once
+(more Redis calls in flight than pooled connections)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from tether.hub import BackendUnavailable, Envelope, Hub, PresenceEvent
 from tether.hub.redis import RedisBackend
@@ -153,6 +155,73 @@ class TestTwoNodes:
         run(main())
 
 
+class TestCrowd:
+    """Many subscribes at once on one node: more Redis calls in flight than the node keeps
+    connections to Redis. They wait for a pooled connection instead of failing."""
+
+    CLIENTS = 150  # more than redis-py's own default pool (100 connections; it then fails)
+
+    def test_simultaneous_subscribes_all_go_live(self, redis_server: RedisServer) -> None:
+        async def main() -> None:
+            (backend,) = nodes(redis_server, 1)
+            hub = Hub(backend)
+            wait = 100 * UNIT  # generous: this is about what arrives, not how fast
+
+            async def expect(client: Any, kind: str, **fields: Any) -> None:
+                frame = await client.recv(wait)
+                assert frame["type"] == kind and all(
+                    frame.get(k) == v for k, v in fields.items()), frame
+
+            async with hub_serving(hub) as (_, connect):
+                clients = [await connect("crowd") for _ in range(self.CLIENTS)]
+                # The first one makes the node listen to the topic; then all the others at
+                # once, each with its Redis calls (join, history, members) in flight together.
+                await clients[0].send(type="subscribe", topic="room")
+                await expect(clients[0], "subscribed")
+                await expect(clients[0], "presence")
+                await asyncio.gather(*(c.send(type="subscribe", topic="room")
+                                       for c in clients[1:]))
+                firsts = await asyncio.gather(*(c.recv(wait) for c in clients[1:]))
+                errors = [f for f in firsts if f["type"] != "subscribed"]
+                assert errors == [], f"{len(errors)} subscribes failed, e.g. {errors[0]}"
+                for client in clients[1:]:
+                    await expect(client, "presence", topic="room", members=["crowd"])
+                assert hub.topics() == {"room": self.CLIENTS}
+                envelope = await hub.publish("room", "everyone")
+                for client in clients:  # every one of them is live
+                    await expect(client, "message", seq=envelope.seq, data="everyone")
+                assert hub.stats.closed_for_slowness == 0
+                await asyncio.gather(*(c.close() for c in clients))
+            await hub.close()
+
+        run(main(), timeout=600 * UNIT)
+
+    def test_calls_beyond_the_pool_wait_and_the_pool_is_bounded(
+        self, redis_server: RedisServer
+    ) -> None:
+        async def main() -> None:
+            info = aioredis.Redis.from_url(redis_server.url)  # to count Redis' clients
+
+            async def connected() -> int:
+                return int((await info.info("clients"))["connected_clients"])
+
+            before = await connected()
+            (backend,) = nodes(redis_server, 1, max_connections=4)
+            results = await asyncio.gather(
+                *(backend.join("room", f"m:{n}", "crowd") for n in range(200)),
+                *(backend.publish("room", n) for n in range(200)),
+                return_exceptions=True)
+            assert [r for r in results if isinstance(r, BaseException)] == []
+            assert sorted(r.seq for r in results if isinstance(r, Envelope)) == list(
+                range(1, 201))
+            assert await backend.members("room") == ["crowd"]
+            assert await connected() - before <= 4
+            await backend.close()
+            await info.aclose()
+
+        run(main())
+
+
 CRASHING_NODE = """
 import asyncio, sys
 from tether.hub.redis import RedisBackend
@@ -283,6 +352,8 @@ class TestFailures:
             RedisBackend(presence_ttl=0)
         with pytest.raises(ValueError):
             RedisBackend(history_age=-1)
+        with pytest.raises(ValueError):
+            RedisBackend(max_connections=1)  # the pub/sub connection would take it
 
     def test_invalid_url(self) -> None:
         async def main() -> None:

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -75,13 +76,16 @@ from .base import (
 )
 from .memory import new_epoch
 
-__all__ = ["RedisBackend", "DEFAULT_URL", "DEFAULT_PRESENCE_TTL"]
+__all__ = ["RedisBackend", "DEFAULT_URL", "DEFAULT_PRESENCE_TTL", "DEFAULT_MAX_CONNECTIONS"]
 
 logger = logging.getLogger("tether.hub")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PRESENCE_TTL = 30.0
 """Seconds a member stays without being refreshed by its node."""
+DEFAULT_MAX_CONNECTIONS = 50
+"""Connections a node opens to Redis for its calls (the pub/sub connection is one of them);
+further calls wait for one to be free."""
 HEALTH_INTERVAL = 15.0
 """Seconds of silence on the pub/sub connection after which it is PINGed; twice that without
 an answer and it is considered dead."""
@@ -298,7 +302,14 @@ class RedisBackend(Backend):
         history_age: seconds a message is kept (default 24 h).
         key_prefix: prefix of every key and channel name.
         presence_ttl: seconds a member lasts unless its node refreshes it (every third of it).
-        timeout: seconds to connect, to wait for a reply, and for a SUBSCRIBE to be confirmed.
+        timeout: seconds to connect, to wait for a reply, and for a SUBSCRIBE to be
+            confirmed (longer while the live feed is connected without an outage: slow is
+            not down).
+        max_connections: connections to Redis this node keeps at most (the pub/sub
+            connection included). A call made while they are all busy waits for one rather
+            than failing: a burst of subscribes (each one a few Redis calls) queues instead
+            of being refused. The wait is bounded by the calls ahead of it, each of which
+            ends within ``timeout``.
         max_retry_delay: longest pause between two attempts to reconnect the live feed.
         clock: Unix time in seconds for message times and the age bound (tests); Redis' own
             clock (``TIME``) when None.
@@ -314,11 +325,14 @@ class RedisBackend(Backend):
         presence_ttl: float = DEFAULT_PRESENCE_TTL,
         timeout: float = 5.0,
         max_retry_delay: float = 5.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         clock: Callable[[], float] | None = None,
     ) -> None:
         check_history_bounds(history_size, history_age)
         if presence_ttl <= 0 or timeout <= 0 or max_retry_delay <= 0:
             raise ValueError("presence_ttl, timeout and max_retry_delay must be positive")
+        if max_connections < 2:  # the pub/sub connection holds one for good
+            raise ValueError("max_connections must be at least 2")
         self.url = url
         self.history_size = history_size
         self.history_age = history_age
@@ -326,6 +340,7 @@ class RedisBackend(Backend):
         self.presence_ttl = presence_ttl
         self.timeout = timeout
         self.max_retry_delay = max_retry_delay
+        self.max_connections = max_connections
         self.clock = clock
         self._node = secrets.token_hex(6)
         self._tokens = itertools.count(1)
@@ -374,8 +389,18 @@ class RedisBackend(Backend):
 
     async def _open(self) -> None:
         try:
-            client = aioredis.Redis.from_url(
+            # A bounded pool whose callers wait for a free connection. redis-py's default
+            # pool, depending on its version, opens one connection per call in flight (a
+            # burst of 1,000 subscribes opens hundreds) or refuses calls past 100 in flight
+            # (MaxConnectionsError "Too many connections", redis-py 8): under load, part of
+            # such a burst got `unavailable` and never went live.
+            pool = BlockingConnectionPool.from_url(
                 self.url,
+                max_connections=self.max_connections,
+                # No limit on waiting for a free connection: each busy one is released within
+                # `timeout` (socket timeouts), so the queue always moves; a deadline here
+                # would refuse calls because this node is busy, not because Redis is down.
+                timeout=None,
                 socket_timeout=self.timeout,
                 socket_connect_timeout=self.timeout,
                 # Never retry a command behind our back: a publish sent twice is stored twice.
@@ -384,10 +409,12 @@ class RedisBackend(Backend):
             )
         except ValueError as exc:
             raise BackendUnavailable(f"invalid Redis URL {_safe_url(self.url)}: {exc}") from None
+        client = aioredis.Redis(connection_pool=pool)
         try:
             await client.ping()
         except (RedisError, OSError) as exc:
             await client.aclose()
+            await pool.disconnect()
             raise BackendUnavailable(
                 f"cannot reach Redis at {_safe_url(self.url)}: {exc}") from None
         self._scripts = {
@@ -544,14 +571,25 @@ class RedisBackend(Backend):
                     except (RedisError, OSError):
                         pass  # the reader sees it too, reconnects and subscribes everything
             self._wakeup.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(channel.ready), self.timeout)
-        except asyncio.TimeoutError:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(channel.ready), self.timeout)
+                break
+            except asyncio.TimeoutError:
+                waited = loop.time() - start
+                # Slow is not down: unless the live feed is in an outage, the confirmation is
+                # on its way (a busy node or Redis), and the reader's health check turns a
+                # dead connection into an outage within 2 * HEALTH_INTERVAL.
+                if (not self._down and not self._closed and self._channels.get(topic) is channel
+                        and waited < self.timeout + 2 * HEALTH_INTERVAL):
+                    continue
             if not channel.listeners and self._channels.get(topic) is channel:
                 await self._drop_channel(channel)
             raise BackendUnavailable(
                 f"Redis at {_safe_url(self.url)}: no subscription to {topic} "
-                f"after {self.timeout} s") from None
+                f"after {waited:.1f} s")
         channel.listeners = [*channel.listeners, listener]  # copy on write
 
     async def unlisten(self, topic: str, listener: Listener) -> None:
@@ -742,6 +780,7 @@ class RedisBackend(Backend):
         self._channels.clear()
         if self._client is not None:
             await self._client.aclose()
+            await self._client.connection_pool.disconnect()  # ours: the client does not own it
 
     async def _leave_all(self, local: dict[str, dict[str, str]]) -> None:
         for topic, members in local.items():
