@@ -340,3 +340,13 @@ class TestResponseParser:
     def test_malformed(self) -> None:
         with pytest.raises(InvalidMessage):
             ResponseParser().feed(b"HTTP/1.1 abc\r\n\r\n")
+
+
+def test_compact_drops_the_index_and_lookups_still_work() -> None:
+    headers = Headers([("Host", "a"), ("X-Two", "1"), ("x-two", "2")])
+    assert headers.get_all("x-TWO") == ["1", "2"]  # builds the index
+    headers.compact()
+    assert headers._index is None
+    assert headers.get("host") == "a" and "X-TWO" in headers
+    headers.add("Host", "b")
+    assert headers.get_all("HOST") == ["a", "b"]

@@ -239,6 +239,11 @@ class ServerConnection(WebSocket):
         self._write(self.protocol.data_to_send())
         self._flush()  # the response goes out now
         if response.status == 101:
+            # Kept for the connection's life as ws.request / ws.response: without their
+            # lookup indexes (rebuilt on demand), an idle connection is 1 KiB smaller.
+            response.headers.compact()
+            if self.request is not None:
+                self.request.headers.compact()
             self.opened_at = self.loop.time()
             self._log_open()
             self.start_keepalive()

@@ -61,6 +61,11 @@ class Headers:
             self._index = index
         return index
 
+    def compact(self) -> None:
+        """Drop the lookup index (rebuilt by the next lookup): for headers kept long after
+        their last lookup, such as a connection's request once the handshake is done."""
+        self._index = None
+
     def add(self, name: str, value: str) -> None:
         """Append a field; CR and LF are refused so a value can never split a header."""
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
