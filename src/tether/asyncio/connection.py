@@ -13,7 +13,7 @@ import logging
 import os
 from collections import deque
 from time import perf_counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any, cast
 
 from ..exceptions import (
@@ -517,14 +517,26 @@ class WebSocket(asyncio.Protocol):
 
     # -- receiving ---------------------------------------------------------------------------
 
-    async def recv(self) -> Data:
-        """The next message: ``str`` for text, ``bytes`` for binary.
+    def recv(self) -> Coroutine[Any, Any, Data]:
+        """The next message: ``str`` for text, ``bytes`` for binary. (A coroutine function:
+        ``await ws.recv()``.)
 
         Raises:
             ConnectionClosedOK: the connection closed normally and every message was read.
             ConnectionClosedError: the connection closed with an error.
             RuntimeError: another coroutine is already waiting in ``recv()``.
         """
+        return self._receive(False)
+
+    def __aiter__(self) -> AsyncIterator[Data]:
+        return self
+
+    def __anext__(self) -> Coroutine[Any, Any, Data]:
+        return self._receive(True)
+
+    async def _receive(self, iterating: bool) -> Data:
+        """recv() and ``async for`` in one coroutine: a waiting application holds one frame,
+        and a normal close ends an iteration (StopAsyncIteration) where recv() raises."""
         self._processing = False
         if self._messages:
             return self._take_queued()
@@ -532,7 +544,7 @@ class WebSocket(asyncio.Protocol):
             if self.protocol.close_reply_pending():
                 self._reply_close()
             await self._wait_lost()
-            raise self._closed_error()
+            raise self._end_error(iterating)
         if self._waiter is not None:
             raise RuntimeError("another coroutine is already waiting for the next message")
         if self._pending:
@@ -544,8 +556,14 @@ class WebSocket(asyncio.Protocol):
             if self._waiter is waiter:
                 self._waiter = None
         if message is _CLOSED:
-            raise self._closed_error()
+            raise self._end_error(iterating)
         return message  # type: ignore[no-any-return]
+
+    def _end_error(self, iterating: bool) -> Exception:
+        error = self._closed_error()
+        if iterating and isinstance(error, ConnectionClosedOK):
+            return StopAsyncIteration()
+        return error
 
     def _take_queued(self) -> Data:
         """The next queued message (there is one); reading resumes once the queue is short."""
@@ -556,17 +574,6 @@ class WebSocket(asyncio.Protocol):
         if self._reading_paused and len(messages) <= self.max_queue // 4:
             self._resume_reading()
         return message
-
-    def __aiter__(self) -> AsyncIterator[Data]:
-        return self
-
-    async def __anext__(self) -> Data:
-        if self._messages:
-            return self._take_queued()  # recv()'s fast path, without a second coroutine
-        try:
-            return await self.recv()
-        except ConnectionClosedOK:
-            raise StopAsyncIteration from None
 
     # -- sending -----------------------------------------------------------------------------
 
