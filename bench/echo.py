@@ -73,15 +73,21 @@ def check_server(name: str, python: str) -> str | None:
         probe = [python, "-c", "import websockets.asyncio.server"]
     else:
         return f"unknown server {name!r}"
+    reason = run_probe(probe, server_env(name))
+    return f"`{' '.join(probe[1:])}`: {reason}" if reason else None
+
+
+def run_probe(probe: list[str], env: dict[str, str]) -> str | None:
+    """Run a command that checks a server can start; None if it exits 0, else why not (its
+    last line of output)."""
     try:
-        r = subprocess.run(probe, env=server_env(name), capture_output=True, text=True,
+        r = subprocess.run(probe, env=env, capture_output=True, text=True,
                            timeout=60, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return f"{' '.join(probe[1:])}: {e}"
+        return str(e)
     if r.returncode != 0:
         lines = (r.stderr or r.stdout).strip().splitlines()
-        last = lines[-1] if lines else f"exit status {r.returncode}"
-        return f"`{' '.join(probe[1:])}` failed: {last}"
+        return lines[-1] if lines else f"exit status {r.returncode}"
     return None
 
 

@@ -66,6 +66,7 @@ from echo import (  # noqa: E402  (bench/echo.py: the echo benchmark's helpers)
     pick_cpus,
     proc_cpu_seconds,
     python_speed,
+    run_probe,
 )
 
 ALL_SERVERS = ["tether", "tether-cb", "websockets", "aiohttp", "node-ws", "picows", "c-minimal"]
@@ -275,15 +276,7 @@ def check_server(name: str, python: str, rebuild: bool = False) -> str | None:
         probe = [python, "-c", "import picows, uvloop"]
     else:
         return f"unknown server {name!r}"
-    try:
-        r = subprocess.run(probe, env=server_env(name), capture_output=True, text=True,
-                           timeout=60, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return str(e)
-    if r.returncode != 0:
-        lines = (r.stderr or r.stdout).strip().splitlines()
-        return lines[-1] if lines else f"exit status {r.returncode}"
-    return None
+    return run_probe(probe, server_env(name))
 
 
 def versions(python: str) -> dict[str, str]:
