@@ -66,6 +66,7 @@ from echo import (  # noqa: E402  (bench/echo.py: the echo benchmark's helpers)
     pick_cpus,
     proc_cpu_seconds,
     python_speed,
+    run_loadgen,
     run_probe,
 )
 
@@ -302,20 +303,7 @@ def versions(python: str) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------
-# the load generator
-
-
-def run_loadgen(loadgen: Path, lg_args: list[str], port: int, cpu: int | None,
-                timeout: float) -> dict[str, Any]:
-    cmd = [str(loadgen)] + lg_args + ["--host", HOST, "--port", str(port)]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                           preexec_fn=child_setup(cpu), stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"load generator timed out after {timeout:.0f} s: {' '.join(cmd)}")
-    if r.returncode != 0:
-        raise RuntimeError("load generator: " + (r.stderr.strip() or f"status {r.returncode}"))
-    return json.loads(r.stdout.strip().splitlines()[-1])
+# the load generator (run_loadgen comes from echo.py)
 
 
 class LiveLoadgen:
