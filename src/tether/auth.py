@@ -8,6 +8,7 @@ the server has already spent a connection.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -16,7 +17,13 @@ from typing import Any
 from .protocol.headers import parse_token_list
 from .protocol.http11 import Request
 
-__all__ = ["TokenAuth", "OriginPolicy", "SUBPROTOCOL_TOKEN_PREFIX"]
+__all__ = [
+    "TokenAuth",
+    "OriginPolicy",
+    "SUBPROTOCOL_TOKEN_PREFIX",
+    "is_generated_principal",
+    "origin_matches_host",
+]
 
 SUBPROTOCOL_TOKEN_PREFIX = "bearer."
 """Browsers cannot set headers on a WebSocket; they can offer subprotocols. A page sends its
@@ -24,6 +31,19 @@ token as ``new WebSocket(url, ["chat", "bearer." + token])``: the server authent
 and never selects it (it selects "chat")."""
 
 _SOURCES = ("header", "query", "cookie", "subprotocol")
+
+_GENERATED_PRINCIPAL = re.compile(r"token-(?:line-)?[0-9]+")
+"""The principals made up for tokens given without a name: "token-2" (the second of an
+iterable of tokens; also what ``tether … --token`` gives) and "token-line-7" (a line of a
+token file without a NAME)."""
+
+
+def is_generated_principal(principal: object) -> bool:
+    """Whether ``principal`` is a name made up for a token given without one ("token-1",
+    "token-line-3"). Such a principal says which token was used, not who uses it: an
+    application that shows names (the chat) lets the user pick one instead. A token file
+    that names a token literally "token-5" is taken for a made-up name too."""
+    return isinstance(principal, str) and _GENERATED_PRINCIPAL.fullmatch(principal) is not None
 
 
 def _digest(token: str) -> bytes:
@@ -141,9 +161,13 @@ class OriginPolicy:
             Comparison ignores case; ``null`` (sandboxed pages, file://) must be listed
             explicitly to be allowed.
         require_origin: refuse requests without an Origin header.
+        same_host: also allow an Origin whose host and port are those of the request's Host
+            header (see :func:`origin_matches_host` and :meth:`same_origin`).
     """
 
-    def __init__(self, allowed: Iterable[str], *, require_origin: bool = False) -> None:
+    def __init__(
+        self, allowed: Iterable[str], *, require_origin: bool = False, same_host: bool = False
+    ) -> None:
         self.exact: set[str] = set()
         self.patterns: list[re.Pattern[str]] = []
         for origin in allowed:
@@ -157,6 +181,49 @@ class OriginPolicy:
             else:
                 self.exact.add(origin)
         self.require_origin = require_origin
+        self.same_host = same_host
+
+    @classmethod
+    def same_origin(
+        cls, host: str | None, port: int, *, tls: bool = False, also: Iterable[str] = ()
+    ) -> OriginPolicy:
+        """The pages a server at ``host:port`` serves itself, plus the origins in ``also``.
+
+        - Bound to a loopback address or ``localhost``: the origins of the page on every
+          loopback name at ``port`` (``http://127.0.0.1:P``, ``http://localhost:P``,
+          ``http://[::1]:P``). The Host header is not consulted: a site that points its own
+          name at 127.0.0.1 (DNS rebinding) gets nowhere.
+        - Bound to every interface (``0.0.0.0``, ``::``, empty), a LAN address or a host
+          name: any Origin whose host and port are those of the request's Host header, as
+          they are when the page came from this server (whatever name or address the browser
+          used to reach it); a page from anywhere else is still refused. A site that points
+          its own name at this server (DNS rebinding) passes this check, though without the
+          user's cookies or tokens: require a token, or list the origins in ``also`` and use
+          :class:`OriginPolicy` itself, where that matters.
+
+        Args:
+            host: the address the server listens on, as given to ``serve()``.
+            port: its port.
+            tls: whether it serves https/wss.
+            also: more allowed origins (exact or with ``*``), in addition to the above.
+        """
+        scheme = "https" if tls else "http"
+        name = (host or "").strip().lower()
+        if name.startswith("[") and name.endswith("]"):
+            name = name[1:-1]
+        if _is_loopback(name):
+            hosts = ["127.0.0.1", "localhost", "[::1]"]
+            same_host = False
+        elif _is_unspecified(name):
+            hosts = []
+            same_host = True
+        else:
+            hosts = [f"[{name}]" if ":" in name else name]
+            same_host = True
+        origins = [f"{scheme}://{h}:{port}" for h in hosts]
+        if port == _DEFAULT_PORTS[scheme]:  # browsers leave the default port out
+            origins += [f"{scheme}://{h}" for h in hosts]
+        return cls([*origins, *also], same_host=same_host)
 
     def allows(self, origin: str | None) -> bool:
         """Whether a request with this Origin header (None: absent) may connect."""
@@ -177,4 +244,46 @@ class OriginPolicy:
             return None
         if origin is None:
             return "Origin header required"
+        if self.same_host:
+            hosts = request.headers.get_all("Host")
+            if len(hosts) == 1 and origin_matches_host(origin, hosts[0]):
+                return None
         return "origin not allowed"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_ORIGIN = re.compile(r"(https?)://(\[[0-9a-f:.]+\]|[^\[\]/:@?#\s]+)(?::([0-9]{1,5}))?")
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[^\[\]/:@?#\s]+)(?::([0-9]{1,5}))?")
+
+
+def origin_matches_host(origin: str, host: str) -> bool:
+    """Whether a page of ``origin`` is on the host and port named by ``host`` (a Host
+    header): ``http://[::1]:8765`` matches ``[::1]:8765``; ``https://chat.example.com``
+    matches ``chat.example.com`` and ``chat.example.com:443``. Case is ignored; an opaque
+    (``null``) or malformed origin matches nothing.
+    """
+    found = _ORIGIN.fullmatch(origin.strip().lower())
+    target = _HOST.fullmatch(host.strip().lower())
+    if found is None or target is None:
+        return False
+    scheme, origin_host, origin_port = found.groups()
+    target_host, target_port = target.groups()
+    default = _DEFAULT_PORTS[scheme]
+    return origin_host == target_host and (
+        int(origin_port or default) == int(target_port or default))
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return host == "" or ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
