@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 import tether
-from tether.hub import Backend, BackendUnavailable, HistoryResult, Hub, MemoryBackend
+from tether.hub import (
+    Backend,
+    BackendUnavailable,
+    Envelope,
+    HistoryResult,
+    Hub,
+    MemoryBackend,
+)
 from tether.hub.sqlite import SQLiteBackend
 
 from .conftest import UNIT, BackendKind, HubClient, WrappedBackend, hub_serving, run
@@ -433,6 +440,184 @@ class TestResume:
                 await b.messages(6)
                 await b.quiet()
             await hub.close()
+
+        run(main())
+
+
+class GatedPublish(WrappedBackend):
+    """Publishes are stored at once, then held back from returning until ``release`` is set:
+    the window in which a connection can drop between the store and the ack."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.stored = asyncio.Event()
+        self.release = asyncio.Event()
+        self.release.set()
+        self.calls = 0
+
+    async def publish(self, topic: str, data: Any, sender: str | None = None) -> Envelope:
+        self.calls += 1
+        envelope = await self.inner.publish(topic, data, sender)
+        self.stored.set()
+        await self.release.wait()
+        return envelope
+
+
+async def next_frame(client: HubClient, kind: str) -> dict[str, Any]:
+    """The next frame of this type; presence changes and other types are skipped."""
+    while (frame := await client.recv())["type"] != kind:
+        pass
+    return frame
+
+
+class TestIdempotentPublish:
+    """A publish sent again (same sender, id and data) is stored once and acked with its first
+    seq; docs/hub-protocol.md "Resending a publish"."""
+
+    def test_resend_after_a_drop_is_stored_once(self, backend_kind: BackendKind) -> None:
+        async def main() -> None:
+            backend = GatedPublish(backend_kind.open())
+            hub = Hub(backend)
+            async with hub_serving(hub, close_timeout=2 * UNIT) as (_, connect):
+                bob = await connect("bob")
+                await bob.subscribe("room")
+                alice = await connect("alice")
+                subscribed, _, _ = await alice.subscribe("room")
+                backend.release.clear()
+                frame = dict(type="publish", topic="room", data={"text": "hi"}, id="k3j-1")
+                await alice.send(**frame)
+                await asyncio.wait_for(backend.stored.wait(), 20 * UNIT)
+                assert alice.ws.transport is not None
+                alice.ws.transport.abort()  # stored, but the ack never reaches alice
+                await asyncio.sleep(UNIT)
+                backend.release.set()
+
+                again = await connect("alice")  # reconnects, resumes, sends it again
+                _, _, replayed = await again.subscribe(
+                    "room", since=subscribed["seq"], epoch=subscribed["epoch"])
+                assert [(m["seq"], m["data"]) for m in replayed] == [(1, {"text": "hi"})]
+                await again.send(**frame)
+                assert await again.expect("ack") == {
+                    "type": "ack", "id": "k3j-1", "topic": "room", "seq": 1}
+                await again.quiet()  # no second message
+
+                # Everyone else saw it once, and it is in the history once.
+                assert (await next_frame(bob, "message"))["seq"] == 1
+                await bob.send(type="publish", topic="room", data="next", id="b-1")
+                assert (await next_frame(bob, "message"))["seq"] == 2
+                assert (await again.expect("message"))["seq"] == 2
+                history = await backend.history("room")
+                assert [(m.seq, m.data, m.sender) for m in history.messages] == [
+                    (1, {"text": "hi"}, "alice"), (2, "next", "bob")]
+                assert backend.calls == 2
+            await hub.close()
+
+        run(main())
+
+    def test_repeat_while_the_first_is_being_stored(self) -> None:
+        async def main() -> None:
+            backend = GatedPublish(MemoryBackend())
+            hub = Hub(backend)
+            async with hub_serving(hub) as (_, connect):
+                first, second = await connect("alice"), await connect("alice")  # two tabs
+                await first.subscribe("t")
+                await second.subscribe("t")
+                backend.release.clear()
+                frame = dict(type="publish", topic="t", data=1, id="x-1")
+                await first.send(**frame)
+                await asyncio.wait_for(backend.stored.wait(), 20 * UNIT)
+                await second.send(**frame)  # the resend races the original
+                await asyncio.sleep(UNIT)
+                backend.release.set()
+                for client in (first, second):
+                    message, ack = await client.message_and_ack()
+                    assert message["seq"] == ack["seq"] == 1
+                    await client.quiet()
+                assert backend.calls == 1
+            await hub.close()
+
+        run(main())
+
+    def test_what_is_not_a_repeat(self) -> None:
+        async def main() -> None:
+            hub = Hub()
+            async with hub_serving(hub) as (_, connect):
+                alice, bob = await connect("alice"), await connect("bob")
+                await alice.subscribe("t")
+                await alice.subscribe("u")
+                await bob.subscribe("t")
+                await alice.expect("presence", joined="bob")
+                acks = []
+                for client, frame in [
+                    (alice, dict(topic="t", data="a", id="1")),
+                    (alice, dict(topic="t", data="a", id="1")),   # a repeat
+                    (alice, dict(topic="t", data="b", id="1")),   # other data
+                    (bob, dict(topic="t", data="a", id="1")),     # another sender
+                    (alice, dict(topic="u", data="a", id="1")),   # another topic
+                    (alice, dict(topic="t", data="a")),           # no id: never a repeat
+                    (alice, dict(topic="t", data="a")),
+                ]:
+                    await client.send(type="publish", **frame)
+                    acks.append(await next_frame(client, "ack"))
+                assert [(a["topic"], a["seq"]) for a in acks] == [
+                    ("t", 1), ("t", 1), ("t", 2), ("t", 3), ("u", 1), ("t", 4), ("t", 5)]
+                assert (await hub.backend.history("t")).last_seq == 5
+            await hub.close()
+
+        run(main())
+
+    def test_failed_store_is_not_remembered(self) -> None:
+        async def main() -> None:
+            class FailOnce(WrappedBackend):
+                failed = False
+
+                async def publish(
+                    self, topic: str, data: Any, sender: str | None = None
+                ) -> Envelope:
+                    if not self.failed:
+                        self.failed = True
+                        raise BackendUnavailable("down for a moment")
+                    return await self.inner.publish(topic, data, sender)
+
+            hub = Hub(FailOnce(MemoryBackend()))
+            async with hub_serving(hub) as (_, connect):
+                alice = await connect("alice")
+                await alice.subscribe("t")
+                await alice.send(type="publish", topic="t", data=1, id="p")
+                await alice.expect("error", code="unavailable", id="p")
+                await alice.send(type="publish", topic="t", data=1, id="p")
+                message, ack = await alice.message_and_ack()
+                assert message["seq"] == ack["seq"] == 1
+            await hub.close()
+
+        run(main())
+
+    def test_bounded_and_optional(self) -> None:
+        async def main() -> None:
+            hub = Hub(dedup_size=2)
+            async with hub_serving(hub) as (_, connect):
+                alice = await connect("alice")
+                await alice.subscribe("t")
+                for n in (1, 2, 3, 1):  # id 1 was pushed out by 2 and 3: stored again
+                    await alice.send(type="publish", topic="t", data=0, id=str(n))
+                    await alice.message_and_ack()
+                assert hub.publishes is not None and len(hub.publishes) == 2
+                assert (await hub.backend.history("t")).last_seq == 4
+            await hub.close()
+            off = Hub(dedup_size=0)
+            assert off.publishes is None
+            async with hub_serving(off) as (_, connect):
+                alice = await connect("alice")
+                await alice.subscribe("t")
+                for _ in range(2):
+                    await alice.send(type="publish", topic="t", data=0, id="same")
+                    await alice.message_and_ack()
+                assert (await off.backend.history("t")).last_seq == 2
+            await off.close()
+            with pytest.raises(ValueError):
+                Hub(dedup_size=-1)
+            with pytest.raises(ValueError):
+                Hub(dedup_age=0)
 
         run(main())
 

@@ -15,11 +15,16 @@ Subscribing, step by step (this order is what makes a resume exact):
 5. send ``subscribed``, the ``presence`` snapshot and the replayed messages (waiting for the
    connection to drain when needed; live frames are still held meanwhile);
 6. flush the held frames whose ``seq`` the history did not cover, and go live.
+
+Publishing: a publish with an ``id`` is remembered (:class:`~tether.hub.dedup.PublishLog`)
+under its sender's name, its ``id`` and its data; the same publish again, as a client sends it
+after a reconnect when the ``ack`` was lost, gets the first ``ack`` and is not stored twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import secrets
@@ -34,6 +39,7 @@ from ..protocol.connection import State
 from ..typing import Data
 from . import protocol
 from .base import Backend, BackendUnavailable, Envelope
+from .dedup import DEFAULT_DEDUP_AGE, DEFAULT_DEDUP_SIZE, Key, PublishLog
 from .fanout import HubStats, Subscriber, TopicFanout
 from .memory import MemoryBackend
 from .protocol import Ping, Publish, RequestError, Subscribe, Unsubscribe
@@ -76,6 +82,9 @@ class Hub:
         slow_code: close code of the ``close`` policy (1013: try again later).
         max_frame: largest client frame parsed, in bytes; larger ones get ``too_big``.
         max_errors: a connection is closed with 1008 at its ``max_errors``-th error.
+        dedup_size: publishes with an ``id`` remembered per topic, so that one sent again is
+            answered with its first ``ack`` rather than stored twice; 0 turns this off.
+        dedup_age: seconds such a publish is remembered.
 
     Attributes:
         stats: :class:`~tether.hub.HubStats` counters (delivered, dropped,
@@ -92,12 +101,16 @@ class Hub:
         slow_code: int = 1013,
         max_frame: int = DEFAULT_MAX_FRAME,
         max_errors: int = DEFAULT_MAX_ERRORS,
+        dedup_size: int = DEFAULT_DEDUP_SIZE,
+        dedup_age: float = DEFAULT_DEDUP_AGE,
     ) -> None:
         if slow_policy not in ("close", "drop"):
             raise ValueError(f"unknown slow_policy {slow_policy!r}: use 'close' or 'drop'")
         if history_limit < 0 or max_buffered < 1 or max_frame < 1 or max_errors < 1:
             raise ValueError("history_limit must be >= 0; max_buffered, max_frame and "
                              "max_errors >= 1")
+        if dedup_size < 0 or dedup_age <= 0:
+            raise ValueError("dedup_size must be >= 0 and dedup_age > 0")
         self.backend: Backend = backend if backend is not None else MemoryBackend()
         self.history_limit = history_limit
         self.max_buffered = max_buffered
@@ -106,6 +119,7 @@ class Hub:
         self.max_frame = max_frame
         self.max_errors = max_errors
         self.stats = HubStats()
+        self.publishes = PublishLog(dedup_size, dedup_age) if dedup_size else None
         self._topics: dict[str, TopicFanout] = {}
         self._sessions: set[_Session] = set()
         self._hub_id = secrets.token_hex(4)
@@ -238,10 +252,38 @@ class Hub:
         if request.topic not in session.subscriptions:
             raise RequestError(protocol.NOT_SUBSCRIBED, "subscribe to the topic before "
                                "publishing to it", request.id)
-        envelope = await self.backend.publish(request.topic, request.data, session.name)
-        await self._send(session, {
-            "type": "ack", "id": request.id, "topic": envelope.topic, "seq": envelope.seq
-        })
+        topic = request.topic
+        log = self.publishes
+        if log is None or request.id is None:
+            envelope = await self.backend.publish(topic, request.data, session.name)
+            await self._ack(session, request, envelope.seq)
+            return
+        key: Key = (session.name, request.id, _digest(request.data))
+        while (known := log.get(topic, key)) is not None:
+            if isinstance(known, int):
+                await self._ack(session, request, known)  # a repeat: stored already
+                return
+            seq = await asyncio.shield(known)  # a repeat of a publish being stored now
+            if seq is not None:
+                await self._ack(session, request, seq)
+                return
+            # That attempt failed and was forgotten: this one stores it (or waits for
+            # another repeat that got there first).
+        pending: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        log.put(topic, key, pending)
+        try:
+            envelope = await self.backend.publish(topic, request.data, session.name)
+        except BaseException:
+            log.settle(topic, key, pending, None)
+            pending.set_result(None)
+            raise
+        log.settle(topic, key, pending, envelope.seq)
+        pending.set_result(envelope.seq)
+        await self._ack(session, request, envelope.seq)
+
+    async def _ack(self, session: _Session, request: Publish, seq: int) -> None:
+        await self._send(session, {"type": "ack", "id": request.id, "topic": request.topic,
+                                   "seq": seq})
 
     async def _subscribe(self, session: _Session, request: Subscribe) -> None:
         topic = request.topic
@@ -336,3 +378,8 @@ class Hub:
                 pass
             except Exception:
                 logger.exception("hub: leaving topic %s failed", topic)
+
+
+def _digest(data: Any) -> bytes:
+    """What tells two publishes with the same sender and ``id`` apart: their data."""
+    return hashlib.blake2b(protocol.encode(data), digest_size=16).digest()
