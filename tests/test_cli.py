@@ -302,6 +302,42 @@ class TestBroadcastCommand:
             assert server.wait(100 * UNIT) == 0
 
 
+    def test_max_size_message_reaches_all_and_max_buffered_closes_the_slow(self) -> None:
+        """A message of exactly --max-size reaches every client with the default budget;
+        a client that stops reading is closed with 1013 once past --max-buffered."""
+        max_size = 2**20
+        with server_process("broadcast", "--max-size", "1MiB", "--max-buffered", "64KiB",
+                            "--no-compression") as (server, port):
+            url = f"ws://127.0.0.1:{port}/"
+
+            async def scenario() -> None:
+                clients = [await tether.connect(url, compression=None, max_size=max_size)
+                           for _ in range(3)]
+                await clients[0].send("x" * max_size)
+                for ws in clients:
+                    assert await ws.recv() == "x" * max_size
+                slow = clients[2]
+                assert slow.transport is not None
+                slow.transport.pause_reading()  # stops reading
+                chunk = "y" * (max_size // 2)
+                for _ in range(24):  # 12 MiB: more than the kernel's buffers hold (about 4 MiB)
+                    await clients[0].send(chunk)
+                    for ws in clients[:2]:
+                        assert await ws.recv() == chunk
+                slow.transport.resume_reading()
+                with pytest.raises(tether.ConnectionClosedError) as info:
+                    while True:
+                        await slow.recv()
+                assert info.value.code == 1013
+                assert "too slow" in info.value.reason
+                for ws in clients[:2]:
+                    await ws.close()
+
+            asyncio.run(asyncio.wait_for(scenario(), 300 * UNIT))
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(100 * UNIT) == 0
+
+
 class TestServerFlags:
     def test_token_and_origin(self, tmp_path: Path) -> None:
         tokens = tmp_path / "tokens"

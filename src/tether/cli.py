@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         "connection with 1001 and exits 0.",
     )
     _add_scale_options(broadcast)
+    _add_budget_option(broadcast)
     _add_server_options(broadcast)
     chat = commands.add_parser(
         "chat",
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="folder for the chat history (default: ./tether-data); "
                       "'-' keeps history in memory only")
     _add_scale_options(chat)
+    _add_budget_option(chat)
     _add_server_options(chat)
 
     connect = commands.add_parser(
@@ -122,6 +124,15 @@ def _add_scale_options(command: argparse.ArgumentParser) -> None:
                          help="run N processes on one port (SO_REUSEPORT), each a node; N > 1 "
                          "needs --redis (default: %(default)s)")
     command.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+
+
+def _add_budget_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--max-buffered", type=_size, default=2**20, metavar="BYTES",
+                         help="how far behind a client may fall on messages sent to everyone: "
+                         "one already holding this many unsent bytes when the next message "
+                         "comes is closed with 1013 (try again later) instead of growing the "
+                         "server's memory. A message up to --max-size always reaches a client "
+                         "that keeps up (default: 1048576)")
 
 
 def _add_server_options(command: argparse.ArgumentParser) -> None:
@@ -190,6 +201,8 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
         subprotocols=args.subprotocol,
         compression=None if args.no_compression else "deflate",
     )
+    if getattr(args, "max_buffered", 1) < 1:
+        raise _UsageError("--max-buffered must be at least 1 byte")
     if args.allow_origin:
         options["allowed_origins"] = args.allow_origin
     if args.token or args.token_file:
@@ -318,7 +331,7 @@ async def _serve(args: argparse.Namespace) -> int:
             backend = await _open_redis(args)
             if backend is None:
                 return 1
-        broadcast_app = BroadcastApp(backend)
+        broadcast_app = BroadcastApp(backend, max_buffered=args.max_buffered)
         handler = broadcast_app.router  # type: ignore[assignment]
     else:
         from .apps.chat.server import make_router as make_chat_router
@@ -329,11 +342,11 @@ async def _serve(args: argparse.Namespace) -> int:
             redis_backend = await _open_redis(args)
             if redis_backend is None:
                 return 1
-            hub = Hub(redis_backend)
+            hub = Hub(redis_backend, max_buffered=args.max_buffered)
         else:
             data = None if args.data == "-" else Path(args.data or "tether-data")
             try:
-                hub = Hub(open_chat_backend(data))
+                hub = Hub(open_chat_backend(data), max_buffered=args.max_buffered)
             except (OSError, ValueError) as exc:
                 print(f"tether chat: cannot open the history in {data}: {exc}",
                       file=sys.stderr)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import tether
+from tether.asyncio.broadcast import DEFAULT_MAX_BUFFERED
 from tether.asyncio.connection import WebSocket
 from tether.asyncio.router import text_response
 from tether.asyncio.server import ServerConnection
@@ -333,6 +334,32 @@ class TestBroadcast:
 
         run(main(), timeout=600 * UNIT)
 
+
+    def test_a_message_of_exactly_max_size_reaches_everyone(self) -> None:
+        """With the defaults (max_size and the budget both 1 MiB), the largest legal message
+        is delivered to every client: the budget judges the bytes already queued, and a frame
+        is always accepted by a connection with nothing queued."""
+        max_size = 2**20
+        assert DEFAULT_MAX_BUFFERED <= max_size  # the budget is no larger than one message
+
+        async def relay(ws: WebSocket) -> None:
+            assert isinstance(ws, ServerConnection)
+            async for message in ws:
+                tether.broadcast(ws.server.connections, message)
+
+        async def main() -> None:
+            async with serving(relay, compression=None, max_size=max_size) as (server, url):
+                clients = [await tether.connect(url, compression=None, max_size=max_size)
+                           for _ in range(3)]
+                for n in range(2):  # twice: the second finds the first's bytes gone
+                    await clients[0].send(str(n) * max_size)
+                    for ws in clients:
+                        assert await ws.recv() == str(n) * max_size
+                assert all(c.protocol.close_sent is None for c in server.connections)
+                for ws in clients:
+                    await ws.close()
+
+        run(main())
 
     def test_a_burst_in_one_loop_turn_reaches_everyone_in_order(self) -> None:
         """Writes in one loop turn are coalesced (the first goes out at once, the rest at the

@@ -12,7 +12,7 @@ import base64
 from importlib.resources import files
 from typing import Any
 
-from ..asyncio.broadcast import broadcast
+from ..asyncio.broadcast import DEFAULT_MAX_BUFFERED, broadcast
 from ..asyncio.connection import WebSocket
 from ..asyncio.router import Router
 from ..hub.base import Backend, Envelope, PresenceEvent
@@ -45,10 +45,15 @@ class BroadcastApp:
 
     Args:
         backend: a hub backend shared by every node (Redis), or None for this node alone.
+        max_buffered: each client's budget of unsent bytes; a client already past it when a
+            message comes is closed with 1013 (see :func:`tether.broadcast`).
     """
 
-    def __init__(self, backend: Backend | None = None) -> None:
+    def __init__(
+        self, backend: Backend | None = None, *, max_buffered: int = DEFAULT_MAX_BUFFERED
+    ) -> None:
         self.backend = backend
+        self.max_buffered = max_buffered
         self.clients: set[WebSocket] = set()
         """The open connections of this node, like ``wss.clients`` in Node's ws."""
         self.router = Router()
@@ -83,7 +88,7 @@ class BroadcastApp:
         try:
             async for message in ws:
                 if self.backend is None:
-                    broadcast(self.clients, message)
+                    broadcast(self.clients, message, max_buffered=self.max_buffered)
                 else:
                     await self.backend.publish(TOPIC, _encode(message))
         finally:
@@ -93,7 +98,7 @@ class BroadcastApp:
         if isinstance(event, Envelope):
             message = _decode(event.data)
             if message is not None:
-                broadcast(self.clients, message)
+                broadcast(self.clients, message, max_buffered=self.max_buffered)
 
 
 def make_router() -> Router:

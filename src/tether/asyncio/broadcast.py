@@ -6,6 +6,11 @@ waits for a slow client. Instead each connection has a budget of unsent bytes; a
 over it when a message comes is closed (1013 "try again later" by default, with a reason) rather
 than allowed to grow the server's memory, and the others keep their rate.
 
+Slowness is judged by the bytes already queued before the new frame, never by the frame's own
+size: a connection with nothing queued accepts any frame, so one message of ``max_size`` never
+closes anyone, whatever the budget. What the server holds for one connection is therefore at
+most ``max_buffered`` plus one frame.
+
 The two steps are public for other fan-outs (the hub's topics): :func:`text_frame` frames a
 payload once, :func:`write_frame` hands that frame to one connection within its budget, and
 :func:`close_slow` closes a connection that is over it.
@@ -50,7 +55,7 @@ class Written(IntEnum):
     NOT_OPEN = 1
     """Skipped: the connection is closing or closed."""
     OVER_BUDGET = 2
-    """Not sent: the connection's unsent bytes plus the frame pass ``max_buffered``."""
+    """Not sent: the connection's unsent bytes, before this frame, pass ``max_buffered``."""
 
 
 def data_frame(payload: bytes, opcode: int = Opcode.TEXT) -> bytes:
@@ -66,15 +71,16 @@ def text_frame(payload: bytes) -> bytes:
 
 def write_frame(ws: WebSocket, frame: bytes, max_buffered: int = DEFAULT_MAX_BUFFERED) -> Written:
     """Write a frame built by :func:`data_frame` to one server-side connection, unless the
-    connection is not open or its unsent bytes plus the frame would pass ``max_buffered``.
+    connection is not open or its unsent bytes already pass ``max_buffered``.
 
+    The frame's own size does not count: a connection with nothing queued takes any frame.
     Never waits. The same ``frame`` object may go to any number of connections.
     """
     transport = ws.transport
     protocol = ws.protocol
     if transport is None or protocol.state is not State.OPEN:
         return Written.NOT_OPEN
-    if transport.get_write_buffer_size() + ws._pending_size + len(frame) > max_buffered:
+    if transport.get_write_buffer_size() + ws._pending_size > max_buffered:
         return Written.OVER_BUDGET
     try:
         protocol.send_frame(frame)
@@ -109,8 +115,10 @@ def broadcast(
     Args:
         connections: any iterable of connections; closed and closing ones are skipped.
         message: ``str`` as text, bytes-like as binary.
-        max_buffered: a connection with more unsent bytes than this (its ``buffered_amount``)
-            plus the new frame is closed with ``slow_code`` instead.
+        max_buffered: a connection that already has more unsent bytes than this (its
+            ``buffered_amount``, before the new frame) is closed with ``slow_code`` instead.
+            The frame itself never counts, so a message of any legal size reaches a
+            connection that keeps up.
         slow_code: 1013 (try again later: the client may reconnect and resume) or 1008.
     """
     if isinstance(message, str):
@@ -132,7 +140,7 @@ def broadcast(
             transport = ws.transport
             buffered = ws._pending_size
             if transport is not None and buffered + size <= _COALESCE_LIMIT:
-                if transport.get_write_buffer_size() + buffered + size > max_buffered:
+                if transport.get_write_buffer_size() + buffered > max_buffered:
                     close_slow(ws, slow_code)
                     continue
                 pending = ws._pending

@@ -4,8 +4,10 @@ Each live message is serialized to JSON once and framed once. The frames of one 
 event loop are written together when it ends: one ``bytes`` object (their concatenation),
 shared by every subscriber, through :func:`tether.asyncio.broadcast.write_frame`, which never
 waits; under load this is one write (one system call) per subscriber for many messages. No
-task or coroutine exists per subscriber or per message. A subscriber whose unsent bytes
-would pass the budget gets the slow-consumer policy, frame by frame:
+task or coroutine exists per subscriber or per message. A turn's frames that would take a
+subscriber past its budget go to it frame by frame instead, and a subscriber whose unsent bytes
+already pass the budget when a frame comes (the frame's own size never counts, as in
+:func:`tether.asyncio.broadcast.broadcast`) gets the slow-consumer policy:
 
 - ``close`` (default): closed with 1013 (try again later); it reconnects and resumes with
   ``since``, losing nothing still in history.
@@ -192,6 +194,10 @@ class TopicFanout:
                 shared = blob
             else:
                 shared = blobs.get(group) or blobs.setdefault(group, self._compress(group, batch))
+            if len(batch) > 1 and subscriber.ws.buffered_amount + len(shared) > max_buffered:
+                # The whole turn would pass the budget: each frame is judged alone.
+                delivered += self._write_each(subscriber, batch)
+                continue
             written = write_frame(subscriber.ws, shared, max_buffered)
             if written is Written.SENT:
                 delivered += messages
@@ -240,7 +246,7 @@ class TopicFanout:
         if subscriber.gap_from:
             self._drop(subscriber, seq)
             return
-        if subscriber.held_bytes + len(frame) > self.max_buffered:
+        if subscriber.held_bytes > self.max_buffered:  # the frame's own size never counts
             self._slow(subscriber, seq)
             return
         subscriber.held.append((seq, frame))
