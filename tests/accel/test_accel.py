@@ -292,6 +292,98 @@ class TestFrame:
                 accel.frame(first, b"")
 
 
+class TestMaskInplace:
+    """Unmasking part of a payload in place, at the mask phase of its offset."""
+
+    @pytest.mark.parametrize("start", [0, 1, 2, 3, 5, 8, 13])
+    def test_any_offset_matches_the_whole(self, accel: ModuleType, start: int) -> None:
+        data = bytes(range(256)) * 3
+        mask = b"\x11\x22\x33\x44"
+        buf = bytearray(data)
+        accel.mask_inplace(buf, start, start + 100, mask)
+        expected = data[:start] + reference_mask(data, mask)[start : start + 100] + data[start + 100 :]
+        assert bytes(buf) == expected
+
+    def test_pieces_make_the_whole(self, accel: ModuleType) -> None:
+        rng = random.Random(5)
+        data = rng.randbytes(5000)
+        mask = rng.randbytes(4)
+        buf = bytearray(data)
+        cut = 0
+        while cut < len(buf):
+            step = rng.randrange(0, 300)
+            accel.mask_inplace(buf, cut, min(cut + step, len(buf)), mask)
+            cut += step
+        assert bytes(buf) == reference_mask(data, mask)
+
+    def test_writable_views_and_payloads(self, accel: ModuleType) -> None:
+        buf = bytearray(b"abcdefgh")
+        accel.mask_inplace(memoryview(buf), 4, 8, b"\x01\x01\x01\x01")
+        assert buf == b"abcddgfi"
+        payload = accel.new_payload(8)
+        memoryview(payload)[:] = b"abcdefgh"
+        accel.mask_inplace(payload, 0, 8, b"\x00\x00\x00\x01")
+        assert accel.take_payload(payload) == b"abceefgi"
+
+    def test_errors(self, accel: ModuleType) -> None:
+        with pytest.raises(BufferError):
+            accel.mask_inplace(b"read-only", 0, 1, b"abcd")
+        with pytest.raises(TypeError):
+            accel.mask_inplace(None, 0, 1, b"abcd")
+        with pytest.raises(ValueError):
+            accel.mask_inplace(bytearray(4), 0, 4, b"abc")
+        for start, end in [(-1, 2), (3, 2), (0, 5)]:
+            with pytest.raises(ValueError):
+                accel.mask_inplace(bytearray(4), start, end, b"abcd")
+
+
+class TestPayload:
+    """A payload received in place, then taken as bytes."""
+
+    @pytest.mark.parametrize("size", [0, 1, 70_000, 1 << 20])
+    def test_fill_and_take(self, accel: ModuleType, size: int) -> None:
+        payload = accel.new_payload(size)
+        assert len(payload) == size
+        view = memoryview(payload)
+        assert not view.readonly and view.nbytes == size
+        data = random.Random(size).randbytes(size)
+        half = size // 2
+        view[:half] = data[:half]
+        view[half:] = data[half:]
+        view.release()
+        taken = accel.take_payload(payload)
+        assert type(taken) is bytes and taken == data
+
+    def test_no_view_after_take(self, accel: ModuleType) -> None:
+        payload = accel.new_payload(16)
+        accel.take_payload(payload)
+        with pytest.raises((BufferError, ValueError)):
+            memoryview(payload)
+        with pytest.raises(BufferError):
+            accel.take_payload(payload)
+
+    def test_a_view_alive_at_take_stays_valid(self, accel: ModuleType) -> None:
+        """The event loop may still hold its read buffer while buffer_updated() takes the
+        payload: that view keeps the memory alive, whatever happens to the taken bytes."""
+        payload = accel.new_payload(1 << 16)
+        view = memoryview(payload)
+        view[:] = b"x" * (1 << 16)
+        taken = accel.take_payload(payload)
+        del taken
+        assert view[-1] == ord("x")
+        view.release()
+
+    def test_negative_size(self, accel: ModuleType) -> None:
+        with pytest.raises(ValueError):
+            accel.new_payload(-1)
+
+    def test_take_needs_a_payload(self) -> None:
+        if _speedups is None:
+            pytest.skip("the C accelerator is not built")
+        with pytest.raises(TypeError):
+            _speedups.take_payload(bytearray(3))
+
+
 class TestDifferential:
     """The compiled implementation against its specification, on random inputs."""
 
@@ -327,7 +419,14 @@ class TestDifferential:
             assert errors[0] == errors[1], (data, mask, errors)
 
     def test_same_names(self) -> None:
-        assert _python.__all__ == ["apply_mask", "parse_messages", "frame"]
+        assert _python.__all__ == [
+            "apply_mask",
+            "parse_messages",
+            "frame",
+            "mask_inplace",
+            "new_payload",
+            "take_payload",
+        ]
         assert all(hasattr(_speedups, name) for name in _python.__all__)
 
     def test_parse_messages_random_streams(self) -> None:
@@ -345,6 +444,20 @@ class TestDifferential:
                 pos = module.parse_messages(buf, 0, masked, limit, events, Text, Binary)
                 results.append((pos, [(type(e), e) for e in events]))
             assert results[0] == results[1], (stream, masked, limit)
+
+    def test_mask_inplace_random(self) -> None:
+        rng = random.Random(17)
+        for _ in range(300):
+            data = rng.randbytes(rng.randrange(0, 2000))
+            start = rng.randrange(0, len(data) + 1)
+            end = rng.randrange(start, len(data) + 1)
+            mask = rng.randbytes(4)
+            results = []
+            for module in (_python, _speedups):
+                buf = bytearray(data)
+                module.mask_inplace(buf, start, end, mask)
+                results.append(bytes(buf))
+            assert results[0] == results[1], (start, end)
 
     def test_frame_random(self) -> None:
         rng = random.Random(13)

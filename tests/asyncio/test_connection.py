@@ -4,6 +4,7 @@ ping, close codes, flow control both ways."""
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import pytest
@@ -105,6 +106,76 @@ class TestMessages:
                 received = [message async for message in ws]
                 assert received == [str(i) for i in range(20)]
                 assert ws.close_code == 1000
+
+        run(main())
+
+
+class TestLargeMessages:
+    """Frames past 64 KiB are read straight into their payload (a BufferedProtocol stands in
+    for the WebSocket until the frame is whole): on both sides, on every loop the suite runs."""
+
+    @pytest.mark.parametrize("compression", [None, "deflate"])
+    def test_large_frames_mixed_with_small_ones(self, compression: str | None) -> None:
+        rng = random.Random(6455)
+
+        async def main() -> None:
+            async with serving(max_size=4 << 20, compression=compression) as (server, url), (
+                tether.connect(url, max_size=4 << 20, compression=compression)
+            ) as ws:
+                messages: list[str | bytes] = []
+                for i in range(6):  # random bytes: large frames even when compressed
+                    messages.append(rng.randbytes(70_000 + 300_000 * i))
+                    messages.append(f"small {i}")
+                    messages.append("ü" * (40_000 * (i + 1)))
+                for message in messages:  # all in flight at once: frames share reads
+                    ws.send_nowait(message)
+                for message in messages:
+                    assert await ws.recv() == message
+                # Back to the WebSocket itself once each frame is whole, on both ends.
+                assert ws.transport is not None and ws.transport.get_protocol() is ws
+                [peer] = server.connections
+                assert peer.transport is not None and peer.transport.get_protocol() is peer
+
+        run(main())
+
+    def test_invalid_utf8_in_a_large_frame_fails_with_1007(self) -> None:
+        async def main() -> None:
+            async with serving(compression=None) as (_, url), tether.connect(
+                url, compression=None
+            ) as ws:
+                payload = b"a" * 100_000 + b"\xff" + b"a" * 100_000
+                ws.protocol._write_frame(True, False, 0x1, payload)
+                ws._write(ws.protocol.data_to_send())
+                with pytest.raises(tether.ConnectionClosedError):
+                    await ws.recv()
+                assert ws.close_code == 1007
+
+        run(main())
+
+    def test_connection_lost_in_the_middle_of_a_large_frame(self) -> None:
+        closed: list[int | None] = []
+
+        async def handler(ws: WebSocket) -> None:
+            try:
+                await ws.recv()
+            except tether.ConnectionClosed:
+                closed.append(ws.close_code)
+
+        async def main() -> None:
+            async with serving(handler, compression=None) as (_, url), tether.connect(
+                url, compression=None
+            ) as ws:
+                ws.protocol.send_binary(bytes(1_000_000))
+                data = b"".join(ws.protocol.data_to_send())
+                assert ws.transport is not None
+                ws.transport.write(data[:300_000])
+                await asyncio.sleep(2 * UNIT)
+                ws.transport.abort()
+                for _ in range(50):
+                    if closed:
+                        break
+                    await asyncio.sleep(UNIT / 5)
+                assert closed == [1006]
 
         run(main())
 

@@ -1104,8 +1104,9 @@ class TestIncrementalParsing:
 
 
 class TestLargeFrames:
-    """Frames past 64 KiB that arrive in many reads are collected and parsed once whole:
-    the same events as at once, and the limits still apply from the header."""
+    """Frames past 64 KiB that arrive in many reads are received in place, into a payload of
+    the frame's size: the same events as at once, the limits still apply from the header,
+    and text still fails on its first invalid byte."""
 
     @settings(max_examples=40, deadline=None)
     @given(cuts=st.lists(st.integers(0, 10**6), min_size=1, max_size=40), data=st.data())
@@ -1139,3 +1140,99 @@ class TestLargeFrames:
             server.receive_data(stream[i : i + 7_000])
         assert_events(server.events_received(), [BinaryMessage(bytes(80_000))])
         assert isinstance(server.receive_error, InvalidUTF8)
+
+    def test_invalid_utf8_fails_before_a_large_text_frame_ends(self) -> None:
+        server = Connection(Side.SERVER)
+        payload = b"a" * 50_000 + b"\xff" + b"a" * 50_000
+        stream = frame(TEXT, payload, mask=KEY)
+        server.receive_data(stream[:40_000])
+        assert server.receive_error is None
+        server.receive_data(stream[40_000:60_000])  # holds the invalid byte
+        assert_failed(server, 1007, InvalidUTF8)
+
+    def test_invalid_utf8_in_a_large_continuation_frame(self) -> None:
+        """The probe starts from the message decoder's state: a character split across the
+        frames is valid, an invalid byte in the continuation fails before it ends."""
+        server = Connection(Side.SERVER)
+        euro = "€".encode()
+        first = frame(TEXT, b"x" * 10 + euro[:1], fin=False, mask=KEY)
+        rest = euro[1:] + b"y" * 70_000 + b"\xc0\xaf" + b"y" * 30_000
+        stream = first + frame(CONT, rest, mask=KEY)
+        server.receive_data(stream[:60_000])
+        assert server.receive_error is None
+        server.receive_data(stream[60_000:90_000])
+        assert_failed(server, 1007, InvalidUTF8)
+
+    def test_valid_large_continuation_text(self) -> None:
+        server = Connection(Side.SERVER)
+        euro = "€".encode()
+        stream = frame(TEXT, b"x" + euro[:2], fin=False, mask=KEY)
+        stream += frame(CONT, euro[2:] + "é".encode() * 40_000, mask=KEY)
+        events = feed(server, stream, sizes=[1000] * 50)
+        assert_events(events, [TextMessage("x€" + "é" * 40_000)])
+
+    @pytest.mark.parametrize("side", [Side.SERVER, Side.CLIENT])
+    def test_read_into_the_receive_buffer(self, side: Side) -> None:
+        """An I/O layer that reads into a buffer gets the rest of the payload to read into;
+        reads never go past the frame, and what follows comes through receive_data."""
+        conn = Connection(side)
+        mask = KEY if side is Side.SERVER else None
+        big = bytes(range(256)) * 1000
+        stream = frame(BINARY, big, mask=mask)
+        after = frame(TEXT, b"after", mask=mask)
+        assert conn.receive_buffer() is None
+        conn.receive_data(stream[:5000])
+        pos = 5000
+        sizes = iter([1, 3, 4096, 65536, 7, 10**9])
+        while (view := conn.receive_buffer()) is not None:
+            assert len(view) == len(stream) - pos  # exactly the rest of the frame
+            n = min(next(sizes), len(view))
+            view[:n] = stream[pos : pos + n]
+            view.release()
+            conn.receive_into(n)
+            pos += n
+        assert pos == len(stream)
+        conn.receive_data(after)
+        assert_events(conn.events_received(), [BinaryMessage(big), TextMessage("after")])
+        assert_not_failed(conn)
+
+    def test_receive_into_more_than_the_buffer(self) -> None:
+        server = Connection(Side.SERVER)
+        server.receive_data(frame(BINARY, bytes(100_000), mask=KEY)[:100])
+        view = server.receive_buffer()
+        assert view is not None
+        with pytest.raises(ValueError):
+            server.receive_into(len(view) + 1)
+
+    def test_no_receive_buffer_after_a_failure(self) -> None:
+        server = Connection(Side.SERVER)
+        server.receive_data(frame(TEXT, b"\xff" * 100_000, mask=KEY)[:1000])
+        assert_failed(server, 1007, InvalidUTF8)
+        assert server.receive_buffer() is None
+        server.receive_into(10)  # ignored, as receive_data is after a failure
+
+    def test_a_payload_too_large_to_reserve(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from tether.protocol import connection as module
+
+        def refuse(size: int) -> object:
+            raise MemoryError
+
+        monkeypatch.setattr(module, "new_payload", refuse)
+        server = Connection(Side.SERVER, max_message_size=None)
+        server.receive_data(frame(BINARY, bytes(100_000), mask=KEY)[:100])
+        assert_failed(server, 1009, MessageTooBig)
+
+    def test_large_compressed_frames_in_pieces(self) -> None:
+        import random as _random
+        import zlib
+
+        from tether.protocol.extensions.permessage_deflate import PerMessageDeflate
+
+        data = _random.Random(1).randbytes(200_000)  # incompressible: a large frame
+        c = zlib.compressobj(6, zlib.DEFLATED, -15)
+        body = (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        server = Connection(Side.SERVER, extension=PerMessageDeflate(False, False, 15, 15))
+        stream = frame(BINARY, body, rsv1=True, mask=KEY)
+        events = feed(server, stream, sizes=[7000] * 40)
+        assert_events(events, [BinaryMessage(data)])
+        assert_not_failed(server)

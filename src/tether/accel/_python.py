@@ -5,12 +5,13 @@ Both modules export the same names with the same signatures, accepted types and 
 
 from __future__ import annotations
 
+import mmap
 import struct
 from typing import Any
 
 from ..typing import BytesLike
 
-__all__ = ["apply_mask", "parse_messages", "frame"]
+__all__ = ["apply_mask", "parse_messages", "frame", "mask_inplace", "new_payload", "take_payload"]
 
 _UNPACK_H = struct.Struct("!H").unpack_from
 _UNPACK_Q = struct.Struct("!Q").unpack_from
@@ -121,3 +122,65 @@ def frame(first_byte: int, payload: BytesLike) -> bytes:
     if n < 0x10000:
         return _PACK_H(first_byte, 126, n) + data
     return _PACK_Q(first_byte, 127, n) + data
+
+
+def mask_inplace(buf: Any, start: int, end: int, mask: BytesLike) -> None:
+    """Unmask ``buf[start:end]`` in place, RFC 6455 §5.3, at the mask phase of offset
+    ``start`` (byte ``i`` of a payload is XORed with ``mask[i % 4]``). ``buf`` is a writable
+    buffer: a bytearray, a writable memoryview, a payload from :func:`new_payload`.
+
+    Raises:
+        ValueError: ``mask`` is not 4 bytes long, or not ``0 <= start <= end <= len(buf)``.
+        BufferError: ``buf`` is read-only.
+        TypeError: ``buf`` is not a buffer.
+    """
+    mask = memoryview(mask).tobytes()
+    if len(mask) != 4:
+        raise ValueError("mask must contain 4 bytes")
+    view = memoryview(buf).cast("B")
+    if view.readonly:
+        raise BufferError("Object is not writable.")
+    if not 0 <= start <= end <= view.nbytes:
+        raise ValueError("start and end must satisfy 0 <= start <= end <= len(buf)")
+    phase = start & 3
+    view[start:end] = apply_mask(view[start:end], mask[phase:] + mask[:phase])
+
+
+def new_payload(size: int) -> Any:
+    """A writable buffer of ``size`` bytes to receive a payload in place (``memoryview()`` of
+    it is writable); :func:`take_payload` turns it into ``bytes``. Its memory is not touched
+    before it is written: a frame header that announces a large payload costs address space,
+    not resident memory.
+
+    Raises:
+        ValueError: ``size`` is negative.
+        MemoryError: the space cannot be reserved.
+    """
+    if size < 0:
+        raise ValueError("size must not be negative")
+    if size == 0:
+        return bytearray()
+    try:
+        return mmap.mmap(-1, size)  # anonymous: pages are given on first write
+    except OSError as exc:
+        raise MemoryError(f"cannot reserve {size} bytes: {exc}") from None
+
+
+def take_payload(payload: Any) -> bytes:
+    """The payload from :func:`new_payload`, filled, as ``bytes``. No view of it can be made
+    after this; views made before stay valid (the memory lives until the last is released) and
+    must not be written to.
+
+    Raises:
+        BufferError: the payload was already taken.
+    """
+    if isinstance(payload, bytearray):
+        return bytes(payload)
+    if payload.closed:
+        raise BufferError("the payload was already taken")
+    data: bytes = payload[:]
+    try:
+        payload.close()
+    except BufferError:
+        pass  # a view is still alive: the map is unmapped when the last one goes
+    return data

@@ -325,6 +325,178 @@ frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* In-place unmasking of part of a payload being received: XOR buf[start:end] with the mask,
+ * at the mask phase of payload offset start (RFC 6455 section 5.3: byte i uses mask[i % 4]). */
+static PyObject *
+mask_inplace(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer buf, mask;
+    Py_ssize_t start, end;
+    unsigned char rotated[4];
+    int i;
+
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "mask_inplace() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    end = PyLong_AsSsize_t(args[2]);
+    if (end == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[3], &mask, PyBUF_SIMPLE) != 0) {
+        return NULL;
+    }
+    if (mask.len != 4) {
+        PyBuffer_Release(&mask);
+        PyErr_SetString(PyExc_ValueError, "mask must contain 4 bytes");
+        return NULL;
+    }
+    for (i = 0; i < 4; i++) {
+        rotated[i] = ((const unsigned char *)mask.buf)[(start + i) & 3];
+    }
+    PyBuffer_Release(&mask);
+    if (PyObject_GetBuffer(args[0], &buf, PyBUF_WRITABLE) != 0) {
+        return NULL;
+    }
+    if (start < 0 || end < start || end > buf.len) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "start and end must satisfy 0 <= start <= end <= len(buf)");
+        return NULL;
+    }
+    xor_mask((unsigned char *)buf.buf + start, (unsigned char *)buf.buf + start, end - start,
+             rotated);
+    PyBuffer_Release(&buf);
+    Py_RETURN_NONE;
+}
+
+/* Payload: a bytes object of a known size filled in place, then taken whole.
+ *
+ * A large frame's payload is read straight into the bytes object that becomes the message: no
+ * join, no copy. The object exports a writable buffer over the bytes' storage while nobody
+ * else can see them. take_payload() hands the bytes out and refuses every later export. A view
+ * made before (the event loop's own, while it calls buffer_updated()) stays valid: the payload
+ * keeps its reference to the bytes until the last view is released, so no view can outlive the
+ * memory. Memory is not touched before the data arrives (a frame header that announces a large
+ * payload costs address space, not resident memory). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *data; /* the bytes being filled; NULL once taken and no longer exported */
+    Py_ssize_t exports;
+    int taken;
+} PayloadObject;
+
+static int
+payload_getbuffer(PayloadObject *self, Py_buffer *view, int flags)
+{
+    if (self->taken) {
+        view->obj = NULL;
+        PyErr_SetString(PyExc_BufferError, "the payload was already taken");
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, PyBytes_AS_STRING(self->data),
+                          PyBytes_GET_SIZE(self->data), 0, flags) < 0) {
+        return -1;
+    }
+    self->exports++;
+    return 0;
+}
+
+static void
+payload_releasebuffer(PayloadObject *self, Py_buffer *view)
+{
+    if (--self->exports == 0 && self->taken) {
+        Py_CLEAR(self->data);
+    }
+}
+
+static void
+payload_dealloc(PayloadObject *self)
+{
+    Py_XDECREF(self->data);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t
+payload_length(PayloadObject *self)
+{
+    return self->taken ? 0 : PyBytes_GET_SIZE(self->data);
+}
+
+static PyBufferProcs payload_as_buffer = {
+    (getbufferproc)payload_getbuffer,
+    (releasebufferproc)payload_releasebuffer,
+};
+
+static PySequenceMethods payload_as_sequence = {
+    (lenfunc)payload_length,
+};
+
+static PyTypeObject PayloadType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tether.accel._speedups.Payload",
+    .tp_basicsize = sizeof(PayloadObject),
+    .tp_dealloc = (destructor)payload_dealloc,
+    .tp_as_sequence = &payload_as_sequence,
+    .tp_as_buffer = &payload_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A payload being received in place; see new_payload() and take_payload().",
+};
+
+static PyObject *
+new_payload(PyObject *self, PyObject *arg)
+{
+    Py_ssize_t size = PyLong_AsSsize_t(arg);
+    PayloadObject *payload;
+
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "size must not be negative");
+        return NULL;
+    }
+    payload = PyObject_New(PayloadObject, &PayloadType);
+    if (payload == NULL) {
+        return NULL;
+    }
+    payload->exports = 0;
+    payload->taken = 0;
+    payload->data = PyBytes_FromStringAndSize(NULL, size);
+    if (payload->data == NULL) {
+        Py_DECREF(payload);
+        return NULL;
+    }
+    return (PyObject *)payload;
+}
+
+static PyObject *
+take_payload(PyObject *self, PyObject *arg)
+{
+    PayloadObject *payload = (PayloadObject *)arg;
+    PyObject *data;
+
+    if (!Py_IS_TYPE(arg, &PayloadType)) {
+        PyErr_Format(PyExc_TypeError, "take_payload() needs a payload from new_payload(), not %s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    if (payload->taken) {
+        PyErr_SetString(PyExc_BufferError, "the payload was already taken");
+        return NULL;
+    }
+    payload->taken = 1;
+    data = payload->data;
+    Py_INCREF(data);
+    if (payload->exports == 0) {
+        Py_CLEAR(payload->data);
+    }
+    return data;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL,
      "apply_mask(data, mask) -> bytes\n\nXOR data with the 4-byte mask repeated "
@@ -334,6 +506,13 @@ static PyMethodDef speedups_methods[] = {
      "Parse whole messages in single plain frames; see tether/accel/_python.py."},
     {"frame", (PyCFunction)(void (*)(void))frame, METH_FASTCALL,
      "frame(first_byte, payload) -> bytes\n\nAn unmasked frame: header and payload."},
+    {"mask_inplace", (PyCFunction)(void (*)(void))mask_inplace, METH_FASTCALL,
+     "mask_inplace(buf, start, end, mask) -> None\n\nUnmask buf[start:end] in place, at the "
+     "mask phase of offset start."},
+    {"new_payload", (PyCFunction)new_payload, METH_O,
+     "new_payload(size) -> Payload\n\nA writable buffer of size bytes that becomes bytes."},
+    {"take_payload", (PyCFunction)take_payload, METH_O,
+     "take_payload(payload) -> bytes\n\nThe filled payload as bytes, once no view is left."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -346,5 +525,8 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+    if (PyType_Ready(&PayloadType) < 0) {
+        return NULL;
+    }
     return PyModule_Create(&speedups_module);
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections import deque
 from time import perf_counter
 from collections.abc import AsyncIterator, Coroutine, Iterable
@@ -247,8 +248,21 @@ class WebSocket(asyncio.Protocol):
         output = protocol.data_to_send()
         if output:
             self._write(output)
+        if protocol.large_frame is not None and self.transport is not None:
+            # The rest of a large frame: read it straight into its payload, no copies.
+            self.transport.set_protocol(_PayloadReader(self))
         if batch:
             self._end_turn()
+
+    def _payload_received(self, nbytes: int) -> None:
+        """``nbytes`` of a large frame were read in place (see _PayloadReader)."""
+        self.bytes_received += nbytes
+        protocol = self.protocol
+        protocol.receive_into(nbytes)
+        if protocol.large_frame is None:  # whole, or failed: back to data_received
+            if self.transport is not None:
+                self.transport.set_protocol(self)
+            self.data_received(b"")  # the rest of its work: events, replies, output
 
     def eof_received(self) -> None:
         self.protocol.receive_eof()
@@ -397,9 +411,16 @@ class WebSocket(asyncio.Protocol):
                     self._pending_size = size
                     self.loop.call_soon(self._end_turn)
                 elif self._pending_size + size > _COALESCE_LIMIT:
-                    if pending:
-                        self._flush()
-                    transport.write(chunk)
+                    if pending and _scatters(self.loop):
+                        # One system call, and the large chunk is not copied to join them.
+                        pending.append(chunk)
+                        transport.writelines(pending)
+                        pending.clear()
+                        self._pending_size = 0
+                    else:
+                        if pending:
+                            self._flush()
+                        transport.write(chunk)
                 else:
                     pending.append(chunk)
                     self._pending_size += size
@@ -745,6 +766,61 @@ class WebSocket(asyncio.Protocol):
         if self.protocol.state is not State.OPEN:
             self._start_close_timer()
             await self._wait_lost()
+
+
+class _PayloadReader(asyncio.BufferedProtocol):
+    """The transport's protocol while a large frame arrives: reads go straight into the frame's
+    payload (``Connection.receive_buffer()``), which becomes the message without any copy. It
+    hands everything else to its WebSocket, which takes the transport back once the frame is
+    whole."""
+
+    __slots__ = ("ws", "_spare")
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self._spare: bytearray | None = None
+
+    def get_buffer(self, sizehint: int) -> Any:
+        view = self.ws.protocol.receive_buffer()
+        if view is None:  # cannot happen (the WebSocket takes the transport back first)
+            self._spare = bytearray(65536)
+            return self._spare
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        spare = self._spare
+        if spare is not None:
+            self._spare = None
+            self.ws.transport.set_protocol(self.ws)  # type: ignore[union-attr]
+            self.ws.data_received(bytes(spare[:nbytes]))
+        else:
+            self.ws._payload_received(nbytes)
+
+    def eof_received(self) -> bool | None:
+        return self.ws.eof_received()  # type: ignore[func-returns-value]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ws.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.ws.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.ws.resume_writing()
+
+
+_SCATTERING_LOOPS: dict[type, bool] = {}
+
+
+def _scatters(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the loop's ``transport.writelines()`` writes its chunks in one vectored system
+    call rather than joining them first (a copy): uvloop does, and asyncio since Python 3.12."""
+    kind = type(loop)
+    scatters = _SCATTERING_LOOPS.get(kind)
+    if scatters is None:
+        scatters = kind.__module__.startswith("uvloop") or sys.version_info >= (3, 12)
+        _SCATTERING_LOOPS[kind] = scatters
+    return scatters
 
 
 def format_address(address: Any) -> str:

@@ -18,8 +18,9 @@ import codecs
 import struct
 from secrets import token_bytes
 from enum import IntEnum
+from typing import Any
 
-from ..accel import apply_mask, frame, parse_messages
+from ..accel import apply_mask, frame, mask_inplace, new_payload, parse_messages, take_payload
 from ..exceptions import (
     FrameError,
     InvalidState,
@@ -50,9 +51,9 @@ _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 # Frames with payloads up to this size are written as one bytes object (header + payload);
 # larger ones as two, so the payload is never copied just to prepend a header.
 _JOIN_LIMIT = 4096
-# Incomplete frames larger than this are collected read by read and joined once (see
-# receive_data); smaller ones wait in the receive buffer.
-_COLLECT_LIMIT = 65536
+# Incomplete frames with larger payloads are received straight into their payload (see
+# _LargeFrame); smaller ones wait in the receive buffer.
+_LARGE_FRAME = 65536
 
 _TEXT = Opcode.TEXT.value
 _BINARY = Opcode.BINARY.value
@@ -101,6 +102,8 @@ class Connection:
         close_rcvd_then_sent: whether the peer started the closing handshake.
         receive_error: why the connection was failed while receiving, or ``None``.
         eof_received: whether the peer closed its side of the TCP connection.
+        large_frame: set while a frame over 64 KiB is being received in place: the I/O layer
+            may then read straight into :meth:`receive_buffer`.
     """
 
     __slots__ = (
@@ -120,9 +123,7 @@ class Connection:
         "_events",
         "_output",
         "_buffer",
-        "_wanted",
-        "_parts",
-        "_parts_size",
+        "large_frame",
         "_discard",
         "_msg_opcode",
         "_msg_compressed",
@@ -160,11 +161,8 @@ class Connection:
         self._events: list[Event] = []
         self._output: list[bytes] = []
         self._buffer = bytearray()
-        # A frame that cannot be checked before it is whole: its size (header included), and
-        # its bytes so far, one bytes object per read.
-        self._wanted = 0
-        self._parts: list[bytes] = []
-        self._parts_size = 0
+        # The large frame being received in place (see receive_buffer), or None.
+        self.large_frame: _LargeFrame | None = None
         self._discard = False  # ignore incoming bytes: after a close frame or a failure
         # The message being received, if it has more than one frame or is compressed.
         self._msg_opcode = 0  # 0 when no message is in progress
@@ -207,21 +205,18 @@ class Connection:
         """Feed bytes received from the network."""
         if self._discard or not data:
             return
-        buffer = self._buffer
-        if self._wanted:
-            # The rest of a frame known to be incomplete (see _parse): collect the reads and
-            # join them once, rather than grow a buffer read after read.
-            parts = self._parts
-            parts.append(data)
-            self._parts_size += len(data)
-            if self._parts_size < self._wanted:
+        large = self.large_frame
+        if large is not None:
+            # The rest of a large frame's payload: straight into it.
+            filled = large.filled
+            n = min(len(data), large.size - filled)
+            large.view[filled : filled + n] = data if n == len(data) else memoryview(data)[:n]
+            if not self._receive_large(large, n) or n == len(data):
                 return
-            data = b"".join(parts)
-            parts.clear()
-            self._parts_size = 0
-            self._wanted = 0
-            source: bytes | bytearray = data
-        elif buffer:
+            data = data[n:]  # the frames after it
+        buffer = self._buffer
+        source: bytes | bytearray
+        if buffer:
             buffer += data
             source = buffer
         else:
@@ -234,12 +229,7 @@ class Connection:
         except Exception as exc:  # a bug: fail with 1011 rather than crash the I/O layer
             self._fail_receiving(exc)
             return
-        if self._wanted:  # what is left is the start of a large frame
-            self._parts.append(bytes(memoryview(source)[pos:]))
-            self._parts_size = len(source) - pos
-            if source is buffer:
-                buffer.clear()
-        elif source is buffer:
+        if source is buffer:
             del buffer[:pos]
         elif pos < len(data):
             buffer += memoryview(data)[pos:]
@@ -305,12 +295,13 @@ class Connection:
                 start += 4
             end = start + length
             if end > end_of_data:
+                if length > _LARGE_FRAME and start <= end_of_data:
+                    # A frame arriving in dozens of reads: receive it in place, not by parsing
+                    # a growing buffer again at each read.
+                    self._start_large(buf, opcode, fin, rsv1, start, end, end_of_data)
+                    return end_of_data
                 if opcode != _BINARY and not rsv1 and length > 0:
                     self._check_partial_text(buf, opcode, start, end_of_data)
-                elif end - pos > _COLLECT_LIMIT:
-                    # Nothing to check before the frame is whole: collect the reads until then
-                    # without parsing again (a 1 MiB frame arrives in dozens of reads).
-                    self._wanted = end - pos
                 return pos
             if self._probe is not None:
                 self._probe = None  # the frame it checked is complete
@@ -420,6 +411,91 @@ class Connection:
         except UnicodeDecodeError:
             raise InvalidUTF8("invalid UTF-8 in text message") from None
         self._probe = (probe, end_of_data - start)
+
+    def _start_large(
+        self,
+        buf: bytes | bytearray,
+        opcode: int,
+        fin: int,
+        rsv1: int,
+        start: int,
+        end: int,
+        end_of_data: int,
+    ) -> None:
+        """Start receiving a large data frame in place; its header is valid and within limits."""
+        size = end - start
+        try:
+            payload = new_payload(size)
+        except MemoryError:
+            raise MessageTooBig(f"cannot reserve {size} bytes for a frame's payload") from None
+        large = _LargeFrame(opcode, fin, rsv1, payload)
+        if self._is_server:
+            large.mask = bytes(buf[start - 4 : start])
+        if not rsv1:
+            # Uncompressed text fails on its first invalid byte (see _check_partial_text).
+            if opcode == _TEXT:
+                large.probe = _Utf8Decoder()
+            elif opcode == _CONT and self._msg_opcode == _TEXT and not self._msg_compressed:
+                large.probe = _Utf8Decoder()
+                if self._decoder is not None:
+                    large.probe.setstate(self._decoder.getstate())
+        self._probe = None
+        self.large_frame = large
+        n = end_of_data - start
+        if n:
+            large.view[:n] = memoryview(buf)[start:end_of_data]
+            self._receive_large(large, n, raising=True)
+
+    def receive_buffer(self) -> memoryview | None:
+        """Where the next bytes from the network may be written directly, or ``None``.
+
+        While a large frame (over 64 KiB of payload) is arriving, this is the rest of its
+        payload, and an I/O layer that can read into a buffer (``asyncio.BufferedProtocol``,
+        ``socket.recv_into``) reads there and calls :meth:`receive_into`: the payload is then
+        received without any copy. Reads never go past the frame, so what follows arrives through
+        :meth:`receive_data` as usual. The view is only valid until the next ``receive_*`` call.
+        """
+        large = self.large_frame
+        if large is None or self._discard:
+            return None
+        return large.view[large.filled :]
+
+    def receive_into(self, nbytes: int) -> None:
+        """``nbytes`` bytes were written at the start of the last :meth:`receive_buffer`."""
+        large = self.large_frame
+        if large is None or self._discard:
+            return
+        if not 0 <= nbytes <= large.size - large.filled:
+            raise ValueError(f"{nbytes} bytes do not fit the receive buffer")
+        if nbytes:
+            self._receive_large(large, nbytes)
+
+    def _receive_large(self, large: _LargeFrame, n: int, raising: bool = False) -> bool:
+        """Take ``n`` more bytes of a large frame's payload, written in place; process the frame
+        once it is whole. Return whether it is (and the connection has not failed)."""
+        start = large.filled
+        end = large.filled = start + n
+        try:
+            if large.mask is not None:
+                mask_inplace(large.view, start, end, large.mask)
+            if large.probe is not None:
+                try:
+                    large.probe.decode(large.view[start:end], False)
+                except UnicodeDecodeError:
+                    raise InvalidUTF8("invalid UTF-8 in text message") from None
+            if end < large.size:
+                return False
+            self.large_frame = None
+            large.view.release()
+            payload = take_payload(large.payload)
+            self._receive_data_frame(large.opcode, large.fin, large.rsv1, payload)
+        except Exception as exc:
+            self.large_frame = None
+            if raising:
+                raise  # inside _parse, which fails the connection
+            self._fail_receiving(exc)
+            return False
+        return True
 
     def _receive_data_frame(self, opcode: int, fin: int, rsv1: int, payload: bytes) -> None:
         if opcode:
@@ -667,3 +743,21 @@ class Connection:
             header = serialize_header(fin, rsv1, opcode, length, True)
             self._output.append(header + mask + apply_mask(payload, mask))
 
+
+class _LargeFrame:
+    """A data frame too large to wait in the receive buffer, received in place: its payload is
+    a buffer of the frame's size (:func:`tether.accel.new_payload`), unmasked and checked as
+    each read lands in it, and taken as ``bytes`` once whole."""
+
+    __slots__ = ("opcode", "fin", "rsv1", "payload", "view", "size", "filled", "mask", "probe")
+
+    def __init__(self, opcode: int, fin: int, rsv1: int, payload: Any) -> None:
+        self.opcode = opcode
+        self.fin = fin
+        self.rsv1 = rsv1
+        self.payload = payload
+        self.view = memoryview(payload)
+        self.size = len(self.view)
+        self.filled = 0
+        self.mask: bytes | None = None
+        self.probe: codecs.IncrementalDecoder | None = None
