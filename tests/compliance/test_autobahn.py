@@ -13,9 +13,10 @@ case id is in the direction's allow-list below, with a one-line reason. FAILED, 
 (the 12.*/13.* cases report it when permessage-deflate was not negotiated), ERROR and the close
 verdicts FAILED / UNCLEAN / WRONG CODE / FAILED BY CLIENT always fail the test.
 
-Humans: a per-case summary is written to ``reports/autobahn-server.json`` and
-``reports/autobahn-client.json`` (wire logs included for cases that are not OK); the echo server's
-output goes to ``reports/autobahn-server-echo.log``.
+Humans: a per-case summary is written to ``reports/autobahn-{server,client}-{c,python}-{loop}.json``
+(one per direction and configuration, stamped with the commit, the accelerator and the event
+loop; wire logs included for cases that are not OK); the echo server's output goes to
+``reports/autobahn-server-echo-{c,python}-{loop}.log``.
 
 Knobs, for iterating on a few cases (the case-count check is skipped when either is set):
 ``AUTOBAHN_CASES="6.4.*,9.7.1"`` and ``AUTOBAHN_EXCLUDE="12.*,13.*"`` (comma-separated ids or
@@ -100,6 +101,29 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def _accelerator() -> str:
+    from tether.accel import IMPLEMENTATION
+
+    return IMPLEMENTATION
+
+
+def _configuration() -> str:
+    """What a run covers, for the report's name: the accelerator and the event loop."""
+    return f"{_accelerator()}-{os.environ.get('TETHER_LOOP', 'auto')}"
+
+
+def _commit() -> str | None:
+    """The commit under test (with "+dirty" for uncommitted changes), or None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty.strip() else "")
 
 
 MAX_ITEMS = 300  # per list (events, wire log) in the JSON report
@@ -190,12 +214,15 @@ def _check(
          and by_id[i].behavior_close.value == "OK"),
         key=_id_key,
     )
-    report_path = REPORTS / f"autobahn-{direction}.json"
+    report_path = REPORTS / f"autobahn-{direction}-{_configuration()}.json"
     REPORTS.mkdir(parents=True, exist_ok=True)
     report = {
         "direction": direction,
         "kosoku": importlib.metadata.version("kosoku"),
         "tether": getattr(tether, "__version__", None),
+        "commit": _commit(),
+        "accelerator": _accelerator(),
+        "loop": os.environ.get("TETHER_LOOP", "auto"),
         "elapsedSeconds": round(elapsed, 1),
         "caseCount": len(results),
         "counts": counts,
@@ -307,7 +334,7 @@ def test_autobahn_server() -> None:
     cmd = [sys.executable, "-m", "tether", "echo", "--host", HOST, "--port", str(port),
            "--max-size", str(MAX_MESSAGE_SIZE), "--ping-interval", "0"]
     REPORTS.mkdir(parents=True, exist_ok=True)
-    log = REPORTS / "autobahn-server-echo.log"
+    log = REPORTS / f"autobahn-server-echo-{_configuration()}.log"
 
     async def run() -> list[Any]:
         try:
