@@ -405,7 +405,7 @@ def _url_host(host: str) -> str:
 
 
 async def _connect(args: argparse.Namespace) -> int:
-    from .asyncio.client import connect
+    from .asyncio.client import connect, redact_uri
     from .exceptions import ConnectionClosed, HandshakeError, InvalidURI
 
     try:
@@ -425,7 +425,7 @@ async def _connect(args: argparse.Namespace) -> int:
 
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     console = _Console()
-    console.status(f"Connected to {args.url}" + (
+    console.status(f"Connected to {redact_uri(args.url)}" + (
         f" (subprotocol {ws.subprotocol})" if ws.subprotocol else ""))
     stop = asyncio.Event()
     _install_stop_signals(stop)

@@ -58,8 +58,11 @@ class TestErrors:
         async def main() -> None:
             server = await asyncio.start_server(silent, "127.0.0.1", 0)
             port = server.sockets[0].getsockname()[1]
-            with pytest.raises(TimeoutError):
-                await tether.connect(f"ws://127.0.0.1:{port}", open_timeout=3 * UNIT)
+            with pytest.raises(TimeoutError) as info:
+                await tether.connect(f"ws://bob:pa55word@127.0.0.1:{port}/x?token=SUPERSECRET",
+                                     open_timeout=3 * UNIT)
+            # Where, without the secrets: no query, no user:password.
+            assert str(info.value) == f"timed out opening ws://127.0.0.1:{port}/x"
             server.close()
 
         run(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 from typing import Any
@@ -428,6 +429,79 @@ class TestReconnect:
 
         run(main())
         assert [type(cause) for _, _, cause in calls] == [TimeoutError, TimeoutError]
+
+
+class TestSecretsStayOutOfLogs:
+    """A token in the URI (``?token=``, ``user:password@``) never reaches an error message or
+    a log line, on any path the reconnecting client takes."""
+
+    SECRET_URI = "ws://alice:pa55word@127.0.0.1:{port}/feed?token=SUPERSECRET"
+
+    def test_reconnect_log_and_causes(self, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.INFO, logger="tether")
+        calls: list[Call] = []
+        closed_port = free_port()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()
+            writer.close()
+
+        async def main() -> None:
+            server = await asyncio.start_server(silent, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            for target in [port, closed_port]:  # a timeout, then a refusal
+                with pytest.raises(RuntimeError, match="stop"):
+
+                    def on_reconnect(attempt: int, delay: float, cause: Exception) -> None:
+                        calls.append((attempt, delay, cause))
+                        if attempt == 2:
+                            raise RuntimeError("stop")
+
+                    async for _ in tether.connect(self.SECRET_URI.format(port=target),
+                                                  open_timeout=2 * UNIT,
+                                                  on_reconnect=on_reconnect, **FAST):
+                        pytest.fail("the server never answers")
+            server.close()
+            await server.wait_closed()
+
+            async def restarting(ws: tether.WebSocket) -> None:
+                await ws.close(1012, "service restart")
+
+            async with serving(restarting) as (tether_server, _):
+                uri = self.SECRET_URI.format(port=tether_server.port_number)
+                opened = 0
+                async for ws in tether.connect(uri, **FAST):  # open, closed, reconnect
+                    await drain(ws)
+                    opened += 1
+                    if opened == 2:
+                        break
+
+        run(main())
+        assert [type(cause) for _, _, cause in calls[:2]] == [TimeoutError, TimeoutError]
+        assert all(isinstance(cause, OSError) for _, _, cause in calls[2:])
+        assert caplog.text.count("event=reconnect") == 5
+        assert "code=1012" in caplog.text  # the client's own close lines
+        assert "/feed" in caplog.text  # the log still says where
+        for secret in ["SUPERSECRET", "pa55word", "alice"]:
+            assert secret not in caplog.text
+            assert all(secret not in str(cause) for _, _, cause in calls)
+
+    def test_invalid_uri_messages(self) -> None:
+        async def main() -> None:
+            for uri, proxy in [
+                ("ws://u:pa55word@127.0.0.1:99999/?token=SUPERSECRET", None),
+                ("wss://u:pa55word@127.0.0.1/?token=SUPERSECRET#frag", None),
+                ("ws://u:pa55word@127.0.0.1/?token=SUPERSECRET", "http://p:pa55word@proxy/x?y"),
+                ("ws://u:pa55word@127.0.0.1/?token=SUPERSECRET", "socks5://p:pa55word@proxy"),
+            ]:
+                with pytest.raises(tether.InvalidURI) as info:
+                    async for _ in tether.connect(uri, proxy=proxy, ssl=False, **FAST):
+                        pytest.fail("not a valid URI")
+                assert "pa55word" not in str(info.value)
+                assert "SUPERSECRET" not in str(info.value)
+                assert "127.0.0.1" in str(info.value) or "proxy" in str(info.value)
+
+        run(main())
 
 
 class TestLeavingTheLoop:

@@ -53,6 +53,7 @@ __all__ = [
     "BACKOFF_RESET_AFTER",
     "NO_RECONNECT_CODES",
     "RETRY_STATUSES",
+    "redact_uri",
 ]
 
 BACKOFF_INITIAL = 3.0
@@ -257,18 +258,27 @@ class connect:
         self.connection: ClientConnection | None = None
 
     async def _connect(self) -> ClientConnection:
-        wsuri = parse_uri(self.uri)
+        shown = redact_uri(self.uri)  # what messages and logs may say: no token, no password
+        try:
+            wsuri = parse_uri(self.uri)
+        except InvalidURI as exc:
+            raise InvalidURI(str(exc).replace(self.uri, shown)) from None
         ssl_context = self.ssl
         if wsuri.secure:
             if ssl_context is False:
-                raise InvalidURI(f"{self.uri} is wss://, which needs TLS; ssl=False refuses it")
+                raise InvalidURI(f"{shown} is wss://, which needs TLS; ssl=False refuses it")
             if ssl_context is None or ssl_context is True:
                 ssl_context = ssl_module.create_default_context()
         elif ssl_context:
-            raise InvalidURI(f"{self.uri} is ws://; use wss:// for TLS")
+            raise InvalidURI(f"{shown} is ws://; use wss:// for TLS")
         else:
             ssl_context = None
-        proxy = parse_proxy_uri(self.proxy) if self.proxy is not None else None
+        proxy = None
+        if self.proxy is not None:
+            try:
+                proxy = parse_proxy_uri(self.proxy)
+            except InvalidURI as exc:
+                raise InvalidURI(str(exc).replace(self.proxy, redact_uri(self.proxy))) from None
         protocol = ClientProtocol(
             wsuri,
             origin=self.origin,
@@ -305,7 +315,7 @@ class connect:
         try:
             connection = await asyncio.wait_for(task, self.open_timeout)
         except asyncio.TimeoutError:
-            raise TimeoutError(f"timed out opening {self.uri}") from None
+            raise TimeoutError(f"timed out opening {shown}") from None
         self.connection = connection
         return connection
 
@@ -359,9 +369,10 @@ class connect:
             retry_after = _retry_after(cause)
             if retry_after is not None:
                 delay = max(delay, min(retry_after, self.backoff_max))
-            # The URI without its query: a ?token= must never reach the log.
+            # Without query and user:password: a ?token= must never reach the log. The
+            # cause's message was built from the same redacted URI.
             logger.info("event=reconnect url=%s cause=%s delay=%.1fs attempt=%d",
-                        self.uri.partition("?")[0], _describe(cause), delay, attempt)
+                        redact_uri(self.uri), _describe(cause), delay, attempt)
             if self.on_reconnect is not None:
                 result = self.on_reconnect(attempt, delay, cause)
                 if inspect.isawaitable(result):
@@ -377,6 +388,19 @@ class connect:
     async def __aexit__(self, *exc_info: object) -> None:
         if self.connection is not None:
             await self.connection.close()
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` as error messages and logs may show it: scheme, host, port and path, without
+    the user:password, query and fragment, where tokens travel
+    (``ws://alice:pw@host:8765/feed?token=T`` → ``ws://host:8765/feed``). Works on URIs too
+    malformed to parse, since those end up in messages too."""
+    base = uri.split("?", 1)[0].split("#", 1)[0]
+    scheme, sep, rest = base.partition("://")
+    if not sep:
+        return base.rpartition("@")[2]
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def backoff_delay(
