@@ -40,9 +40,11 @@ from typing import Any
 
 import pytest
 
-kosoku = pytest.importorskip("kosoku", reason="the Autobahn suite needs kosoku (pip install kosoku)")
+# Not importorskip: a missing kosoku must fail the run, never skip compliance silently (the test
+# extra installs it).
+import kosoku
 
-import tether  # noqa: E402
+import tether
 
 pytestmark = pytest.mark.compliance
 

@@ -727,6 +727,8 @@ class WebSocket(asyncio.Protocol):
         """Close the connection: send a close frame, wait for the peer's and for the TCP
         close, at most ``close_timeout`` seconds; then abort.
 
+        ``code`` 1005 sends a close frame without a code (and then ``reason`` must be empty).
+
         Raises:
             ValueError: ``code`` is not valid on the wire or ``reason`` passes 123 bytes.
         """

@@ -741,7 +741,11 @@ class Connection:
             # §5.3: the client masks every frame with a fresh key from a strong source.
             mask = token_bytes(4)
             header = serialize_header(fin, rsv1, opcode, length, True)
-            self._output.append(header + mask + apply_mask(payload, mask))
+            if length <= _JOIN_LIMIT:
+                self._output.append(header + mask + apply_mask(payload, mask))
+            else:  # the masked copy is the only one: not joined to its header
+                self._output.append(header + mask)
+                self._output.append(apply_mask(payload, mask))
 
 
 class _LargeFrame:
