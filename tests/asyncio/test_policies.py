@@ -236,6 +236,35 @@ class TestTLS:
         run(main())
 
 
+    def test_silent_client_on_a_wss_port_is_dropped_after_open_timeout(self) -> None:
+        """A client that opens TCP and never starts TLS is dropped after ``open_timeout``
+        (the TLS handshake's bound too), not asyncio's default of 60 s."""
+        trustme = pytest.importorskip("trustme")
+        ca = trustme.CA()
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("localhost").configure_cert(server_context)
+        client_context = ssl.create_default_context()
+        ca.configure_trust(client_context)
+        open_timeout = 3 * UNIT
+
+        async def main() -> None:
+            async with tether.serve(echo, "127.0.0.1", 0, ssl=server_context,
+                                    open_timeout=open_timeout) as server:
+                port = server.port_number
+                silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                async with tether.connect(f"wss://localhost:{port}", ssl=client_context) as ws:
+                    await ws.send("still served")  # meanwhile, others get in
+                    assert await ws.recv() == "still served"
+                for reader, writer in silent:
+                    assert await asyncio.wait_for(reader.read(), 50 * UNIT) == b""  # dropped
+                    writer.close()
+                assert loop.time() - started < open_timeout + 10 * UNIT
+
+        run(main())
+
+
 class TestHeartbeat:
     def test_silent_peer_is_closed_within_interval_plus_timeout(self) -> None:
         interval, timeout = 3 * UNIT, 3 * UNIT

@@ -398,18 +398,23 @@ class Server:
         """Start listening."""
         loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
+        options: dict[str, Any] = {"ssl": self.ssl, "backlog": self.backlog}
+        if self.ssl is not None:
+            # A client that opens TCP and never finishes TLS is dropped after open_timeout
+            # too (asyncio's own default is 60 s); the WebSocket handshake then gets its own
+            # open_timeout.
+            options["ssl_handshake_timeout"] = self.open_timeout
         if self.sock is not None:
             self._server = await loop.create_server(
-                self._make_connection, sock=self.sock, ssl=self.ssl, backlog=self.backlog
+                self._make_connection, sock=self.sock, **options
             )
         else:
             self._server = await loop.create_server(
                 self._make_connection,
                 self.host,
                 self.port or 0,
-                ssl=self.ssl,
-                backlog=self.backlog,
                 reuse_port=self.reuse_port or None,
+                **options,
             )
         return self
 
