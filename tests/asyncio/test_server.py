@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 
 import pytest
@@ -145,19 +146,76 @@ class TestProcessRequest:
 
 
 class TestLimits:
-    def test_slow_handshake_is_dropped(self) -> None:
+    @staticmethod
+    async def slowloris(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A client that starts a request and never finishes it."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        return reader, writer
+
+    def test_slowloris_clients_stay_while_good_clients_connect(self) -> None:
+        """More slow clients than max_connections hold their sockets, not the capacity:
+        good clients connect meanwhile (the one past max_connections gets 503), and the
+        slow ones are dropped once open_timeout has passed."""
+        open_timeout = 10 * UNIT
+
         async def main() -> None:
-            async with serving(open_timeout=3 * UNIT) as (server, url):
-                reader, writer = await asyncio.open_connection("127.0.0.1", server.port_number)
-                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the rest
-                data = await asyncio.wait_for(reader.read(), 50 * UNIT)
-                assert data == b""  # dropped
-                writer.close()
-                async with tether.connect(url) as ws:  # others still get in
-                    await ws.send("ok")
-                    assert await ws.recv() == "ok"
+            async with serving(open_timeout=open_timeout, max_connections=2) as (server, url):
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                slow = [await self.slowloris(server.port_number) for _ in range(4)]
+                while len(server.connections) < 4:
+                    await asyncio.sleep(UNIT / 10)
+                async with tether.connect(url) as first, tether.connect(url) as second:
+                    for ws in (first, second):
+                        await ws.send("in")
+                        assert await ws.recv() == "in"
+                    with pytest.raises(tether.InvalidStatus) as info:
+                        await tether.connect(url)
+                    assert info.value.response.status == 503
+                    assert len(server.connections) >= 6  # every slow client still there
+                    assert loop.time() - started < open_timeout
+                for reader, writer in slow:
+                    assert await asyncio.wait_for(reader.read(), 50 * UNIT) == b""  # dropped
+                    writer.close()
+                assert loop.time() - started >= open_timeout * 0.9  # by the timeout
 
         run(main())
+
+    def test_past_max_pending_handshakes_the_oldest_is_dropped(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A slowloris that fills max_pending_handshakes cannot lock anyone out: each new
+        connection past the cap drops the oldest pending handshake, and a good client's
+        completes long before it would be the oldest."""
+        caplog.set_level(logging.INFO, logger="tether")
+
+        async def main() -> None:
+            async with serving(open_timeout=100 * UNIT, max_pending_handshakes=3) as (
+                server, url
+            ):
+                slow = []
+                for _ in range(3):
+                    slow.append(await self.slowloris(server.port_number))
+                    while len(server.handshakes) < len(slow):
+                        await asyncio.sleep(UNIT / 10)
+                async with tether.connect(url) as ws:
+                    await ws.send("in")
+                    assert await ws.recv() == "in"
+                reader, writer = slow[0]  # the oldest made room
+                assert await asyncio.wait_for(reader.read(), 50 * UNIT) == b""
+                writer.close()
+                for reader, writer in slow[1:]:  # the others are still waiting
+                    with pytest.raises(asyncio.TimeoutError):
+                        await asyncio.wait_for(reader.read(), UNIT)
+                    writer.close()
+
+        run(main())
+        assert "event=drop" in caplog.text and "reason=too-many-handshakes" in caplog.text
+
+    def test_max_pending_handshakes_must_be_positive(self) -> None:
+        with pytest.raises(ValueError, match="max_pending_handshakes"):
+            tether.serve(echo, "127.0.0.1", 0, max_pending_handshakes=0)
 
 
 class TestShutdown:

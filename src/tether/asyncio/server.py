@@ -10,7 +10,7 @@ Each request goes through these steps, and the first that answers ends the hands
 ====================  ======  =============================================================
 step                  answer  when
 ====================  ======  =============================================================
-capacity              503     more than ``max_connections`` connections
+capacity              503     ``max_connections`` connections are open already
 routing               404     no route for the path; an HTTP route answers plain requests
 upgrade validation    426/400 plain HTTP on a WebSocket path / a malformed upgrade
 origin                403     ``allowed_origins`` is set and the Origin is not in it
@@ -18,6 +18,12 @@ authentication        401     ``authenticate`` returns None (sync or async)
 process_request       any     the application's own hook returns a Response (sync or async)
 upgrade               101     the handler runs
 ====================  ======  =============================================================
+
+Connections still in the opening handshake do not count toward ``max_connections``: a
+slowloris holds sockets, never the capacity. They have their own cap,
+``max_pending_handshakes``; each connection past it drops the oldest pending handshake (the
+slowest client, while a good client's handshake completes in a round trip), and each is dropped
+anyway after ``open_timeout``.
 """
 
 from __future__ import annotations
@@ -39,7 +45,19 @@ from ..protocol.server import SelectSubprotocol, ServerProtocol
 from .connection import Listener, WebSocket, format_address, logger
 from .router import Router, WebSocketHandler, text_response
 
-__all__ = ["serve", "Server", "ServerConnection", "Handler", "ProcessRequest", "Authenticate"]
+__all__ = [
+    "serve",
+    "Server",
+    "ServerConnection",
+    "Handler",
+    "ProcessRequest",
+    "Authenticate",
+    "DEFAULT_MAX_PENDING_HANDSHAKES",
+]
+
+DEFAULT_MAX_PENDING_HANDSHAKES = 2048
+"""Connections a server keeps in the opening handshake at once; past it, the oldest is dropped.
+Each holds a socket and at most one partial request (``max_header_bytes``)."""
 
 Handler = WebSocketHandler
 ProcessRequest = Callable[
@@ -87,7 +105,22 @@ class ServerConnection(WebSocket):
             self.transport.abort()
             return
         server.connections.add(self)
+        handshakes = server.handshakes
+        handshakes[self] = None
+        limit = server.max_pending_handshakes
+        if limit is not None and len(handshakes) > limit:
+            next(iter(handshakes))._drop_pending(len(handshakes))
         self._open_timer = self.loop.call_later(server.open_timeout, self._open_timed_out)
+
+    def _drop_pending(self, pending: int) -> None:
+        """Make room for a new connection: this one is the oldest still in the handshake."""
+        logger.info("event=drop remote=%s reason=too-many-handshakes pending=%d",
+                    format_address(self.remote_address), pending)
+        server = self.server
+        del server.handshakes[self]
+        server.connections.discard(self)
+        if self.transport is not None:
+            self.transport.abort()
 
     def _open_timed_out(self) -> None:
         # A client that never finishes its request (slowloris) is dropped.
@@ -128,7 +161,10 @@ class ServerConnection(WebSocket):
         HTTP route took the request)."""
         server = self.server
         max_connections = server.max_connections
-        if max_connections is not None and len(server.connections) > max_connections:
+        # Only connections past their handshake count (this one is still in it).
+        if max_connections is not None and (
+            len(server.connections) - len(server.handshakes) >= max_connections
+        ):
             return text_response(503, "server at capacity; try again later",
                                  Headers([("Retry-After", "5")]))
         handler = server.route_websocket(request.path)
@@ -239,6 +275,7 @@ class ServerConnection(WebSocket):
         self._write(self.protocol.data_to_send())
         self._flush()  # the response goes out now
         if response.status == 101:
+            self.server.handshakes.pop(self, None)  # open now: counts toward max_connections
             # Kept for the connection's life as ws.request / ws.response: without their
             # lookup indexes (rebuilt on demand), an idle connection is 1 KiB smaller.
             response.headers.compact()
@@ -292,6 +329,7 @@ class ServerConnection(WebSocket):
             self._open_timer = None
         super().connection_lost(exc)
         self.server.connections.discard(self)
+        self.server.handshakes.pop(self, None)
 
     async def _run_handler(self) -> None:
         handler = self.handler
@@ -314,6 +352,9 @@ class Server:
 
     Attributes:
         connections: every connection currently open or opening.
+        handshakes: the connections still in the opening handshake (or answered with
+            something other than 101 and not closed yet), oldest first. The others in
+            ``connections`` are the ones ``max_connections`` counts.
     """
 
     def __init__(
@@ -335,6 +376,7 @@ class Server:
         max_queue: int = 32,
         write_limit: int = 65536,
         max_connections: int | None = None,
+        max_pending_handshakes: int | None = DEFAULT_MAX_PENDING_HANDSHAKES,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         open_timeout: float = 10.0,
@@ -344,6 +386,8 @@ class Server:
     ) -> None:
         if compression not in ("deflate", None):
             raise ValueError(f"unsupported compression {compression!r}: use 'deflate' or None")
+        if max_pending_handshakes is not None and max_pending_handshakes < 1:
+            raise ValueError("max_pending_handshakes must be at least 1 (or None: no cap)")
         if isinstance(handler, Router):
             self.router: Router | None = handler
             self.handler: WebSocketHandler | None = None
@@ -367,6 +411,7 @@ class Server:
         self.max_queue = max_queue
         self.write_limit = write_limit
         self.max_connections = max_connections
+        self.max_pending_handshakes = max_pending_handshakes
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.open_timeout = open_timeout
@@ -374,6 +419,7 @@ class Server:
         self.backlog = backlog
         self.reuse_port = reuse_port
         self.connections: set[ServerConnection] = set()
+        self.handshakes: dict[ServerConnection, None] = {}  # insertion order: oldest first
         self.closing = False
         self._server: asyncio.base_events.Server | None = None
         self._closed: asyncio.Event | None = None
@@ -491,8 +537,9 @@ def serve(
 
     Options: ``ssl``, ``authenticate``, ``allowed_origins``, ``process_request``,
     ``subprotocols``, ``select_subprotocol``, ``compression`` ("deflate" or None),
-    ``max_size``, ``max_queue``, ``write_limit``, ``max_connections``, ``ping_interval``,
-    ``ping_timeout``, ``open_timeout``, ``close_timeout``, ``backlog``, ``reuse_port``, ``sock``.
+    ``max_size``, ``max_queue``, ``write_limit``, ``max_connections``,
+    ``max_pending_handshakes``, ``ping_interval``, ``ping_timeout``, ``open_timeout``,
+    ``close_timeout``, ``backlog``, ``reuse_port``, ``sock``.
     """
     return Server(handler, host, port, **options)
 
