@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -42,19 +42,22 @@ def free_port() -> int:
 
 
 class ChatServer:
-    """`python -m tether chat` on 127.0.0.1:port with its history in data_dir; stop() and
-    start() again keep both, as a restart does."""
+    """`python -m tether chat` on 127.0.0.1:port with its history in data_dir, and more
+    command-line options in `options`; stop() and start() again keep both, as a restart
+    does."""
 
-    def __init__(self, port: int, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, port: int, data_dir: Path, log_path: Path,
+                 options: Sequence[str] = ()) -> None:
         self.port = port
         self.data_dir = data_dir
         self.log_path = log_path
+        self.options = list(options)
         self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "tether", "chat", "--host", "127.0.0.1",
-                "--port", str(self.port), "--data", str(self.data_dir)]
+                "--port", str(self.port), "--data", str(self.data_dir), *self.options]
 
     def start(self) -> None:
         assert self.process is None, "already running"
@@ -161,15 +164,20 @@ class Pages:
         return page
 
     def open_chat(self, server: ChatServer, name: str, room: str = "general",
-                  width: int = 800, height: int = 600) -> Page:
-        """A page at the chat, signed in as `name`, online in `room`."""
+                  width: int = 800, height: int = 600, *, path: str = "/",
+                  token: str | None = None, shown_as: str | None = None) -> Page:
+        """A page at `path` of the chat, signed in as `name` (with `token` typed in the name
+        dialog), online in `room`, listed as `shown_as` (default: `name`)."""
         page = self.new_page(width, height)
-        page.goto(f"{server.url}/#{room}")
+        page.goto(f"{server.url}{path}#{room}")
         page.get_by_test_id("name-input").fill(name)
+        if token is not None:
+            page.get_by_test_id("token-input").fill(token)
         page.get_by_test_id("name-submit").click()
         expect(page.get_by_test_id("state")).to_have_attribute("data-state", "online")
         expect(page.get_by_test_id("room-title")).to_have_text(room)
-        expect(page.locator(f"[data-testid=member][data-name='{name}']")).to_have_count(1)
+        member = shown_as or name
+        expect(page.locator(f"[data-testid=member][data-name='{member}']")).to_have_count(1)
         return page
 
     def close(self) -> None:

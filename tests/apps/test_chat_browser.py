@@ -230,6 +230,74 @@ def test_page_from_another_origin_cannot_open_the_socket(
     assert upgrade_status(chat_server.port, f"http://localhost:{chat_server.port}") == 101
 
 
+TOKEN = "s3cret-T0ken"
+CAROL_TOKEN = "c4rol-t0ken"
+
+
+@pytest.fixture
+def token_server(tmp_path: Path) -> Iterator[ChatServer]:
+    """`tether chat --token TOKEN --token-file FILE`, the file naming CAROL_TOKEN's holder."""
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(f"# TOKEN NAME\n{CAROL_TOKEN} carol\n")
+    server = ChatServer(free_port(), tmp_path / "data", tmp_path / "server.log",
+                        ["--token", TOKEN, "--token-file", str(tokens)])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_chat_with_a_token(token_server: ChatServer, pages: Pages) -> None:
+    socket_urls: list[str] = []
+    # alice: the token in the page's query string; it leaves the address bar at once.
+    alice = pages.open_chat(token_server, "alice", path=f"/?token={TOKEN}")
+    alice.on("websocket", lambda ws: socket_urls.append(ws.url))
+    assert alice.url == f"{token_server.url}/#general"
+    # bob: the token typed in the name dialog.
+    bob = pages.open_chat(token_server, "bob", token=TOKEN)
+    # carol: her own token in the fragment (never sent to the server with the page); the
+    # token file names her, so the name she picks is not the one others see.
+    carol = pages.new_page()
+    carol.goto(f"{token_server.url}/#general&token={CAROL_TOKEN}")
+    carol.get_by_test_id("name-input").fill("mallory")
+    carol.get_by_test_id("name-submit").click()
+    expect_state(carol, "online")
+    assert carol.url == f"{token_server.url}/#general"
+    expect(carol.get_by_test_id("my-name")).to_have_text("carol")
+    for page in (alice, bob, carol):
+        expect_members(page, "alice", "bob", "carol")
+
+    send(alice, "hello with a token")
+    send(carol, "hi, carol here")
+    for page in (alice, bob, carol):
+        expect(page.get_by_test_id("message")).to_have_count(2)
+        assert messages(page) == [(1, "alice", "hello with a token"), (2, "carol", "hi, carol here")]
+    expect(carol.locator("[data-testid=message][data-seq='2']")).to_have_class("message mine")
+    expect(bob.locator("[data-testid=message][data-seq='2']")).to_have_class("message")
+
+    # eve has no token: refused (401), never online, never a member.
+    eve = pages.new_page()
+    eve.goto(f"{token_server.url}/#general")
+    eve.get_by_test_id("name-input").fill("eve")
+    eve.get_by_test_id("name-submit").click()
+    expect_state(eve, "reconnecting")
+    eve.wait_for_timeout(1500)
+    expect_state(eve, "reconnecting")
+    expect_members(alice, "alice", "bob", "carol")
+
+    # The token is remembered: a reload goes straight back online, as alice.
+    alice.reload()
+    expect_state(alice, "online")
+    expect(alice.get_by_test_id("name-dialog")).not_to_be_visible()
+    expect(alice.get_by_test_id("message")).to_have_count(2)
+    assert socket_urls and all(f"token={TOKEN}" in url for url in socket_urls), socket_urls
+
+    log = token_server.log_path.read_text(errors="replace")
+    assert "status=401" in log
+    assert TOKEN not in log and CAROL_TOKEN not in log, "a token reached the server's log"
+
+
 def test_rooms_unread_and_remembered(chat_server: ChatServer, pages: Pages) -> None:
     alice = pages.open_chat(chat_server, "alice")
     bob = pages.open_chat(chat_server, "bob")
@@ -442,8 +510,9 @@ def test_tether_js_resume_logic(chat_server: ChatServer, pages: Pages) -> None:
     assert out["messages"] == ["e1:1", "e1:2", "e1:3", "e1:4", "e1:5", "e1:6", "e2:1", "e2:31"]
     assert [(s["resumed"], s["reset"]) for s in out["subscribed"]] == [
         (False, False), (True, False), (False, True), (True, False)]
-    assert out["gaps"] == [{"topic": "room", "from": 2, "to": 30},
-                           {"topic": "room", "from": 32, "to": 35}]
+    # The gap notice (32-35) is not a loss yet: the replay it asks for may fill it (see
+    # test_tether_js.py); the socket dropped before, and the resume asks again.
+    assert out["gaps"] == [{"topic": "room", "from": 2, "to": 30}]
     assert out["afterGapFrame"] == {"type": "subscribe", "topic": "room", "since": 31,
                                     "epoch": "e2"}
     assert out["errors"] == ["too_big"]

@@ -143,6 +143,9 @@ class TestChatSocket:
             async with tether.serve(make_router(hub, static), "127.0.0.1", 0) as server:
                 url = f"ws://127.0.0.1:{server.port_number}/ws?name=%20Alice%0A"
                 async with tether.connect(url) as ws:
+                    [welcome] = await frames(ws, 1)
+                    assert welcome["type"] == "direct" and welcome["sender"] is None
+                    assert welcome["data"] == {"chat": "welcome", "name": "Alice"}
                     await ws.send(json.dumps({"type": "subscribe", "topic": "general"}))
                     subscribed, presence = await frames(ws, 2)
                     assert subscribed["type"] == "subscribed"
@@ -167,9 +170,38 @@ class TestChatSocket:
                 with pytest.raises(tether.InvalidStatus):
                     await tether.connect(base + "?name=mallory")
                 async with tether.connect(base + "?token=s3cret&name=mallory") as ws:
+                    [welcome] = await frames(ws, 1)
+                    assert welcome["data"] == {"chat": "welcome", "name": "carol"}
                     await ws.send(json.dumps({"type": "subscribe", "topic": "t"}))
                     _, presence = await frames(ws, 2)
                     assert presence["members"] == ["carol"]
+            await hub.close()
+
+        run(main())
+
+    def test_picked_name_with_a_token_without_one(self, static: Path, tmp_path: Path) -> None:
+        """`--token` and token-file lines without NAME: the token lets the user in, and the
+        name is the one picked on the page (?name=)."""
+        tokens = tmp_path / "tokens"
+        tokens.write_text("t-named dave\nt-bare\n")
+        from_file = tether.TokenAuth.from_file(tokens)
+        bare = tether.TokenAuth(["s3cret"])
+
+        async def main() -> None:
+            hub = Hub()
+            router = make_router(hub, static)
+            async with tether.serve(router, "127.0.0.1", 0,
+                                    authenticate=lambda r: from_file(r) or bare(r)) as server:
+                base = f"ws://127.0.0.1:{server.port_number}/ws?name=alice"
+                for token, name in [("s3cret", "alice"), ("t-bare", "alice"),
+                                    ("t-named", "dave")]:
+                    async with tether.connect(base, subprotocols=[f"bearer.{token}"]) as ws:
+                        assert ws.subprotocol is None  # offered, never selected
+                        [welcome] = await frames(ws, 1)
+                        assert welcome["data"]["name"] == name, token
+                        await ws.send(json.dumps({"type": "subscribe", "topic": "t"}))
+                        _, presence = await frames(ws, 2)
+                        assert presence["members"] == [name]
             await hub.close()
 
         run(main())
@@ -180,7 +212,7 @@ class TestChatSocket:
             async with tether.serve(make_router(hub, static), "127.0.0.1", 0) as server:
                 async with tether.connect(f"ws://127.0.0.1:{server.port_number}/ws") as ws:
                     await ws.send(json.dumps({"type": "subscribe", "topic": "t"}))
-                    _, presence = await frames(ws, 2)
+                    _, _, presence = await frames(ws, 3)
                     assert presence["members"] == ["anonymous"]
             await hub.close()
 

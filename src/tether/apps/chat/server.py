@@ -1,23 +1,34 @@
 """The chat server: the hub's protocol at ``/ws``, the page at ``/``, ``tether.js`` and the
 other files of the static folder.
 
-The member's name is the authenticated principal (``ws.user``) when the server authenticates,
-else the ``name`` query parameter (``/ws?name=alice``); either way it is sanitised: control
-characters removed, stripped, at most 32 characters, ``anonymous`` when empty.
+The member's name is the authenticated principal (``ws.user``) when the server authenticates
+with named tokens (a ``TokenAuth`` mapping, or ``TOKEN NAME`` lines of a token file), else the
+``name`` query parameter (``/ws?name=alice``): the name the user picked. A token given without a
+name ("token-1", see :func:`~tether.auth.is_generated_principal`) lets its holder in and says
+nothing about who they are. Either way the name is sanitised: control characters removed,
+stripped, at most 32 characters, ``anonymous`` when empty.
+
+The first frame on the socket tells the page the name it got, as the hub protocol's ``direct``
+frame: ``{"type": "direct", "data": {"chat": "welcome", "name": "carol"}, "sender": null,
+"time": …}``.
 """
 
 from __future__ import annotations
 
+import time
 import unicodedata
 from pathlib import Path
 
 from ...asyncio.connection import WebSocket
 from ...asyncio.router import Router, text_response
 from ...asyncio.server import ServerConnection
+from ...auth import is_generated_principal
 from ...hub import Backend, BackendUnavailable, Hub, MemoryBackend
+from ...hub.protocol import dumps
 from ...protocol.http11 import Headers, Request, Response
 
-__all__ = ["make_router", "open_chat_backend", "member_name", "STATIC_DIR", "MAX_NAME"]
+__all__ = ["make_router", "open_chat_backend", "member_name", "chat_member", "STATIC_DIR",
+           "MAX_NAME"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 """The page, tether.js and their assets."""
@@ -43,6 +54,16 @@ def member_name(raw: object) -> str:
     )
     text = text.strip()[:MAX_NAME].strip()
     return text or DEFAULT_NAME
+
+
+def chat_member(ws: WebSocket) -> str:
+    """The member name of a chat connection: its named principal, else the name it picked
+    (``?name=``), sanitised by :func:`member_name`."""
+    user = ws.user if isinstance(ws, ServerConnection) else None
+    if user is not None and not is_generated_principal(user):
+        return member_name(user)
+    names = ws.request.query_params.get("name") if ws.request is not None else None
+    return member_name(names[0] if names else None)
 
 
 def open_chat_backend(data_dir: Path | None) -> Backend:
@@ -83,13 +104,10 @@ def make_router(hub: Hub, static_dir: Path | None = None) -> Router:
 
     @router.websocket("/ws")
     async def chat(ws: WebSocket) -> None:
-        raw: object = None
-        if isinstance(ws, ServerConnection) and ws.user is not None:
-            raw = ws.user
-        elif ws.request is not None:
-            names = ws.request.query_params.get("name")
-            raw = names[0] if names else None
-        await hub.serve(ws, member_name(raw))
+        name = chat_member(ws)
+        await ws.send(dumps({"type": "direct", "data": {"chat": "welcome", "name": name},
+                             "sender": None, "time": int(time.time() * 1000)}))
+        await hub.serve(ws, name)
 
     @router.http("/ws")
     def upgrade_required(request: Request) -> Response:

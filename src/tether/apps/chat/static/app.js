@@ -1,13 +1,21 @@
 // The chat page: rooms are hub topics, the member list is the topic's presence, and
 // TetherClient (tether.js) does the reconnecting and the resuming. Everything users type is
 // put on the page with textContent, never as HTML.
+//
+// A server started with --token needs a token: from the page's URL (?token=… or #token=…,
+// removed from the address bar at once) or the name dialog's field; it is remembered in this
+// browser like the name. The name shown is the server's: the one picked here, unless the
+// server's token file names the token's holder.
 
 import { TetherClient, isValidTopic } from "./tether.js";
 
 const DEFAULT_ROOMS = ["general", "random", "help"];
 const MAX_KEPT = 500;              // messages kept per room
 const MAX_CUSTOM_ROOMS = 20;
-const KEYS = { name: "tether.chat.name", room: "tether.chat.room", rooms: "tether.chat.rooms" };
+const KEYS = {
+  name: "tether.chat.name", room: "tether.chat.room", rooms: "tether.chat.rooms",
+  token: "tether.chat.token",
+};
 const STATE_TEXT = {
   connecting: "connecting…",
   online: "online",
@@ -32,6 +40,7 @@ const ui = {
   nameDialog: $("name-dialog"),
   nameForm: $("name-form"),
   nameInput: $("name-input"),
+  tokenInput: $("token-input"),
 };
 
 const storage = {
@@ -41,9 +50,37 @@ const storage = {
   set(key, value) {
     try { localStorage.setItem(key, value); } catch { /* private mode: not remembered */ }
   },
+  remove(key) {
+    try { localStorage.removeItem(key); } catch { /* nothing to forget */ }
+  },
 };
 
-let me = (storage.get(KEYS.name) || "").trim();
+/** A token in the page's URL (?token=… or #token=…), taken out of the address bar. */
+function takeTokenFromUrl() {
+  const url = new URL(location.href);
+  const fromQuery = url.searchParams.get("token");
+  url.searchParams.delete("token");
+  let fromHash = null;
+  const parts = url.hash.slice(1).split("&"); // "#token=…", or "#room&token=…"
+  const tokenPart = parts.find((part) => part.startsWith("token="));
+  if (tokenPart !== undefined) {
+    try {
+      fromHash = decodeURIComponent(tokenPart.slice("token=".length).replace(/\+/g, " "));
+    } catch {
+      fromHash = ""; // a malformed %-escape: not a token we can use
+    }
+    url.hash = parts.filter((part) => part !== tokenPart).join("&");
+  }
+  const found = fromHash || fromQuery;
+  if (fromQuery !== null || fromHash !== null) history.replaceState(null, "", url.toString());
+  return found ? found.trim() : null;
+}
+
+const tokenInUrl = takeTokenFromUrl();
+if (tokenInUrl) storage.set(KEYS.token, tokenInUrl);
+let token = tokenInUrl || storage.get(KEYS.token) || "";
+let picked = (storage.get(KEYS.name) || "").trim();  // the name chosen on this page
+let me = picked;                                      // the name the server gave us
 let client = null;
 let current = null;             // the room on screen
 const rooms = new Map();        // name -> {messages, seqs, pending, members, unread}
@@ -291,7 +328,8 @@ function showState(state, delay) {
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   client = new TetherClient(`${scheme}://${location.host}/ws`, {
-    name: me,
+    name: picked,
+    token: token || undefined,
     backoff: { initial: 500, max: 10000 },
   });
   showState(client.state);
@@ -334,6 +372,16 @@ function connect() {
     if (topic === current) renderMembers();
   });
 
+  client.addEventListener("direct", (event) => {
+    const data = event.detail.data;
+    if (!data || data.chat !== "welcome" || typeof data.name !== "string") return;
+    if (data.name === me) return;
+    me = data.name; // the server's token file names us
+    ui.myName.textContent = me;
+    renderMessages();
+    renderMembers();
+  });
+
   client.addEventListener("error", (event) => {
     if (event.detail.source === "server") console.warn("tether chat:", event.detail);
   });
@@ -366,7 +414,8 @@ function send(text) {
 // ---- the name ---------------------------------------------------------------------------
 
 function askName(canCancel) {
-  ui.nameInput.value = me;
+  ui.nameInput.value = picked;
+  ui.tokenInput.value = token;
   ui.nameDialog.dataset.cancelable = canCancel ? "yes" : "no";
   ui.nameDialog.showModal();
   ui.nameInput.focus();
@@ -382,9 +431,13 @@ ui.nameForm.addEventListener("submit", (event) => {
     event.preventDefault();
     return;
   }
-  const changed = client !== null && name !== me;
-  me = name;
+  const newToken = ui.tokenInput.value.trim();
+  const changed = client !== null && (name !== picked || newToken !== token);
+  picked = me = name;
+  token = newToken;
   storage.set(KEYS.name, name);
+  if (token) storage.set(KEYS.token, token);
+  else storage.remove(KEYS.token);
   if (changed) {
     location.reload(); // a new name is a new member: start afresh
   } else if (client === null) {
@@ -443,5 +496,5 @@ function start() {
   ui.messageInput.focus();
 }
 
-if (me) start();
+if (picked) start();
 else askName(false);

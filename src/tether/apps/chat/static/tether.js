@@ -13,6 +13,7 @@
  * const scheme = location.protocol === "https:" ? "wss" : "ws";
  * const client = new TetherClient(`${scheme}://${location.host}/ws`, {
  *   name: "alice",                        // sent as ?name=alice
+ *   token: "s3cret",                      // sent as ?token=…, or tokenIn: "subprotocol"
  *   backoff: { initial: 500, max: 15000 } // milliseconds
  * });
  * client.addEventListener("statechange", (e) => console.log(e.detail.state));
@@ -35,16 +36,30 @@
  *   the subscription continued from a known seq; `reset` when the server's history for the
  *   topic was reset (new epoch): seqs start over and what follows is new.
  * - "presence" {topic, members, joined, left}.
- * - "gap" {topic, from, to}: messages from..to (inclusive) are lost to this client (too old
- *   for the server's history, or skipped for a slow client).
+ * - "gap" {topic, from, to}: messages from..to (inclusive) are lost to this client: too old
+ *   for the server's history when it resumed. (Messages the server skipped for a slow client
+ *   come back from the history first: only those it no longer has make a "gap".)
+ * - "direct" {data, sender, time}: a message from the server to this connection alone.
  * - "error" {source: "socket"} for the browser WebSocket's error event, or
  *   {source: "server", code, message, id} for an `error` frame from the hub.
  *
  * Delivery: a publish that was sent but not yet acknowledged when the connection dropped is
- * sent again after the reconnect (at least once); such a message can, rarely, appear twice.
+ * sent again after the reconnect, with the same id; the hub answers the repeat with its first
+ * ack rather than storing it twice (docs/hub-protocol.md, "Resending a publish").
+ *
+ * Slow-subscriber "drop" policy: after the hub's `gap` notice the client asks for the topic
+ * again from the last seq it has, holds the live messages that arrive meanwhile, and emits
+ * them with the replay, in seq order, each once.
+ *
+ * The token never appears in what the client emits (`this.url`, the "open" event, errors).
+ * Sent as a query parameter it is part of the URL the browser opens, so the browser's own
+ * console may show it on a failed attempt; as a subprotocol it is not.
  */
 
 const TOPIC_PATTERN = /^[A-Za-z0-9\-_.:/]{1,128}$/;
+// RFC 7230 token characters: what a subprotocol may hold.
+const SUBPROTOCOL_PATTERN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const TOKEN_SUBPROTOCOL_PREFIX = "bearer.";
 
 /** Whether `topic` is a valid hub topic name (1-128 letters, digits, `-_.:/`). */
 export function isValidTopic(topic) {
@@ -65,6 +80,10 @@ export class TetherClient extends EventTarget {
    * @param {string} url ws:// or wss:// URL, or a path such as "/ws" (same host as the page).
    * @param {object} [options]
    * @param {string} [options.name] member name, sent as the `name` query parameter.
+   * @param {string} [options.token] a bearer token for a server that requires one.
+   * @param {"query"|"subprotocol"} [options.tokenIn] how the token is sent: as the `token`
+   *   query parameter (default), or offered as the subprotocol `bearer.TOKEN` (which the
+   *   server never selects; the token must then be made of RFC 7230 token characters).
    * @param {string|string[]} [options.protocols] WebSocket subprotocols.
    * @param {{initial?: number, max?: number}} [options.backoff] reconnect delays in ms:
    *   attempt n waits a random time in [0, min(max, initial * 2^n)] (full jitter).
@@ -74,25 +93,39 @@ export class TetherClient extends EventTarget {
    *   connection (default 25000; 0 turns them off).
    * @param {number} [options.pingTimeout] ms of silence after a ping before the connection is
    *   given up and reopened (default 10000).
+   * @param {number} [options.recoverTimeout] ms to wait for the replay that fills a `gap`
+   *   notice before the connection is given up and reopened (default 10000).
+   * @throws {TetherError} "bad_token": tokenIn is "subprotocol" and the token cannot be one.
    */
   constructor(url, options = {}) {
     super();
-    this.url = buildUrl(url, options.name);
+    this.url = buildUrl(url, options.name);  // never holds the token
     this.name = options.name ?? null;
+    this.tokenIn = options.tokenIn ?? "query";
+    if (this.tokenIn !== "query" && this.tokenIn !== "subprotocol") {
+      throw new TetherError("bad_option", 'tokenIn is "query" or "subprotocol"');
+    }
+    if (options.token && this.tokenIn === "subprotocol"
+        && !SUBPROTOCOL_PATTERN.test(options.token)) {
+      throw new TetherError("bad_token", "this token cannot be sent as a subprotocol");
+    }
+    // Kept out of the object's enumerable properties, so that logging the client shows none.
+    Object.defineProperty(this, "token", { value: options.token || null, enumerable: false });
     this.protocols = options.protocols;
     this.backoff = { initial: 500, max: 15000, ...(options.backoff || {}) };
     this.queueLimit = options.queueLimit ?? 100;
     this.openTimeout = options.openTimeout ?? 10000;
     this.pingInterval = options.pingInterval ?? 25000;
     this.pingTimeout = options.pingTimeout ?? 10000;
+    this.recoverTimeout = options.recoverTimeout ?? 10000;
 
     this.state = "connecting";
     this.socket = null;
     this.attempt = 0;           // failed attempts since the last successful open
-    this.topics = new Map();    // topic -> {since, epoch}
+    this.topics = new Map();    // topic -> {since, epoch, recovery}
     this.pending = new Map();   // publish id -> {frame, resolve, reject, sent}
     this.nextId = 1;
-    this.idPrefix = Math.random().toString(36).slice(2, 8);
+    this.idPrefix = randomId(); // makes this client's publish ids its own (idempotent resend)
     this.retryTimer = null;
     this.openTimer = null;
     this.pingTimer = null;
@@ -110,13 +143,16 @@ export class TetherClient extends EventTarget {
   subscribe(topic) {
     if (!isValidTopic(topic)) throw new TetherError("bad_topic", `invalid topic ${topic}`);
     if (this.topics.has(topic)) return;
-    this.topics.set(topic, { since: null, epoch: null });
+    this.topics.set(topic, { since: null, epoch: null, recovery: null });
     if (this.state === "online") this.sendSubscribe(topic);
   }
 
   /** Leave `topic`; its queued publishes are rejected. */
   unsubscribe(topic) {
-    if (!this.topics.delete(topic)) return;
+    const entry = this.topics.get(topic);
+    if (!entry) return;
+    this.endRecovery(entry);
+    this.topics.delete(topic);
     if (this.state === "online") this.send({ type: "unsubscribe", topic });
     for (const [id, entry] of this.pending) {
       if (entry.frame.topic === topic && !entry.sent) {
@@ -182,10 +218,10 @@ export class TetherClient extends EventTarget {
     // The state stays "connecting" until the first open, then "reconnecting" between opens.
     let socket;
     try {
-      socket = new WebSocket(this.url, this.protocols);
+      socket = new WebSocket(this.socketUrl(), this.socketProtocols());
     } catch (error) {
       // A malformed URL: retrying will not help, but keep the same path as any failure.
-      this.emit("error", { source: "socket", message: String(error) });
+      this.emit("error", { source: "socket", message: this.redact(String(error)) });
       this.scheduleReconnect();
       return;
     }
@@ -237,6 +273,34 @@ export class TetherClient extends EventTarget {
     }
     // Whatever was sent and not acknowledged goes again on the next connection.
     for (const entry of this.pending.values()) entry.sent = false;
+    // Held messages are dropped: the resume on the next connection asks for them again.
+    for (const topic of this.topics.values()) this.endRecovery(topic);
+  }
+
+  /** The URL to open: `this.url` with the token when it goes in the query. */
+  socketUrl() {
+    if (!this.token || this.tokenIn !== "query") return this.url;
+    const url = new URL(this.url);
+    url.searchParams.set("token", this.token);
+    return url.toString();
+  }
+
+  /** The subprotocols to offer: the application's, then the token's when it goes there. */
+  socketProtocols() {
+    if (!this.token || this.tokenIn !== "subprotocol") return this.protocols;
+    const offered = this.protocols === undefined ? [] : [].concat(this.protocols);
+    return [...offered, TOKEN_SUBPROTOCOL_PREFIX + this.token];
+  }
+
+  /** `text` without the token, for what the client emits. */
+  redact(text) {
+    if (!this.token) return text;
+    let result = text;
+    for (const form of new Set([this.token, encodeURIComponent(this.token),
+      new URLSearchParams({ t: this.token }).toString().slice(2)])) {
+      result = result.split(form).join("***");
+    }
+    return result;
   }
 
   scheduleReconnect() {
@@ -311,6 +375,9 @@ export class TetherClient extends EventTarget {
       case "ack": return this.onAck(frame);
       case "error": return this.onError(frame);
       case "gap": return this.onGap(frame);
+      case "direct": return this.emit("direct", {
+        data: frame.data, sender: frame.sender ?? null, time: frame.time,
+      });
       default: return; // pong and anything newer
     }
   }
@@ -320,6 +387,8 @@ export class TetherClient extends EventTarget {
     if (!topic) return;
     const resumed = topic.since !== null && topic.epoch === frame.epoch;
     const reset = topic.epoch !== null && topic.epoch !== frame.epoch;
+    const recovery = topic.recovery;
+    if (recovery && !resumed) this.finishRecovery(frame.topic, topic); // another life: as is
     if (!resumed) {
       // Fresh start (first join or a new epoch): everything that follows is new. With no
       // replay, the next message is the one after the topic's latest seq.
@@ -330,6 +399,14 @@ export class TetherClient extends EventTarget {
       topic: frame.topic, epoch: frame.epoch, seq: frame.seq, replayed: frame.replayed,
       gap: Boolean(frame.gap), first: frame.first, resumed, reset,
     });
+    if (recovery && resumed) {
+      // The replay that fills a gap notice: the next `replayed` messages of the topic. The
+      // held ones and the replay go out together, in order, once it is complete.
+      recovery.replayLeft = typeof frame.replayed === "number" ? frame.replayed : 0;
+      recovery.last = frame.seq;
+      if (recovery.replayLeft === 0) this.finishRecovery(frame.topic, topic);
+      return;
+    }
     if (frame.gap && resumed) {
       const to = typeof frame.first === "number" ? frame.first - 1 : frame.seq;
       if (to > topic.since) this.emit("gap", { topic: frame.topic, from: topic.since + 1, to });
@@ -340,7 +417,9 @@ export class TetherClient extends EventTarget {
     const topic = this.topics.get(frame.topic);
     if (!topic || typeof frame.seq !== "number") return;
     if (topic.epoch !== null && frame.epoch !== undefined && frame.epoch !== topic.epoch) {
-      // The history was reset while we were subscribed: seqs start over.
+      // The history was reset while we were subscribed: seqs start over. What a recovery
+      // held belongs to the old life: out it goes first.
+      this.finishRecovery(frame.topic, topic);
       topic.epoch = frame.epoch;
       topic.since = 0;
       this.emit("subscribed", {
@@ -348,10 +427,24 @@ export class TetherClient extends EventTarget {
         first: undefined, resumed: false, reset: true,
       });
     }
+    const recovery = topic.recovery;
+    if (recovery) {
+      // Waiting for the replay after a gap notice: hold everything, in seq order.
+      if (topic.since === null || frame.seq > topic.since) recovery.held.set(frame.seq, frame);
+      if (recovery.replayLeft !== null && --recovery.replayLeft <= 0) {
+        this.finishRecovery(frame.topic, topic);
+      }
+      return;
+    }
+    this.deliver(frame.topic, topic, frame);
+  }
+
+  /** Emit a topic message unless its seq was seen already. */
+  deliver(name, topic, frame) {
     if (topic.since !== null && frame.seq <= topic.since) return; // already seen
     topic.since = frame.seq;
     this.emit("message", {
-      topic: frame.topic, seq: frame.seq, epoch: frame.epoch, data: frame.data,
+      topic: name, seq: frame.seq, epoch: frame.epoch, data: frame.data,
       sender: frame.sender ?? null, time: frame.time,
     });
   }
@@ -379,10 +472,49 @@ export class TetherClient extends EventTarget {
   }
 
   onGap(frame) {
-    if (!this.topics.has(frame.topic)) return;
-    this.emit("gap", { topic: frame.topic, from: frame.from, to: frame.to });
-    // Ask again from what we have: whatever is still in history comes back.
+    const topic = this.topics.get(frame.topic);
+    if (!topic) return;
+    // The server skipped messages for us (the "drop" policy): ask again from what we have.
+    // Whatever is still in history comes back in the replay; live messages that arrive
+    // before it are held, so that nothing is emitted out of order or lost. Only what the
+    // history no longer has becomes a "gap" event. A second notice meanwhile asks again.
+    this.endRecovery(topic);
+    const socket = this.socket;
+    topic.recovery = {
+      held: new Map(),   // seq -> message frame
+      replayLeft: null,  // replayed messages still to come, once `subscribed` says how many
+      last: null,        // the topic's latest seq when the replay was read
+      timer: setTimeout(() => {
+        // No replay: the subscribe failed or went unanswered. Reconnect and resume.
+        if (this.socket === socket && socket !== null) this.lose(socket);
+      }, this.recoverTimeout),
+    };
     this.sendSubscribe(frame.topic);
+  }
+
+  /** Emit what a recovery held, in seq order, with a "gap" for what is still missing. */
+  finishRecovery(name, topic) {
+    const recovery = topic.recovery;
+    this.endRecovery(topic);
+    if (!recovery) return;
+    const held = [...recovery.held.values()].sort((a, b) => a.seq - b.seq);
+    for (const frame of held) {
+      if (topic.since !== null && frame.seq > topic.since + 1) {
+        this.emit("gap", { topic: name, from: topic.since + 1, to: frame.seq - 1 });
+      }
+      this.deliver(name, topic, frame);
+    }
+    if (typeof recovery.last === "number" && topic.since !== null && recovery.last > topic.since) {
+      this.emit("gap", { topic: name, from: topic.since + 1, to: recovery.last });
+      topic.since = recovery.last;
+    }
+  }
+
+  /** Stop a recovery without emitting what it held. */
+  endRecovery(topic) {
+    if (!topic.recovery) return;
+    clearTimeout(topic.recovery.timer);
+    topic.recovery = null;
   }
 
   // ---- helpers ----------------------------------------------------------------------------
@@ -398,6 +530,13 @@ export class TetherClient extends EventTarget {
   emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+/** A random id for this client's publish ids: 16 hex digits from the platform's CSPRNG. */
+function randomId() {
+  const source = typeof crypto !== "undefined" && crypto.getRandomValues
+    ? crypto.getRandomValues(new Uint32Array(2)) : [Math.random() * 2 ** 32, Math.random() * 2 ** 32];
+  return Array.from(source, (n) => (n >>> 0).toString(16).padStart(8, "0")).join("");
 }
 
 /** `url` with `name` as its `name` query parameter; a path becomes same-host ws(s)://. */

@@ -1,0 +1,242 @@
+// tether.js under Node (no browser): a scripted fake WebSocket plays the hub. Run by
+// tests/apps/test_tether_js.py, which checks the JSON this prints. Usage:
+//   node tether_js_cases.mjs file:///…/tether.js
+// Each case returns what the client emitted and sent; a failure prints {"error": …} and exits 1.
+
+const [moduleUrl] = process.argv.slice(2);
+const { TetherClient, TetherError } = await import(moduleUrl);
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+class FakeSocket {
+  static OPEN = 1;
+  static all = [];
+  static failNext = null; // an Error the next constructor throws
+  constructor(url, protocols) {
+    if (FakeSocket.failNext) {
+      const error = FakeSocket.failNext;
+      FakeSocket.failNext = null;
+      throw error;
+    }
+    this.url = url;
+    this.protocols = protocols;
+    this.readyState = 0;
+    this.protocol = "";
+    this.sent = [];
+    FakeSocket.all.push(this);
+  }
+  send(text) { this.sent.push(JSON.parse(text)); }
+  close() { this.readyState = 3; }
+  open() { this.readyState = 1; this.onopen({}); }
+  receive(frame) { this.onmessage({ data: JSON.stringify(frame) }); }
+  drop() { this.readyState = 3; this.onclose({ code: 1006, reason: "", wasClean: false }); }
+}
+globalThis.WebSocket = FakeSocket;
+
+const URL_ = "ws://127.0.0.1:1/ws";
+const msg = (seq, epoch = "e1", topic = "room") =>
+  ({ type: "message", topic, epoch, seq, data: `m${seq}`, sender: "x", time: 0 });
+
+/** A client on a fresh fake socket, with everything it emits recorded. */
+function start(options = {}) {
+  const count = FakeSocket.all.length;
+  const client = new TetherClient(URL_, { pingInterval: 0, backoff: { initial: 1, max: 2 },
+    ...options });
+  const out = { messages: [], gaps: [], subscribed: [], direct: [], opens: [], errors: [] };
+  client.addEventListener("message", (e) => out.messages.push(e.detail.seq));
+  client.addEventListener("gap", (e) => out.gaps.push([e.detail.from, e.detail.to]));
+  client.addEventListener("subscribed", (e) => out.subscribed.push(e.detail));
+  client.addEventListener("direct", (e) => out.direct.push(e.detail));
+  client.addEventListener("open", (e) => out.opens.push(e.detail));
+  client.addEventListener("error", (e) => out.errors.push(e.detail));
+  const socket = FakeSocket.all[count];
+  return { client, out, socket };
+}
+
+async function nextSocket(after) {
+  for (let i = 0; i < 400; i++) {
+    const found = FakeSocket.all.slice(FakeSocket.all.indexOf(after) + 1)[0];
+    if (found) return found;
+    await sleep(5);
+  }
+  throw new Error("no new socket");
+}
+
+/** Subscribed to "room" in epoch e1 with seqs 1..3 seen. */
+function joined(options) {
+  const started = start(options);
+  const { client, socket } = started;
+  client.subscribe("room");
+  socket.open();
+  socket.receive({ type: "subscribed", topic: "room", epoch: "e1", seq: 3, replayed: 3, gap: false });
+  socket.receive({ type: "presence", topic: "room", members: ["me"] });
+  for (const seq of [1, 2, 3]) socket.receive(msg(seq));
+  return started;
+}
+
+const cases = {
+  // The drop policy: gap notice 4-6, live 7 and 8 arrive before the replay 4..8.
+  async gapFilledByTheReplay() {
+    const { client, out, socket } = joined();
+    socket.receive({ type: "gap", topic: "room", from: 4, to: 6 });
+    const resubscribe = socket.sent.at(-1);
+    socket.receive(msg(7));
+    socket.receive(msg(8));
+    const heldBack = [...out.messages];
+    socket.receive({ type: "subscribed", topic: "room", epoch: "e1", seq: 8, replayed: 5, gap: false });
+    socket.receive({ type: "presence", topic: "room", members: ["me"] });
+    for (const seq of [4, 5, 6, 7]) socket.receive(msg(seq));
+    const beforeLast = [...out.messages];
+    socket.receive(msg(8));
+    socket.receive(msg(9)); // live again
+    client.close();
+    return { resubscribe, heldBack, beforeLast, ...out };
+  },
+
+  // The history lost 4 and 5 meanwhile: the replay starts at 6.
+  async gapPartlyFilled() {
+    const { client, out, socket } = joined();
+    socket.receive({ type: "gap", topic: "room", from: 4, to: 6 });
+    socket.receive(msg(7));
+    socket.receive({ type: "subscribed", topic: "room", epoch: "e1", seq: 8, replayed: 3, gap: true, first: 6 });
+    for (const seq of [6, 7, 8]) socket.receive(msg(seq));
+    socket.receive(msg(9));
+    client.close();
+    return out;
+  },
+
+  // Nothing left in history: the held messages go out after a gap for the rest.
+  async gapNotFilled() {
+    const { client, out, socket } = joined();
+    socket.receive({ type: "gap", topic: "room", from: 4, to: 6 });
+    socket.receive(msg(7));
+    socket.receive(msg(8));
+    socket.receive({ type: "subscribed", topic: "room", epoch: "e1", seq: 10, replayed: 0, gap: true, first: 11 });
+    socket.receive(msg(11));
+    client.close();
+    return out;
+  },
+
+  // No answer to the resubscribe: the client reconnects and resumes from what it emitted.
+  async recoveryTimesOut() {
+    const { client, out, socket } = joined({ recoverTimeout: 20 });
+    socket.receive({ type: "gap", topic: "room", from: 4, to: 6 });
+    socket.receive(msg(7));
+    const next = await nextSocket(socket);
+    next.open();
+    const resume = next.sent[0];
+    next.receive({ type: "subscribed", topic: "room", epoch: "e1", seq: 7, replayed: 4, gap: false });
+    for (const seq of [4, 5, 6, 7]) next.receive(msg(seq));
+    client.close();
+    return { resume, ...out };
+  },
+
+  // A drop while holding: the held messages come back with the resume.
+  async dropWhileHolding() {
+    const { client, out, socket } = joined();
+    socket.receive({ type: "gap", topic: "room", from: 4, to: 4 });
+    socket.receive(msg(5));
+    socket.drop();
+    const next = await nextSocket(socket);
+    next.open();
+    const resume = next.sent[0];
+    next.receive({ type: "subscribed", topic: "room", epoch: "e1", seq: 5, replayed: 2, gap: false });
+    next.receive(msg(4));
+    next.receive(msg(5));
+    client.close();
+    return { resume, ...out };
+  },
+
+  // Another topic goes on while one recovers.
+  async otherTopicsAreNotHeld() {
+    const { client, out, socket } = joined();
+    client.subscribe("other");
+    socket.receive({ type: "subscribed", topic: "other", epoch: "o", seq: 0, replayed: 0, gap: false });
+    socket.receive({ type: "gap", topic: "room", from: 4, to: 4 });
+    socket.receive(msg(1, "o", "other"));
+    const whileHolding = [...out.messages];
+    client.close();
+    return { whileHolding };
+  },
+
+  // A publish not acknowledged before a drop goes again with the same id.
+  async resendKeepsTheId() {
+    const { client, socket } = joined();
+    const acked = client.publish("room", "hello");
+    const first = socket.sent.find((f) => f.type === "publish");
+    socket.drop();
+    const next = await nextSocket(socket);
+    next.open();
+    const again = next.sent.find((f) => f.type === "publish");
+    next.receive({ type: "ack", id: again.id, topic: "room", seq: 4 });
+    const ack = await acked;
+    const other = start();
+    other.client.publish("room", 1).catch(() => {});
+    const otherId = [...other.client.pending.keys()][0];
+    other.client.close();
+    client.close();
+    return { first, again, ack, otherId };
+  },
+
+  async tokenInTheQuery() {
+    const { client, out, socket } = start({ name: "zoe", token: "s3 cret&x" });
+    socket.open();
+    const result = {
+      socketUrl: socket.url, url: client.url, protocols: socket.protocols ?? null,
+      opens: out.opens, keys: Object.keys(client), json: JSON.stringify({ ...client, socket: null }),
+    };
+    client.close();
+    return result;
+  },
+
+  async tokenAsASubprotocol() {
+    const { client, out, socket } = start({ token: "s3cret", tokenIn: "subprotocol", protocols: "chat" });
+    socket.open();
+    const result = { socketUrl: socket.url, protocols: socket.protocols, opens: out.opens };
+    client.close();
+    const refused = [];
+    for (const options of [{ token: "no spaces", tokenIn: "subprotocol" }, { tokenIn: "header" }]) {
+      try {
+        new TetherClient(URL_, options).close();
+        refused.push("accepted");
+      } catch (error) {
+        refused.push(error instanceof TetherError ? error.code : String(error));
+      }
+    }
+    return { ...result, refused };
+  },
+
+  async errorsDoNotShowTheToken() {
+    const { client, out, socket } = start({ token: "s3cret/" });
+    socket.open();
+    // The reconnect's WebSocket constructor throws, naming the URL it was given.
+    FakeSocket.failNext = new SyntaxError(`The URL '${URL_}?token=s3cret%2F' is invalid (s3cret/)`);
+    socket.drop();
+    for (let i = 0; i < 200 && out.errors.length === 0; i++) await sleep(5);
+    client.close();
+    return { errors: out.errors };
+  },
+
+  async directFrames() {
+    const { client, out, socket } = start();
+    socket.open();
+    socket.receive({ type: "direct", data: { chat: "welcome", name: "carol" }, sender: null, time: 5 });
+    client.close();
+    return out.direct;
+  },
+};
+
+const results = {};
+try {
+  for (const [name, run] of Object.entries(cases)) {
+    results[name] = await Promise.race([
+      run(),
+      sleep(5000).then(() => { throw new Error(`${name}: time limit`); }),
+    ]);
+  }
+} catch (error) {
+  console.log(JSON.stringify({ error: String(error.stack || error) }));
+  process.exit(1);
+}
+console.log(JSON.stringify(results));
+process.exit(0);
