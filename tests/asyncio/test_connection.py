@@ -437,3 +437,77 @@ class TestFlowControl:
                     ws.transport.abort()
 
         run(main(), timeout=300 * UNIT)
+
+
+class TestHeartbeatWhileNotReading:
+    """The heartbeat holds whether or not the application reads its messages."""
+
+    @staticmethod
+    async def _raw_client(port: int, messages: int) -> tuple[asyncio.StreamReader,
+                                                             asyncio.StreamWriter]:
+        """A peer that completes the handshake, sends ``messages`` text messages, then never
+        answers anything again (its network vanished)."""
+        from tether.protocol.connection import Connection, Side
+
+        from .test_server import upgrade
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(upgrade())
+        await reader.readuntil(b"\r\n\r\n")
+        frames = Connection(Side.CLIENT)
+        for i in range(messages):
+            frames.send_text(f"message {i}".encode())
+        writer.write(b"".join(frames.data_to_send()))
+        return reader, writer
+
+    def test_a_dead_peer_is_released_while_the_application_is_not_reading(self) -> None:
+        interval, timeout = 3 * UNIT, 3 * UNIT
+
+        async def never_reads(ws: WebSocket) -> None:
+            await ws.wait_closed()
+
+        async def main() -> None:
+            async with serving(never_reads, ping_interval=interval, ping_timeout=timeout,
+                               max_queue=4, compression=None) as (server, _):
+                reader, writer = await self._raw_client(server.port_number, 10)
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                while server.connections and loop.time() - started < 10 * (interval + timeout):
+                    await asyncio.sleep(UNIT / 10)
+                elapsed = loop.time() - started
+                assert not server.connections, "the dead peer was never released"
+                assert elapsed < (interval + 2 * timeout) * 1.5 + 5 * UNIT
+                writer.close()
+
+        run(main())
+
+    def test_a_live_peer_behind_a_full_queue_stays(self) -> None:
+        """Reading is paused (the application is behind), yet the pong is found and the peer,
+        which answers, is kept."""
+        interval, timeout = 2 * UNIT, 2 * UNIT
+        queued: list[int] = []
+
+        async def slow_reader(ws: WebSocket) -> None:
+            await asyncio.sleep(4 * (interval + timeout))  # far behind: several heartbeats
+            queued.append(len(ws._messages))
+            async for _ in ws:
+                pass
+
+        async def main() -> None:
+            async with serving(slow_reader, ping_interval=interval, ping_timeout=timeout,
+                               max_queue=4, compression=None) as (server, url):
+                async with tether.connect(url, compression=None, ping_interval=None) as ws:
+                    for i in range(50):  # one read each: the queue's bound applies
+                        await ws.send(f"message {i}")
+                        await asyncio.sleep(UNIT / 20)
+                    for _ in range(100):  # until the handler looks at its queue
+                        if queued:
+                            break
+                        await asyncio.sleep(UNIT)
+                    assert ws.ready_state == tether.OPEN
+                    assert server.connections, "a live peer was dropped"
+                    [peer] = server.connections
+                    assert 0 < peer.latency
+                assert queued and queued[0] >= 4  # it was behind, with reading paused
+
+        run(main())

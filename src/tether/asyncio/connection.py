@@ -91,8 +91,10 @@ class WebSocket(asyncio.Protocol):
         ping_interval: send a ping this often (seconds; None: never). Keeps idle links open
             through proxies and finds dead peers.
         ping_timeout: fail the connection with 1011 when a ping's pong does not come back in
-            this time (None: never). Suspended while reading is paused because the
-            application is behind: a peer that sent that much is alive.
+            this time (None: never), whether or not the application reads its messages: when
+            reading is paused because the application is behind, the connection reads on
+            for one more ``ping_timeout`` to find the pong (the queue may grow by another
+            ``max_queue`` messages meanwhile, plus what the last read holds).
     """
 
     # Slots keep an idle connection small; __dict__ stays available (created on first use)
@@ -118,6 +120,7 @@ class WebSocket(asyncio.Protocol):
         "_waiter",
         "_processing",
         "_reading_paused",
+        "_hunting",
         "_writing_paused",
         "_drain_waiters",
         "_pings",
@@ -168,6 +171,8 @@ class WebSocket(asyncio.Protocol):
         # _receive_close).
         self._processing = False
         self._reading_paused = False
+        # Reading on past max_queue to find a heartbeat pong (see _heartbeat_lost).
+        self._hunting = False
         self._writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
@@ -344,7 +349,8 @@ class WebSocket(asyncio.Protocol):
                         self._messages = messages = deque()
                     messages.append(event[0])
                     if len(messages) >= self.max_queue and not self._reading_paused:
-                        self._pause_reading()
+                        if not self._hunting or len(messages) >= 2 * self.max_queue:
+                            self._pause_reading()
             elif cls is Pong:
                 self._receive_pong(event.data)
             elif cls is CloseFrame:
@@ -523,8 +529,13 @@ class WebSocket(asyncio.Protocol):
         self._keepalive_timer = None
         if self._lost:
             return
-        if self._reading_paused:
-            # We stopped reading, so the pong may be sitting unread: not the peer's fault.
+        if self._reading_paused and not self._hunting:
+            # The application is behind, so reading is paused and the pong may be sitting
+            # unread. Read on for one more ping_timeout to find it: the queue may grow to
+            # twice max_queue meanwhile. A live peer's pong comes right after what it sent
+            # before our ping; a peer that floods without answering hits the bound and fails.
+            self._hunting = True
+            self._resume_reading()
             self._keepalive_timer = self.loop.call_later(self.ping_timeout or 1.0,
                                                          self._heartbeat_lost)
             return
@@ -713,6 +724,10 @@ class WebSocket(asyncio.Protocol):
                 future.set_result(now - sent_at)
             if key == self._keepalive_ping:
                 self._keepalive_ping = None
+                if self._hunting:  # found: back to the usual bound on the queue
+                    self._hunting = False
+                    if len(self._messages) >= self.max_queue and not self._reading_paused:
+                        self._pause_reading()
                 if self._keepalive_timer is not None:
                     self._keepalive_timer.cancel()
                     self._keepalive_timer = None
