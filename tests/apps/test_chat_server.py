@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from tether.hub import Hub, MemoryBackend
 from tether.hub.sqlite import SQLiteBackend
 
 from ..asyncio.conftest import UNIT, run
+from .conftest import ChatServer, free_port
 from ..asyncio.test_server import raw_request
 
 
@@ -68,6 +71,24 @@ class TestOpenChatBackend:
         assert isinstance(backend, SQLiteBackend)
         assert backend.path == folder / "chat.sqlite3" and backend.path.exists()
         asyncio.run(backend.close())
+
+    def test_one_server_per_folder(self, tmp_path: Path) -> None:
+        """A second `tether chat` on the same --data refuses to start, saying why."""
+        first = ChatServer(free_port(), tmp_path / "data", tmp_path / "first.log")
+        first.start()
+        try:
+            assert first.process is not None
+            second = subprocess.run(
+                [sys.executable, "-m", "tether", "chat", "--port", str(free_port()),
+                 "--data", str(tmp_path / "data")],
+                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+            assert second.returncode == 1
+            assert f"is in use by another server (pid {first.process.pid})" in second.stderr
+            assert "tether chat: cannot open the history in" in second.stderr
+        finally:
+            first.stop()
+        again = open_chat_backend(tmp_path / "data")  # free once the first has stopped
+        run(again.close())
 
     def test_unusable_file_is_an_os_error(self, tmp_path: Path) -> None:
         (tmp_path / "chat.sqlite3").write_bytes(b"not a database" * 200)

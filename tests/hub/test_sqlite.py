@@ -1,8 +1,12 @@
-"""SQLiteBackend beyond the contract: the file, its rows, WAL mode, bounds on open, errors."""
+"""SQLiteBackend beyond the contract: the file, its rows, WAL mode, bounds on open, errors,
+one owner per file."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,6 +109,35 @@ class TestSQLiteBackend:
             SQLiteBackend(path)
         with pytest.raises(BackendUnavailable, match="cannot open"):
             SQLiteBackend(tmp_path / "missing-dir" / "h.sqlite3")
+
+    def test_one_backend_per_file(self, tmp_path: Path) -> None:
+        """The cached last seq would go wrong with two writers: the second is refused while
+        the first is open, in this process or another, and the lock file names the owner."""
+        path = tmp_path / "h.sqlite3"
+
+        async def main() -> None:
+            backend = SQLiteBackend(path)
+            lock = tmp_path / "h.sqlite3.lock"
+            assert lock.read_text() == f"{os.getpid()}\n"
+            with pytest.raises(BackendUnavailable,
+                               match=rf"in use by another server \(pid {os.getpid()}\)"):
+                SQLiteBackend(path)
+            other = subprocess.run(
+                [sys.executable, "-c", "import sys; from tether.hub.sqlite import SQLiteBackend;"
+                 " SQLiteBackend(sys.argv[1])", str(path)],
+                capture_output=True, text=True, timeout=60)
+            assert other.returncode == 1
+            assert f"h.sqlite3 is in use by another server (pid {os.getpid()})" in other.stderr
+            await backend.publish("t", 1)
+            await backend.close()
+            again = SQLiteBackend(path)  # free once closed
+            assert (await again.publish("t", 2)).seq == 2
+            await again.close()
+            memory = [SQLiteBackend(":memory:"), SQLiteBackend(":memory:")]  # no file to share
+            for backend in memory:
+                await backend.close()
+
+        run(main())
 
     def test_write_failure_is_unavailable_and_changes_nothing(self, tmp_path: Path) -> None:
         path = tmp_path / "h.sqlite3"

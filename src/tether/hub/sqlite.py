@@ -9,13 +9,17 @@ The calls to :mod:`sqlite3` are synchronous, made on the event loop's thread: ea
 indexed statement or one short transaction in WAL mode (tens of microseconds on a local disk),
 cheaper than a hop to a thread. ``synchronous=NORMAL``: a committed message survives a crash
 of the process; a power loss may lose the last few. One process owns a file: the latest
-``seq`` of each topic is cached.
+``seq`` of each topic is cached, so a second backend on the same file, in this process or
+another, is refused while the first is open (an exclusive ``flock`` on ``FILE.lock``, which
+holds the owner's pid; the kernel releases it when the owner exits, however it exits).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -76,7 +80,8 @@ class SQLiteBackend(LocalFeed, Backend):
         clock: Unix time in seconds; tests pass a fake one.
 
     Raises:
-        BackendUnavailable: the file cannot be opened or is not a database.
+        BackendUnavailable: the file cannot be opened or is not a database, or another
+            backend (in this process or another) has it open.
     """
 
     def __init__(
@@ -94,9 +99,11 @@ class SQLiteBackend(LocalFeed, Backend):
         self.history_age = history_age
         self.clock = clock
         self._topics: dict[str, tuple[str, int]] = {}  # topic -> (epoch, last_seq)
+        self._lock = _lock(self.path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
+            _unlock(self._lock)
             raise BackendUnavailable(f"cannot open {self.path}: {exc}") from exc
         try:
             with self._errors():
@@ -107,6 +114,7 @@ class SQLiteBackend(LocalFeed, Backend):
                 self._prune_all()
         except BackendUnavailable:
             self._db.close()
+            _unlock(self._lock)
             raise
 
     @contextmanager
@@ -227,3 +235,41 @@ class SQLiteBackend(LocalFeed, Backend):
         if not self._closed:
             self._close_feed()
             self._db.close()
+            _unlock(self._lock)
+            self._lock = None
+
+
+def _lock(path: Path) -> int | None:
+    """Lock ``path`` for this backend: an exclusive, non-blocking ``flock`` on ``path.lock``,
+    which then holds our pid. None for ``:memory:`` and where there is no ``flock``.
+
+    Raises:
+        BackendUnavailable: another backend holds it, or the lock file cannot be opened.
+    """
+    if sys.platform == "win32" or str(path) == ":memory:":
+        return None
+    import fcntl
+
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise BackendUnavailable(f"cannot open {lock_path}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise BackendUnavailable(
+            f"{path} is in use by another server{who}; one history file serves one "
+            "process at a time (stop the other one, or give this one its own data folder)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the only descriptor releases the flock
