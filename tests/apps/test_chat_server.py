@@ -18,6 +18,7 @@ from tether.apps.chat.server import (
     make_router,
     member_name,
     open_chat_backend,
+    page_url,
 )
 from tether.hub import Hub, MemoryBackend
 from tether.hub.sqlite import SQLiteBackend
@@ -59,6 +60,18 @@ class TestMemberName:
     ])
     def test_sanitised(self, raw: Any, name: str) -> None:
         assert member_name(raw) == name
+
+
+@pytest.mark.parametrize(("host", "port", "tls", "url"), [
+    ("127.0.0.1", 8765, False, "http://127.0.0.1:8765/"),
+    ("::1", 8765, False, "http://[::1]:8765/"),
+    ("0.0.0.0", 80, False, "http://127.0.0.1:80/"),
+    ("::", 9000, True, "https://[::1]:9000/"),
+    ("192.168.1.5", 8765, False, "http://192.168.1.5:8765/"),
+    ("fe80::1", 8765, False, "http://[fe80::1]:8765/"),
+])
+def test_page_url(host: str, port: int, tls: bool, url: str) -> None:
+    assert page_url(host, port, tls=tls) == url
 
 
 class TestOpenChatBackend:

@@ -27,8 +27,8 @@ from ...hub import Backend, BackendUnavailable, Hub, MemoryBackend
 from ...hub.protocol import dumps
 from ...protocol.http11 import Headers, Request, Response
 
-__all__ = ["make_router", "open_chat_backend", "member_name", "chat_member", "STATIC_DIR",
-           "MAX_NAME"]
+__all__ = ["make_router", "open_chat_backend", "member_name", "chat_member", "page_url",
+           "STATIC_DIR", "MAX_NAME"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 """The page, tether.js and their assets."""
@@ -64,6 +64,20 @@ def chat_member(ws: WebSocket) -> str:
         return member_name(user)
     names = ws.request.query_params.get("name") if ws.request is not None else None
     return member_name(names[0] if names else None)
+
+
+def page_url(host: str, port: int, *, tls: bool = False) -> str:
+    """The address to open the chat page at, for a server listening on ``host:port`` (as a
+    socket reports it): ``http://127.0.0.1:8765/``, ``http://[::1]:8765/``. A wildcard bind
+    (``0.0.0.0``, ``::``) gives the loopback address of its family, which works on the
+    server's own machine."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{port}/"
 
 
 def open_chat_backend(data_dir: Path | None) -> Backend:
