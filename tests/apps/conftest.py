@@ -42,21 +42,22 @@ def free_port() -> int:
 
 
 class ChatServer:
-    """`python -m tether chat` on 127.0.0.1:port with its history in data_dir, and more
-    command-line options in `options`; stop() and start() again keep both, as a restart
-    does."""
+    """`python -m tether chat` on host:port (a loopback address or name) with its history in
+    data_dir, and more command-line options in `options`; stop() and start() again keep
+    both, as a restart does."""
 
     def __init__(self, port: int, data_dir: Path, log_path: Path,
-                 options: Sequence[str] = ()) -> None:
+                 options: Sequence[str] = (), host: str = "127.0.0.1") -> None:
         self.port = port
         self.data_dir = data_dir
         self.log_path = log_path
         self.options = list(options)
-        self.url = f"http://127.0.0.1:{port}"
+        self.host = host
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "tether", "chat", "--host", "127.0.0.1",
+        return [sys.executable, "-m", "tether", "chat", "--host", self.host,
                 "--port", str(self.port), "--data", str(self.data_dir), *self.options]
 
     def start(self) -> None:
