@@ -74,7 +74,10 @@ class TestHelp:
         assert "echo" in out and "connect" in out
 
     @pytest.mark.parametrize("command, options", [
-        ("echo", ["--host", "--port", "--max-size", "--no-compression"]),
+        ("echo", ["--host", "--port", "--max-size", "--no-compression", "--open-timeout",
+                  "--close-timeout", "--max-queue", "--require-origin", "--max-header-size",
+                  "--max-pending-handshakes"]),
+        ("broadcast", ["--max-buffered", "--token", "#token="]),
         ("connect", ["--header", "--subprotocol", "--no-compression"]),
     ])
     def test_command_help(
@@ -395,7 +398,81 @@ class TestServerFlags:
             assert allowed.returncode == 0, allowed.stderr
             assert allowed.stdout == b"x\n"
 
+    def test_handshake_limits_origin_and_close_timeout(self) -> None:
+        """--open-timeout, --max-pending-handshakes, --max-header-size, --require-origin,
+        --close-timeout, on one server."""
+        with server_process("echo", "--open-timeout", "1", "--max-pending-handshakes", "3",
+                            "--max-header-size", "1KiB", "--require-origin", "--allow-origin",
+                            "https://ok.example", "--close-timeout", "0.5",
+                            "--shutdown-timeout", "30") as (server, port):
+            url = f"ws://127.0.0.1:{port}/"
+
+            writers: list[asyncio.StreamWriter] = []  # kept: a lost writer closes its socket
+
+            async def slowloris() -> tuple[asyncio.StreamReader, float]:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+                writers.append(writer)
+                connected = asyncio.get_running_loop().time()
+                await asyncio.sleep(UNIT)  # seen by the server before the next one
+                return reader, connected
+
+            async def answer(request: bytes) -> bytes:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request)
+                data = await asyncio.wait_for(reader.read(), 50 * UNIT)
+                writer.close()
+                return data
+
+            async def scenario() -> None:
+                loop = asyncio.get_running_loop()
+                slow = [await slowloris() for _ in range(4)]
+                # The fourth made the server drop the first: 3 pending at most.
+                reader, connected = slow[0]
+                assert await asyncio.wait_for(reader.read(), 50 * UNIT) == b""
+                assert loop.time() - connected < 0.9
+                for reader, connected in slow[1:]:  # the others: after --open-timeout
+                    assert await asyncio.wait_for(reader.read(), 50 * UNIT) == b""
+                    assert 0.9 <= loop.time() - connected < 1 + 30 * UNIT
+                for writer in writers:
+                    writer.close()
+                async with tether.connect(url, origin="https://ok.example") as ws:
+                    await ws.send("in")
+                    assert await ws.recv() == "in"
+                with pytest.raises(tether.InvalidStatus) as info:
+                    await tether.connect(url)  # no Origin
+                assert info.value.response.status == 403
+                assert info.value.response.body == b"Origin header required\n"
+                big = (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 2000 + b"\r\n\r\n")
+                assert b" 431 " in (await answer(big)).split(b"\r\n")[0]
+                # --close-timeout: a client that never answers the close frame is dropped
+                # after 0.5 s, well before --shutdown-timeout.
+                ws = await tether.connect(url, origin="https://ok.example")
+                assert ws.transport is not None
+                ws.transport.pause_reading()
+                server.send_signal(signal.SIGTERM)
+                stopping = loop.time()
+                assert await loop.run_in_executor(None, server.wait, 100 * UNIT) == 0
+                assert loop.time() - stopping < 0.5 + 30 * UNIT
+                ws.transport.abort()
+
+            asyncio.run(asyncio.wait_for(scenario(), 300 * UNIT))
+
+    def test_limit_flags_reach_serve(self) -> None:
+        from tether.cli import _parser, _server_options
+
+        args = _parser().parse_args(["echo", "--max-queue", "4", "--close-timeout", "2.5",
+                                     "--open-timeout", "3", "--max-pending-handshakes", "9",
+                                     "--max-header-size", "8KiB"])
+        options = _server_options(args)
+        assert (options["max_queue"], options["close_timeout"], options["open_timeout"],
+                options["max_pending_handshakes"], options["max_header_bytes"]) == (
+                    4, 2.5, 3.0, 9, 8192)
+
     @pytest.mark.parametrize("args, message", [
+        (["--require-origin"], b"--require-origin needs --allow-origin"),
+        (["--open-timeout", "0"], b"--open-timeout must be more than 0"),
+        (["--max-queue", "0"], b"--max-queue must be more than 0"),
         (["--tls-cert", "/nonexistent.pem"], b"--tls-cert and --tls-key go together"),
         (["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"],
          b"cannot load the TLS certificate"),

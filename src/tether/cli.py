@@ -14,10 +14,13 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .asyncio.runner import LOOPS, loop_factory, run
+
+if TYPE_CHECKING:
+    from .auth import OriginPolicy
 
 __all__ = ["main"]
 
@@ -148,10 +151,19 @@ def _add_server_options(command: argparse.ArgumentParser) -> None:
                           help="a page origin allowed to connect, e.g. https://app.example.com "
                           "or https://*.example.com (repeatable). Browsers send it; other "
                           "origins get 403. Without this option every origin is allowed.")
+    security.add_argument("--require-origin", action="store_true",
+                          help="also refuse (403) clients that send no Origin header. Browsers "
+                          "always send one, so this shuts out scripts and other non-browser "
+                          "clients. Needs --allow-origin, except with tether chat, which "
+                          "allows its own pages by default")
     security.add_argument("--token", action="append", default=[], metavar="TOKEN",
-                          help="require this bearer token (repeatable). Clients send it as "
-                          "'Authorization: Bearer TOKEN', ?token=TOKEN, a 'token' cookie, or "
-                          "the subprotocol 'bearer.TOKEN'. Others get 401.")
+                          help="require this bearer token (repeatable); others get 401. "
+                          "Programs send it as 'Authorization: Bearer TOKEN'. Browsers "
+                          "cannot set that header on a WebSocket: they use ?token=TOKEN in "
+                          "the socket's URL, a 'token' cookie, or the subprotocol "
+                          "'bearer.TOKEN' offered next to one this server speaks "
+                          "(--subprotocol). The built-in pages (broadcast, chat) take it "
+                          "from their own address: open http://HOST:PORT/#token=TOKEN")
     security.add_argument("--token-file", metavar="FILE",
                           help="read tokens from FILE: one per line, 'TOKEN [NAME]'")
     limits = command.add_argument_group("limits and liveness")
@@ -159,7 +171,26 @@ def _add_server_options(command: argparse.ArgumentParser) -> None:
                         help="largest message accepted, e.g. 1MiB (default: 1048576); "
                         "larger ones close the connection with 1009")
     limits.add_argument("--max-connections", type=int, metavar="N",
-                        help="refuse connections beyond N with 503 (default: no limit)")
+                        help="refuse connections beyond N open ones with 503 (default: no "
+                        "limit); clients still in their opening handshake don't count")
+    limits.add_argument("--open-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="drop a client that has not finished its opening handshake (TLS "
+                        "included) within this time, such as a 'slowloris' that sends its "
+                        "request a byte at a time (default: %(default)s)")
+    limits.add_argument("--max-pending-handshakes", type=int, default=2048, metavar="N",
+                        help="clients allowed in their opening handshake at once; a new one "
+                        "past N makes the server drop the oldest (default: %(default)s)")
+    limits.add_argument("--max-header-size", type=_size, default=16384, metavar="BYTES",
+                        help="largest block of request headers accepted; larger ones get 431 "
+                        "(default: 16384)")
+    limits.add_argument("--max-queue", type=int, default=32, metavar="N",
+                        help="messages a connection may have received but not yet handled; "
+                        "past N the server stops reading from that client until it catches "
+                        "up, and TCP slows the client down (default: %(default)s)")
+    limits.add_argument("--close-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="when a connection closes, how long to wait for the client to "
+                        "answer the close frame and hang up before dropping it "
+                        "(default: %(default)s)")
     limits.add_argument("--ping-interval", type=float, default=20.0, metavar="SECONDS",
                         help="send a ping this often to keep idle links alive and find dead "
                         "peers; 0 turns it off (default: %(default)s)")
@@ -196,6 +227,11 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = dict(
         max_size=args.max_size,
         max_connections=args.max_connections,
+        open_timeout=args.open_timeout,
+        max_pending_handshakes=args.max_pending_handshakes,
+        max_header_bytes=args.max_header_size,
+        max_queue=args.max_queue,
+        close_timeout=args.close_timeout,
         ping_interval=args.ping_interval or None,
         ping_timeout=args.ping_timeout or None,
         subprotocols=args.subprotocol,
@@ -203,6 +239,15 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
     )
     if getattr(args, "max_buffered", 1) < 1:
         raise _UsageError("--max-buffered must be at least 1 byte")
+    for flag, value in [("--open-timeout", args.open_timeout),
+                        ("--close-timeout", args.close_timeout),
+                        ("--max-pending-handshakes", args.max_pending_handshakes),
+                        ("--max-queue", args.max_queue)]:
+        if value <= 0:
+            raise _UsageError(f"{flag} must be more than 0")
+    if args.require_origin and not args.allow_origin and args.command != "chat":
+        raise _UsageError("--require-origin needs --allow-origin: without it, every client "
+                          "would be refused")
     if args.allow_origin:
         options["allowed_origins"] = args.allow_origin
     if args.token or args.token_file:
@@ -358,6 +403,8 @@ async def _serve(args: argparse.Namespace) -> int:
             hosts = {args.host, "localhost", "127.0.0.1"} if args.host in (
                 "127.0.0.1", "localhost", "::1") else {args.host}
             options["allowed_origins"] = [f"{scheme}://{h}:{args.port}" for h in sorted(hosts)]
+    if args.require_origin:
+        options["allowed_origins"] = _requiring_origin(options["allowed_origins"])
     if broadcast_app is not None:
         await broadcast_app.start()  # subscribed before the first client can connect
     stop = asyncio.Event()
@@ -384,6 +431,15 @@ async def _serve(args: argparse.Namespace) -> int:
     if broadcast_app is not None and broadcast_app.backend is not None:
         await broadcast_app.backend.close()
     return 0
+
+
+def _requiring_origin(allowed: Sequence[str] | OriginPolicy) -> OriginPolicy:
+    """``--require-origin``: the allow-list, refusing requests without Origin too."""
+    from .auth import OriginPolicy
+
+    policy = allowed if isinstance(allowed, OriginPolicy) else OriginPolicy(allowed)
+    policy.require_origin = True
+    return policy
 
 
 async def _open_redis(args: argparse.Namespace) -> Any:

@@ -87,6 +87,38 @@ class TestHandshakeAnswers:
 
         run(main())
 
+    @pytest.mark.parametrize(
+        "option, request_bytes, status, phrase",
+        [
+            ("max_request_line", upgrade("/" + "a" * 200), 414, "request target exceeds 100"),
+            ("max_headers", upgrade(**{f"X_{i}": "y" for i in range(5)}), 431,
+             "more than 8 header fields"),
+            ("max_header_bytes", upgrade(X_Big="y" * 2000), 431, "header block exceeds 1024"),
+        ],
+    )
+    def test_request_limits_are_serve_options(
+        self, option: str, request_bytes: bytes, status: int, phrase: str
+    ) -> None:
+        """The request limits of the protocol layer, set through serve(): what fits the
+        defaults (8 KiB target, 128 fields, 16 KiB block) is refused by tighter ones."""
+        limits = {"max_request_line": 100, "max_headers": 8, "max_header_bytes": 1024}
+
+        async def main() -> None:
+            async with serving(**{option: limits[option]}) as (server, url):
+                got, _, body = await raw_request(server.port_number, request_bytes)
+                assert got == status and phrase in body.decode()
+                async with tether.connect(url) as ws:  # an ordinary request still fits
+                    await ws.send("ok")
+                    assert await ws.recv() == "ok"
+            async with serving() as (server, _):  # the defaults take the same request
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port_number)
+                writer.write(request_bytes)
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 101 ")
+                writer.close()
+
+        run(main())
+
     def test_101_with_accept_key(self) -> None:
         async def main() -> None:
             async with serving() as (server, _):

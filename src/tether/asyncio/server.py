@@ -40,7 +40,14 @@ from ..auth import OriginPolicy
 from ..exceptions import ConnectionClosed
 from ..protocol.connection import DEFAULT_MAX_MESSAGE_SIZE, State
 from ..protocol.extensions.base import ServerExtensionFactory
-from ..protocol.http11 import Headers, Request, Response
+from ..protocol.http11 import (
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
+    MAX_REQUEST_LINE,
+    Headers,
+    Request,
+    Response,
+)
 from ..protocol.server import SelectSubprotocol, ServerProtocol
 from .connection import Listener, WebSocket, format_address, logger
 from .router import Router, WebSocketHandler, text_response
@@ -373,6 +380,9 @@ class Server:
         compression: str | None = "deflate",
         extensions: Sequence[ServerExtensionFactory] | None = None,
         max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+        max_request_line: int = MAX_REQUEST_LINE,
+        max_headers: int = MAX_HEADERS,
+        max_header_bytes: int = MAX_HEADER_BYTES,
         max_queue: int = 32,
         write_limit: int = 65536,
         max_connections: int | None = None,
@@ -408,6 +418,9 @@ class Server:
         self.select_subprotocol = select_subprotocol
         self.extensions = [] if compression is None and extensions is None else extensions
         self.max_size = max_size
+        self.max_request_line = max_request_line
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
         self.max_queue = max_queue
         self.write_limit = write_limit
         self.max_connections = max_connections
@@ -437,6 +450,9 @@ class Server:
             extensions=self.extensions,
             max_message_size=self.max_size,
             auto_close_reply=False,
+            max_request_line=self.max_request_line,
+            max_headers=self.max_headers,
+            max_header_bytes=self.max_header_bytes,
         )
         return ServerConnection(self, protocol)
 
@@ -537,7 +553,8 @@ def serve(
 
     Options: ``ssl``, ``authenticate``, ``allowed_origins``, ``process_request``,
     ``subprotocols``, ``select_subprotocol``, ``compression`` ("deflate" or None),
-    ``max_size``, ``max_queue``, ``write_limit``, ``max_connections``,
+    ``max_size``, ``max_request_line`` (414 beyond; 8 KiB), ``max_headers`` (431 beyond; 128),
+    ``max_header_bytes`` (431 beyond; 16 KiB), ``max_queue``, ``write_limit``, ``max_connections``,
     ``max_pending_handshakes``, ``ping_interval``, ``ping_timeout``, ``open_timeout``,
     ``close_timeout``, ``backlog``, ``reuse_port``, ``sock``.
     """
