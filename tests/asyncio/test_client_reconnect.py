@@ -431,6 +431,68 @@ class TestReconnect:
         assert [type(cause) for _, _, cause in calls] == [TimeoutError, TimeoutError]
 
 
+class TestReconnectOption:
+    """``connect(..., reconnect=True)``, as the issue spells it, and its opposite."""
+
+    @staticmethod
+    async def restarting(ws: tether.WebSocket) -> None:
+        await ws.send("hello")
+        await ws.close(1012, "service restart")
+
+    def test_reconnect_true_iterates_reconnecting(self) -> None:
+        calls: list[Call] = []
+
+        async def main() -> None:
+            async with serving(self.restarting) as (_, uri):
+                opened = 0
+                async for ws in tether.connect(uri, reconnect=True,
+                                               on_reconnect=recorder(calls), **FAST):
+                    assert await ws.recv() == "hello"
+                    await drain(ws)
+                    opened += 1
+                    if opened == 3:
+                        break
+                assert ws.close_code == 1012
+
+        run(main())
+        assert [attempt for attempt, _, _ in calls] == [1, 2]
+
+    def test_reconnect_false_iterates_once(self) -> None:
+        calls: list[Call] = []
+
+        async def main() -> None:
+            async with serving(self.restarting) as (_, uri):
+                opened = 0
+                async for ws in tether.connect(uri, reconnect=False,
+                                               on_reconnect=recorder(calls), **FAST):
+                    assert await ws.recv() == "hello"
+                    await drain(ws)
+                    opened += 1
+                assert opened == 1
+            with pytest.raises(OSError):  # a failure is raised, not retried
+                async for _ in tether.connect(f"ws://127.0.0.1:{free_port()}",
+                                              reconnect=False, on_reconnect=recorder(calls)):
+                    pytest.fail("nothing listens there")
+
+        run(main())
+        assert calls == []
+
+    def test_awaiting_a_reconnecting_connect_is_an_error(self) -> None:
+        async def main() -> None:
+            async with serving() as (_, uri):
+                with pytest.raises(TypeError, match="async for ws in"):
+                    await tether.connect(uri, reconnect=True)
+                with pytest.raises(TypeError, match="async for ws in"):
+                    async with tether.connect(uri, reconnect=True):
+                        pytest.fail("not one connection")
+                for options in [{}, {"reconnect": False}]:  # one connection, one attempt
+                    async with tether.connect(uri, **options) as ws:
+                        await ws.send("once")
+                        assert await ws.recv() == "once"
+
+        run(main())
+
+
 class TestSecretsStayOutOfLogs:
     """A token in the URI (``?token=``, ``user:password@``) never reaches an error message or
     a log line, on any path the reconnecting client takes."""

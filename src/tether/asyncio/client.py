@@ -141,9 +141,12 @@ class ClientConnection(WebSocket):
 
 class connect:
     """Open a WebSocket connection: ``async with connect(uri) as ws:`` or
-    ``ws = await connect(uri)``; or keep one open: ``async for ws in connect(uri):``.
+    ``ws = await connect(uri)``; or keep one open: ``async for ws in connect(uri):``, also
+    spelled ``async for ws in connect(uri, reconnect=True):``.
 
-    Awaited or used with ``async with``, one attempt is made and its failure raised.
+    Awaited or used with ``async with``, one attempt is made and its failure raised. A
+    connection that closes stays closed: only the iteration reconnects, so ``reconnect=True``
+    with ``await`` or ``async with`` raises TypeError instead of quietly not reconnecting.
 
     Iterated, each step yields an open connection. When the loop body asks for the next one,
     the current connection is closed (1000) if it is not closed yet, and a new one is opened
@@ -184,6 +187,9 @@ class connect:
         backoff_reset_after: a connection open this many seconds starts the count over.
         no_reconnect_codes: close codes that end the iteration when the server closes with
             one (raising ConnectionClosedError; 1000 or 1001 end it without an error).
+        reconnect: how iterating behaves. None (the default) or True: reconnect, as above;
+            True also makes awaiting a mistake (TypeError). False: the iteration yields one
+            connection, and a failure to open it is raised, never retried.
         on_reconnect: ``on_reconnect(attempt, delay, cause)``, sync or async, called before
             each wait. ``attempt`` is 1 for the first retry since the last reset, then 2, 3...;
             ``delay`` the seconds about to be waited; ``cause`` the exception that failed the
@@ -226,6 +232,7 @@ class connect:
         backoff_max: float = BACKOFF_MAX,
         backoff_reset_after: float = BACKOFF_RESET_AFTER,
         no_reconnect_codes: Collection[int] = NO_RECONNECT_CODES,
+        reconnect: bool | None = None,
         on_reconnect: OnReconnect | None = None,
         listener: Listener | None = None,
     ) -> None:
@@ -253,6 +260,7 @@ class connect:
         self.backoff_max = backoff_max
         self.backoff_reset_after = backoff_reset_after
         self.no_reconnect_codes = frozenset(no_reconnect_codes)
+        self.reconnect = reconnect
         self.on_reconnect = on_reconnect
         self.listener = listener
         self.connection: ClientConnection | None = None
@@ -340,6 +348,13 @@ class connect:
         return connection
 
     async def __aiter__(self) -> AsyncIterator[ClientConnection]:
+        if self.reconnect is False:
+            connection = await self._connect()
+            try:
+                yield connection
+            finally:
+                await connection.close()
+            return
         attempt = 0
         while True:
             try:
@@ -380,10 +395,20 @@ class connect:
             await asyncio.sleep(delay)
 
     def __await__(self) -> Generator[Any, None, ClientConnection]:
+        self._check_single()
         return self._connect().__await__()
 
     async def __aenter__(self) -> ClientConnection:
+        self._check_single()
         return await self._connect()
+
+    def _check_single(self) -> None:
+        if self.reconnect:
+            raise TypeError(
+                "connect(..., reconnect=True) reconnects only when iterated: "
+                "async for ws in connect(...); await it or use async with without "
+                "reconnect=True for a single connection"
+            )
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self.connection is not None:
