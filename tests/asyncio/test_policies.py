@@ -203,6 +203,10 @@ class TestCapacity:
                     await tether.connect(url)
                 assert info.value.response.status == 503
                 assert info.value.response.headers.get("Retry-After") == "5"
+                # The body says why, in one line, as every refusal does.
+                assert info.value.response.body == b"server at capacity; try again later\n"
+                assert info.value.response.headers.get("Content-Type", "").startswith(
+                    "text/plain")
                 await first.close()
                 while len(server.connections) > 1:
                     await asyncio.sleep(UNIT / 10)
