@@ -350,3 +350,27 @@ def test_compact_drops_the_index_and_lookups_still_work() -> None:
     assert headers.get("host") == "a" and "X-TWO" in headers
     headers.add("Host", "b")
     assert headers.get_all("HOST") == ["a", "b"]
+
+
+def test_compact_packs_the_fields_and_unpacks_them_unchanged() -> None:
+    fields = [("Host", "example.com:80"), ("X-Empty", ""), ("Cookie", "a=1; b=:2"),
+              ("x-two", "1"), ("X-Two", " spaced value ")]
+    headers = Headers(fields)
+    headers.compact()
+    assert isinstance(headers._items, str)  # one string while idle
+    assert list(headers) == fields
+    assert headers.get_all("x-two") == ["1", " spaced value "]
+    assert headers.serialize().startswith(b"Host: example.com:80\r\n")
+    empty = Headers()
+    empty.compact()
+    assert list(empty) == [] and len(empty) == 0
+
+
+def test_compact_keeps_fields_it_could_not_unpack_exactly() -> None:
+    """Fields built by hand (not parsed, not add()ed) may hold what the packed form cannot:
+    those stay as they are."""
+    odd = [("Name:With-Colon", "v"), ("X", "line\nbreak")]
+    for field in odd:
+        headers = Headers([field])
+        headers.compact()
+        assert list(headers) == [field]

@@ -33,6 +33,8 @@ __all__ = ["WebSocket", "Listener"]
 logger = logging.getLogger("tether")
 
 _CLOSED: Any = object()  # wakes a waiting recv() when the connection closes
+# No ping waiting for its pong: shared by every such connection, and never modified.
+_NO_PINGS: dict[bytes, Any] = {}
 _OK_CODES = (1000, 1001, 1005)
 # Writes are coalesced within a loop turn up to this many bytes; a batch never grows past it
 # (it counts in buffered_amount, and so against broadcast budgets, until written), and a
@@ -174,8 +176,9 @@ class WebSocket(asyncio.Protocol):
         # Reading on past max_queue to find a heartbeat pong (see _heartbeat_lost).
         self._hunting = False
         self._writing_paused = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
-        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        # Both empty and shared until first used (an idle connection then has neither).
+        self._drain_waiters: list[asyncio.Future[None]] | tuple[()] = ()
+        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = _NO_PINGS
         self._close_timer: asyncio.TimerHandle | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._keepalive_ping: bytes | None = None  # the heartbeat ping awaiting its pong
@@ -293,12 +296,12 @@ class WebSocket(asyncio.Protocol):
         for drain in self._drain_waiters:
             if not drain.done():
                 drain.set_result(None)
-        self._drain_waiters.clear()
+        self._drain_waiters = ()
         for future, _ in self._pings.values():
             if not future.done():
                 future.set_exception(self._closed_error())
                 future.exception()  # retrieved here: nobody may be awaiting this ping
-        self._pings.clear()
+        self._pings = _NO_PINGS
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
         self._log_close()
@@ -317,7 +320,7 @@ class WebSocket(asyncio.Protocol):
         for drain in self._drain_waiters:
             if not drain.done():
                 drain.set_result(None)
-        self._drain_waiters.clear()
+        self._drain_waiters = ()
         listener = self._listener
         if listener is not None:
             try:
@@ -518,7 +521,7 @@ class WebSocket(asyncio.Protocol):
         payload = os.urandom(4)
         self.protocol.send_ping(payload)
         self._keepalive_ping = payload
-        self._pings[payload] = (self.loop.create_future(), perf_counter())
+        self._add_ping(payload, self.loop.create_future())
         self._write(self.protocol.data_to_send())
         if self.ping_timeout is not None:
             self._keepalive_timer = self.loop.call_later(self.ping_timeout, self._heartbeat_lost)
@@ -679,7 +682,10 @@ class WebSocket(asyncio.Protocol):
         if self._lost:
             raise self._closed_error()
         waiter: asyncio.Future[None] = self.loop.create_future()
-        self._drain_waiters.append(waiter)
+        if self._drain_waiters:
+            self._drain_waiters.append(waiter)
+        else:
+            self._drain_waiters = [waiter]
         await waiter
         if self._lost:
             raise self._closed_error()
@@ -701,9 +707,14 @@ class WebSocket(asyncio.Protocol):
         except InvalidState:
             raise self._closed_error() from None
         future: asyncio.Future[float] = self.loop.create_future()
-        self._pings[data] = (future, perf_counter())
+        self._add_ping(data, future)
         self._write(self.protocol.data_to_send())
         return await future
+
+    def _add_ping(self, data: bytes, future: asyncio.Future[float]) -> None:
+        if self._pings is _NO_PINGS:
+            self._pings = {}
+        self._pings[data] = (future, perf_counter())
 
     async def pong(self, data: bytes = b"") -> None:
         """Send an unsolicited pong (a one-way heartbeat)."""
@@ -735,6 +746,8 @@ class WebSocket(asyncio.Protocol):
             if key == data:
                 self.latency = now - sent_at
                 break
+        if not self._pings:
+            self._pings = _NO_PINGS
 
     # -- closing -----------------------------------------------------------------------------
 

@@ -55,6 +55,10 @@ _JOIN_LIMIT = 4096
 # _LargeFrame); smaller ones wait in the receive buffer.
 _LARGE_FRAME = 65536
 
+# The parts of a message when none is in progress: shared, never appended to (a message in
+# progress gets its own list).
+_NO_PARTS: list[bytes] = []
+
 _TEXT = Opcode.TEXT.value
 _BINARY = Opcode.BINARY.value
 _CONT = Opcode.CONT.value
@@ -167,7 +171,7 @@ class Connection:
         # The message being received, if it has more than one frame or is compressed.
         self._msg_opcode = 0  # 0 when no message is in progress
         self._msg_compressed = False
-        self._msg_parts: list[bytes] | list[str] = []
+        self._msg_parts: list[bytes] | list[str] = _NO_PARTS  # a list once a message starts
         self._msg_wire_size = 0  # bytes of payload on the wire so far
         self._msg_size = 0  # bytes of payload after decompression so far
         self._decoder: codecs.IncrementalDecoder | None = None
@@ -543,7 +547,7 @@ class Connection:
                 self._events.append(BinaryMessage(b"".join(self._msg_parts)))  # type: ignore[arg-type]
         if fin:
             self._msg_opcode = 0
-            self._msg_parts = []
+            self._msg_parts = _NO_PARTS
 
     def _receive_close(self, payload: bytes) -> None:
         code, reason = parse_close(payload)

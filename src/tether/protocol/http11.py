@@ -42,16 +42,28 @@ class Headers:
     __slots__ = ("_items", "_index")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str]] = list(items)
+        # The fields, or after compact() the same packed in one string ("name:value" lines).
+        self._items: list[tuple[str, str]] | str = list(items)
         # lowercased name -> values, built on the first lookup and kept up to date by add().
         self._index: dict[str, list[str]] | None = None
+
+    def _fields(self) -> list[tuple[str, str]]:
+        items = self._items
+        if type(items) is str:  # packed by compact(): unpack on first use
+            unpacked: list[tuple[str, str]] = []
+            if items:
+                for line in items.split("\n"):
+                    name, _, value = line.partition(":")
+                    unpacked.append((name, value))
+            self._items = items = unpacked
+        return items  # type: ignore[return-value]
 
     def _lookup(self) -> dict[str, list[str]]:
         """The index by lowercased name (shared: callers must not modify it)."""
         index = self._index
         if index is None:
             index = {}
-            for name, value in self._items:
+            for name, value in self._fields():
                 key = name.lower()
                 values = index.get(key)
                 if values is None:
@@ -62,15 +74,21 @@ class Headers:
         return index
 
     def compact(self) -> None:
-        """Drop the lookup index (rebuilt by the next lookup): for headers kept long after
-        their last lookup, such as a connection's request once the handshake is done."""
+        """Pack the fields in one string and drop the lookup index (both rebuilt on the next
+        use): for headers kept long after their last lookup, such as a connection's request
+        and response once the handshake is done. About a kilobyte less per connection."""
         self._index = None
+        items = self._items
+        if type(items) is list and all(
+            ":" not in name and "\n" not in name and "\n" not in value for name, value in items
+        ):  # (always true of parsed fields and of add(): packing is then reversible)
+            self._items = "\n".join([f"{name}:{value}" for name, value in items])
 
     def add(self, name: str, value: str) -> None:
         """Append a field; CR and LF are refused so a value can never split a header."""
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
             raise ValueError(f"invalid header field {name!r}")
-        self._items.append((name, value))
+        self._fields().append((name, value))
         index = self._index
         if index is not None:
             index.setdefault(name.lower(), []).append(value)
@@ -89,20 +107,20 @@ class Headers:
         return isinstance(name, str) and name.lower() in self._lookup()
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._items)
+        return iter(self._fields())
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._fields())
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Headers) and self._items == other._items
+        return isinstance(other, Headers) and self._fields() == other._fields()
 
     def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+        return f"Headers({self._fields()!r})"
 
     def serialize(self) -> bytes:
         """The fields as they go on the wire, each followed by CRLF."""
-        return "".join([f"{k}: {v}\r\n" for k, v in self._items]).encode("latin-1")
+        return "".join([f"{k}: {v}\r\n" for k, v in self._fields()]).encode("latin-1")
 
 
 class Request:
@@ -209,7 +227,7 @@ class _Parser:
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
         self.headers = Headers()
-        self._items = self.headers._items
+        self._items = self.headers._fields()
         self.header_bytes = 0
         self.headers_complete = False
         self.message_complete = False

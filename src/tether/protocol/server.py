@@ -32,6 +32,9 @@ SelectSubprotocol = Callable[[Sequence[str], Sequence[str]], "str | None"]
 """(offered by the client, supported by the server) -> chosen subprotocol or None."""
 
 
+# The default extensions, shared by every connection (the factory only holds its settings).
+_DEFAULT_EXTENSIONS: tuple[ServerExtensionFactory, ...] = (ServerPerMessageDeflateFactory(),)
+
 _ACCEPT_HEAD = (
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Accept: "
@@ -96,10 +99,12 @@ class ServerProtocol(Connection):
         super().__init__(Side.SERVER, state=State.CONNECTING,
             max_message_size=max_message_size, auto_close_reply=auto_close_reply,
         )
-        self.subprotocols = list(subprotocols)
+        # Tuples: a server passes the same ones to every connection, and tuple() of a tuple is
+        # that tuple, so idle connections share them.
+        self.subprotocols = tuple(subprotocols)
         self.select_subprotocol = select_subprotocol or _first_supported
         self.extension_factories = (
-            [ServerPerMessageDeflateFactory()] if extensions is None else list(extensions)
+            _DEFAULT_EXTENSIONS if extensions is None else tuple(extensions)
         )
         self.request: Request | None = None
         self.response: Response | None = None
@@ -188,7 +193,7 @@ class ServerProtocol(Connection):
             headers.add("Sec-WebSocket-Protocol", subprotocol)
         response = Response(101, headers, b"", "Switching Protocols")
         self._pending = (extension, subprotocol)
-        if len(headers._items) == 3:
+        if len(headers) == 3:
             # What response.serialize() returns, unless the response is changed before it is
             # sent (send_response checks).
             self._accepted = (response, headers, _ACCEPT_HEAD + accept.encode() + b"\r\n\r\n")
@@ -215,7 +220,7 @@ class ServerProtocol(Connection):
             accepted is not None
             and accepted[0] is response
             and response.headers is accepted[1]
-            and len(accepted[1]._items) == 3
+            and len(accepted[1]) == 3
             and response.status == 101
             and response.reason == "Switching Protocols"
             and not response.body
