@@ -70,7 +70,8 @@ from echo import (  # noqa: E402  (bench/echo.py: the echo benchmark's helpers)
     run_probe,
 )
 
-ALL_SERVERS = ["tether", "tether-cb", "websockets", "aiohttp", "node-ws", "picows", "c-minimal"]
+ALL_SERVERS = ["tether", "tether-cb", "tether-py", "websockets", "aiohttp", "node-ws", "picows",
+               "c-minimal"]
 ALL_SCENARIOS = ["a", "b", "c", "d", "e", "f", "g"]
 
 # (row label, key of the figure in a run's result, format)
@@ -233,6 +234,8 @@ def server_env(name: str) -> dict[str, str]:
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if name == "tether-cb":
         env["TETHER_PEER_API"] = "callbacks"
+    if name == "tether-py":  # the pure-Python fallback: what users without a compiler get
+        env["TETHER_NO_EXTENSIONS"] = "1"
     if name == "node-ws":
         env["NODE_PATH"] = str(NODE_DIR / "node_modules")
     return env
@@ -242,7 +245,7 @@ def server_command(name: str, mode: str, python: str, port: int, args: argparse.
                    ) -> list[str]:
     bc = ["--clients", str(args.bcast_clients), "--messages", str(args.bcast_messages),
           "--size", str(args.bcast_size), "--burst", str(args.bcast_burst)]
-    if name == "tether" and mode == "echo":
+    if name in ("tether", "tether-py") and mode == "echo":
         return [python, "-m", "tether", "echo", "--host", HOST, "--port", str(port),
                 "--no-compression", "--quiet", "--ping-interval", "0",
                 "--max-size", "2000000"]
@@ -518,11 +521,13 @@ def render(results: dict[str, Any], servers: list[str], scenarios: list[str], ve
            ) -> tuple[str, dict[str, dict[str, float]]]:
     def head(name: str) -> str:
         v = {"tether": vers.get("tether"), "tether-cb": vers.get("tether"),
+             "tether-py": vers.get("tether"),
              "websockets": vers.get("websockets"),
              "aiohttp": vers.get("aiohttp"), "picows": vers.get("picows"),
              "node-ws": vers.get("ws")}.get(name)
         label = {"node-ws": "Node ws", "picows": "picows", "tether": "tether (coroutines)",
                  "tether-cb": "tether (callbacks)",
+                 "tether-py": "tether (pure Python)",
                  "c-minimal": "minimal C server"}.get(name, name)
         if name == "node-ws":
             label += f" {v} (+bufferutil)" if v else ""
