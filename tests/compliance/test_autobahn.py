@@ -128,6 +128,8 @@ def _commit() -> str | None:
     return head + ("+dirty" if dirty.strip() else "")
 
 
+COMMIT = _commit()  # at collection, before the runs start: the code they test
+
 MAX_ITEMS = 300  # per list (events, wire log) in the JSON report
 
 
@@ -222,7 +224,7 @@ def _check(
         "direction": direction,
         "kosoku": importlib.metadata.version("kosoku"),
         "tether": getattr(tether, "__version__", None),
-        "commit": _commit(),
+        "commit": COMMIT,
         "accelerator": _accelerator(),
         "loop": os.environ.get("TETHER_LOOP", "auto"),
         "elapsedSeconds": round(elapsed, 1),
