@@ -81,8 +81,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the chat application: the page at http://HOST:PORT/, a reusable "
         "browser client at /tether.js, and the hub's JSON protocol at /ws. History is kept "
         "in a SQLite file under --data and survives restarts. Only pages from this server's "
-        "own origin may open the socket unless --allow-origin says otherwise. Ctrl-C or "
-        "SIGTERM closes every connection with 1001 and exits 0.",
+        "own origin may open the socket (on a wildcard, LAN or named --host: pages whose "
+        "origin matches the Host the browser asked for); --allow-origin adds more. With "
+        "--token, open the page as http://HOST:PORT/?token=TOKEN. Ctrl-C or SIGTERM closes "
+        "every connection with 1001 and exits 0.",
     )
     chat.add_argument("--data", metavar="DIR", default=None,
                       help="folder for the chat history (default: ./tether-data); "
@@ -397,12 +399,12 @@ async def _serve(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return 1
         handler = make_chat_router(hub)  # type: ignore[assignment]
-        if "allowed_origins" not in options:
-            # Same origin only: a page elsewhere cannot open the chat socket (CSWSH).
-            scheme = "https" if "ssl" in options else "http"
-            hosts = {args.host, "localhost", "127.0.0.1"} if args.host in (
-                "127.0.0.1", "localhost", "::1") else {args.host}
-            options["allowed_origins"] = [f"{scheme}://{h}:{args.port}" for h in sorted(hosts)]
+        # The chat's own pages, plus any --allow-origin: a page elsewhere cannot open the
+        # chat socket (CSWSH). See OriginPolicy.same_origin for wildcard and named binds.
+        from .auth import OriginPolicy
+
+        options["allowed_origins"] = OriginPolicy.same_origin(
+            args.host, args.port, tls="ssl" in options, also=args.allow_origin)
     if args.require_origin:
         options["allowed_origins"] = _requiring_origin(options["allowed_origins"])
     if broadcast_app is not None:
@@ -421,8 +423,15 @@ async def _serve(args: argparse.Namespace) -> int:
         else "asyncio"
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]
-        logger.info("event=listen app=%s url=%s://%s:%s loop=%s", args.command, scheme,
-                    _url_host(host), port, loop_name)
+        if args.command == "chat":
+            from .apps.chat.server import page_url
+
+            logger.info("event=listen app=%s url=%s://%s:%s page=%s loop=%s", args.command,
+                        scheme, _url_host(host), port,
+                        page_url(host, port, tls="ssl" in options), loop_name)
+        else:
+            logger.info("event=listen app=%s url=%s://%s:%s loop=%s", args.command, scheme,
+                        _url_host(host), port, loop_name)
     await stop.wait()
     logger.info("event=shutdown connections=%d code=1001", len(server.connections))
     await server.close(1001, "server shutting down", timeout=args.shutdown_timeout)
