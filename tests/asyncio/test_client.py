@@ -67,6 +67,43 @@ class TestErrors:
 
         run(main())
 
+    def test_open_timeout_closes_the_socket(self) -> None:
+        """A server that accepts and never answers the upgrade: after the timeout, the client
+        has closed its socket (the server reads EOF), not left it open."""
+        seen_eof: list[bool] = []
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")  # the upgrade request, never answered
+            try:
+                seen_eof.append(await asyncio.wait_for(reader.read(), 30 * UNIT) == b"")
+            except (asyncio.TimeoutError, ConnectionError):
+                seen_eof.append(False)
+            writer.close()
+
+        async def main() -> None:
+            server = await asyncio.start_server(silent, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            with pytest.raises(TimeoutError):
+                await tether.connect(f"ws://127.0.0.1:{port}/", open_timeout=3 * UNIT)
+            for _ in range(100):
+                if seen_eof:
+                    break
+                await asyncio.sleep(UNIT / 5)
+            assert seen_eof == [True]
+            server.close()
+
+        run(main())
+
+    def test_invalid_uri_messages_hold_no_secrets(self) -> None:
+        from tether.exceptions import InvalidURI
+        from tether.protocol.client import parse_uri
+
+        for uri in ["http://u:pw@host/?token=SECRET", "ws://u:pw@:80/?token=SECRET",
+                    "ws://host/path?token=SECRET#frag", "ws://host:99999/?token=SECRET"]:
+            with pytest.raises(InvalidURI) as info:
+                parse_uri(uri)
+            assert "SECRET" not in str(info.value) and "pw" not in str(info.value), uri
+
 
 class TestInterop:
     """tether's client against the websockets library's server."""

@@ -34,7 +34,7 @@ from ..exceptions import (
     InvalidURI,
     ProxyError,
 )
-from ..protocol.client import ClientProtocol, parse_uri
+from ..protocol.client import ClientProtocol, parse_uri, redact_uri
 from ..protocol.connection import DEFAULT_MAX_MESSAGE_SIZE
 from ..protocol.extensions.base import ClientExtensionFactory
 from ..protocol.http11 import Response
@@ -316,7 +316,12 @@ class connect:
                 connection = await self._connect_through(proxy, factory, wsuri.host,
                                                          wsuri.port, ssl_context or None,
                                                          server_hostname)
-            await connection.handshake_done
+            try:
+                await connection.handshake_done
+            except BaseException:  # open_timeout, cancelled, or refused: never leak the socket
+                if connection.transport is not None:
+                    connection.transport.abort()
+                raise
             return connection
 
         task = asyncio.ensure_future(open_connection())
@@ -413,19 +418,6 @@ class connect:
     async def __aexit__(self, *exc_info: object) -> None:
         if self.connection is not None:
             await self.connection.close()
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` as error messages and logs may show it: scheme, host, port and path, without
-    the user:password, query and fragment, where tokens travel
-    (``ws://alice:pw@host:8765/feed?token=T`` → ``ws://host:8765/feed``). Works on URIs too
-    malformed to parse, since those end up in messages too."""
-    base = uri.split("?", 1)[0].split("#", 1)[0]
-    scheme, sep, rest = base.partition("://")
-    if not sep:
-        return base.rpartition("@")[2]
-    authority, slash, path = rest.partition("/")
-    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def backoff_delay(

@@ -18,7 +18,7 @@ from .handshake import accept_key, generate_key, has_token
 from .headers import parse_extensions, parse_token_list, serialize_extensions
 from .http11 import MAX_HEADER_BYTES, MAX_HEADERS, Headers, Request, Response, ResponseParser
 
-__all__ = ["ClientProtocol", "WebSocketURI", "parse_uri", "default_client_extensions"]
+__all__ = ["ClientProtocol", "WebSocketURI", "parse_uri", "redact_uri", "default_client_extensions"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,19 @@ class WebSocketURI:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+def redact_uri(uri: str) -> str:
+    """``uri`` as error messages and logs may show it: scheme, host, port and path, without
+    the user:password, query and fragment, where tokens travel
+    (``ws://alice:pw@host:8765/feed?token=T`` → ``ws://host:8765/feed``). Works on URIs too
+    malformed to parse, since those end up in messages too."""
+    base = uri.split("?", 1)[0].split("#", 1)[0]
+    scheme, sep, rest = base.partition("://")
+    if not sep:
+        return base.rpartition("@")[2]
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+
+
 def parse_uri(uri: str) -> WebSocketURI:
     """Parse a WebSocket URI.
 
@@ -48,13 +61,14 @@ def parse_uri(uri: str) -> WebSocketURI:
         parts = urlsplit(uri)
         port = parts.port
     except ValueError as exc:
-        raise InvalidURI(f"{uri} is not a valid URI: {exc}") from None
+        raise InvalidURI(f"{redact_uri(uri)} is not a valid URI: {exc}") from None
     if parts.scheme not in ("ws", "wss"):
-        raise InvalidURI(f"{uri} is not a WebSocket URI (ws:// or wss://)")
+        raise InvalidURI(f"{redact_uri(uri)} is not a WebSocket URI (ws:// or wss://)")
     if not parts.hostname:
-        raise InvalidURI(f"{uri} has no host")
+        raise InvalidURI(f"{redact_uri(uri)} has no host")
     if parts.fragment:
-        raise InvalidURI(f"{uri} has a fragment, which WebSocket URIs may not have")
+        raise InvalidURI(
+            f"{redact_uri(uri)} has a fragment, which WebSocket URIs may not have")
     secure = parts.scheme == "wss"
     resource = parts.path or "/"
     if parts.query:
