@@ -191,6 +191,7 @@ class TestBrowserAttributes:
                 query=ws.request.query_params,
                 header=ws.request.headers.get("X-Test"),
                 remote=ws.remote_address,
+                local=ws.local_address,
                 state=ws.ready_state,
                 subprotocol=ws.subprotocol,
                 extensions=ws.extensions,
@@ -211,6 +212,8 @@ class TestBrowserAttributes:
                     assert ws.extensions.startswith("permessage-deflate")
                     assert ws.buffered_amount == 0
                     assert ws.close_code is None
+                    assert ws.local_address == seen["remote"]  # each end's view of the other
+                    assert ws.remote_address == seen["local"]
                 await ws.wait_closed()
                 assert ws.ready_state == tether.CLOSED == 3
             assert seen["path"] == "/room"

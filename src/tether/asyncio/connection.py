@@ -33,6 +33,7 @@ __all__ = ["WebSocket", "Listener"]
 logger = logging.getLogger("tether")
 
 _CLOSED: Any = object()  # wakes a waiting recv() when the connection closes
+_UNKNOWN: Any = object()
 # No ping waiting for its pong: shared by every such connection, and never modified.
 _NO_PINGS: dict[bytes, Any] = {}
 _OK_CODES = (1000, 1001, 1005)
@@ -113,7 +114,7 @@ class WebSocket(asyncio.Protocol):
         "request",
         "response",
         "remote_address",
-        "local_address",
+        "_local_address",
         "latency",
         "bytes_received",
         "bytes_sent",
@@ -158,7 +159,7 @@ class WebSocket(asyncio.Protocol):
         self.request: Request | None = None
         self.response: Response | None = None
         self.remote_address: Any = None
-        self.local_address: Any = None
+        self._local_address: Any = _UNKNOWN  # asked of the transport on first use
         self.latency = 0.0
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -196,6 +197,18 @@ class WebSocket(asyncio.Protocol):
     def ready_state(self) -> State:
         """CONNECTING (0), OPEN (1), CLOSING (2) or CLOSED (3), as in the browser."""
         return State.CLOSED if self._lost else self.protocol.state
+
+    @property
+    def local_address(self) -> Any:
+        """This end's address (the socket's name), or None once the connection is closed
+        if it was never asked before."""
+        address = self._local_address
+        if address is _UNKNOWN:
+            transport = self.transport
+            address = None if transport is None else transport.get_extra_info("sockname")
+            if address is not None or self._lost:
+                self._local_address = address
+        return address
 
     @property
     def subprotocol(self) -> str | None:
@@ -238,7 +251,6 @@ class WebSocket(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(self.write_limit, self.write_limit // 4)
         self.remote_address = transport.get_extra_info("peername")
-        self.local_address = transport.get_extra_info("sockname")
         self.opened_at = self.loop.time()
 
     def data_received(self, data: bytes) -> None:

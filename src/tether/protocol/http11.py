@@ -79,10 +79,13 @@ class Headers:
         and response once the handshake is done. About a kilobyte less per connection."""
         self._index = None
         items = self._items
-        if type(items) is list and all(
-            ":" not in name and "\n" not in name and "\n" not in value for name, value in items
-        ):  # (always true of parsed fields and of add(): packing is then reversible)
-            self._items = "\n".join([f"{name}:{value}" for name, value in items])
+        if type(items) is list:
+            packed = "\n".join([f"{name}:{value}" for name, value in items])
+            names = "".join([name for name, _ in items])
+            # Reversible unless a name holds ":" or a field a newline, which parsed and add()ed
+            # fields never do.
+            if ":" not in names and packed.count("\n") == len(items) - 1 or not items:
+                self._items = packed
 
     def add(self, name: str, value: str) -> None:
         """Append a field; CR and LF are refused so a value can never split a header."""
