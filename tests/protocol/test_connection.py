@@ -1236,3 +1236,35 @@ class TestLargeFrames:
         events = feed(server, stream, sizes=[7000] * 40)
         assert_events(events, [BinaryMessage(data)])
         assert_not_failed(server)
+
+
+class TestFrameMessage:
+    """frame_message(): a server's small whole message framed in one call, exactly what
+    send_text/send_binary would queue; None whenever the general path is needed."""
+
+    def test_same_bytes_as_the_general_path(self) -> None:
+        for opcode, data in [(TEXT, "héllo".encode()), (BINARY, b"\x00\xff" * 100),
+                             (BINARY, b""), (TEXT, b"x" * 4096)]:
+            server = Connection(Side.SERVER)
+            framed = server.frame_message(opcode, data)
+            (server.send_text if opcode == TEXT else server.send_binary)(data)
+            assert framed == b"".join(server.data_to_send())
+
+    def test_none_when_the_general_path_is_needed(self) -> None:
+        from tether.protocol.extensions.permessage_deflate import PerMessageDeflate
+
+        assert Connection(Side.CLIENT).frame_message(TEXT, b"x") is None  # masked
+        assert Connection(Side.SERVER).frame_message(BINARY, bytes(4097)) is None
+        deflating = Connection(Side.SERVER, extension=PerMessageDeflate(False, False, 15, 15))
+        assert deflating.frame_message(TEXT, b"x") is None
+        fragmenting = Connection(Side.SERVER)
+        fragmenting.send_text(b"part", fin=False)
+        assert fragmenting.frame_message(TEXT, b"x") is None  # output waiting, and in progress
+        fragmenting.data_to_send()
+        assert fragmenting.frame_message(TEXT, b"x") is None  # a fragmented message in progress
+        closing = Connection(Side.SERVER)
+        closing.send_close()
+        closing.data_to_send()
+        assert closing.frame_message(TEXT, b"x") is None
+        with pytest.raises(InvalidState):
+            closing.send_text(b"x")  # where the general path says why

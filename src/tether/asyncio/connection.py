@@ -650,9 +650,29 @@ class WebSocket(asyncio.Protocol):
             TypeError: ``message`` is of another type.
         """
         protocol = self.protocol
+        cls = type(message)
+        if cls is str or cls is bytes:
+            if cls is str:
+                data: Any = message.encode()  # type: ignore[union-attr]
+                chunk = protocol.frame_message(1, data)
+            else:
+                data = message
+                chunk = protocol.frame_message(2, data)
+            if chunk is not None:  # the common case: a small message from a server
+                pending = self._pending
+                size = len(chunk)
+                if pending is not None and self._pending_size + size <= _COALESCE_LIMIT:
+                    self.bytes_sent += size
+                    pending.append(chunk)
+                    self._pending_size += size
+                else:
+                    self._write([chunk])
+                return
+        else:
+            data = None
         try:
-            if type(message) is str:
-                protocol.send_text(message.encode())
+            if cls is str:
+                protocol.send_text(data)  # encoded above
             elif isinstance(message, (bytes, bytearray, memoryview)):
                 protocol.send_binary(message)
             elif isinstance(message, str):  # a str subclass

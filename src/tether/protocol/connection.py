@@ -633,6 +633,27 @@ class Connection:
             self._send_opcode = opcode
         self._write_frame(fin, rsv1, opcode, data)
 
+    def frame_message(self, opcode: int, data: bytes) -> bytes | None:
+        """The frame of a whole small message (text: UTF-8 ``data``), returned for the I/O
+        layer to write itself, as :meth:`send_text` / :meth:`send_binary` would queue it; or
+        ``None`` when that general path is needed: a client (frames are masked), compression,
+        a payload over 4 KiB, a fragmented message in progress, output not yet collected, or
+        a connection that cannot send (where the general path raises).
+
+        The hot path of a server's replies and pushes: one call instead of four.
+        """
+        if (
+            self._is_server
+            and self.extension is None
+            and self.state is State.OPEN
+            and self.close_sent is None
+            and not self._send_opcode
+            and not self._output
+            and len(data) <= _JOIN_LIMIT
+        ):
+            return frame(0x80 | opcode, data)
+        return None
+
     def send_frame(self, frame: bytes) -> None:
         """Send a complete frame serialized elsewhere: how a broadcast writes the same bytes
         to many connections. Only for servers (client frames are masked per connection). The
