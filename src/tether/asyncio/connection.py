@@ -584,9 +584,14 @@ class WebSocket(asyncio.Protocol):
     async def _receive(self, iterating: bool) -> Data:
         """recv() and ``async for`` in one coroutine: a waiting application holds one frame,
         and a normal close ends an iteration (StopAsyncIteration) where recv() raises."""
+        messages = self._messages
+        if messages:  # a queued message: no waiting (inlined, as this runs per message)
+            self._processing = True
+            message: Data = messages.popleft()
+            if self._reading_paused and len(messages) <= self.max_queue // 4:
+                self._resume_reading()
+            return message
         self._processing = False
-        if self._messages:
-            return self._take_queued()
         if self._lost or self.protocol.input_closed:
             if self.protocol.close_reply_pending():
                 self._reply_close()
@@ -604,23 +609,13 @@ class WebSocket(asyncio.Protocol):
                 self._waiter = None
         if message is _CLOSED:
             raise self._end_error(iterating)
-        return message  # type: ignore[no-any-return]
+        return message
 
     def _end_error(self, iterating: bool) -> Exception:
         error = self._closed_error()
         if iterating and isinstance(error, ConnectionClosedOK):
             return StopAsyncIteration()
         return error
-
-    def _take_queued(self) -> Data:
-        """The next queued message (there is one); reading resumes once the queue is short."""
-        messages = self._messages
-        assert isinstance(messages, deque)
-        self._processing = True
-        message = messages.popleft()
-        if self._reading_paused and len(messages) <= self.max_queue // 4:
-            self._resume_reading()
-        return message
 
     # -- sending -----------------------------------------------------------------------------
 
