@@ -8,47 +8,29 @@ the specification. ``IMPLEMENTATION`` says which one is live ("c" or "python").
 from __future__ import annotations
 
 import os
-__all__ = [
-    "apply_mask",
-    "parse_messages",
-    "frame",
-    "mask_inplace",
-    "new_payload",
-    "take_payload",
-    "IMPLEMENTATION",
-]
+from types import ModuleType
+from typing import TYPE_CHECKING
 
+from . import _python
+
+__all__ = [*_python.__all__, "IMPLEMENTATION"]
+
+_module: ModuleType = _python
+IMPLEMENTATION = "python"
 if os.environ.get("TETHER_NO_EXTENSIONS", "").lower() in ("", "0", "false", "no"):
     try:
-        from ._speedups import (
-            apply_mask,
-            frame,
-            mask_inplace,
-            new_payload,
-            parse_messages,
-            take_payload,
-        )
+        from . import _speedups
     except ImportError:  # not built: no compiler at install time, or BUILD_EXTENSION=no
-        from ._python import (
-            apply_mask,
-            frame,
-            mask_inplace,
-            new_payload,
-            parse_messages,
-            take_payload,
-        )
-
-        IMPLEMENTATION = "python"
+        pass
     else:
-        IMPLEMENTATION = "c"
-else:
-    from ._python import (
-        apply_mask,
-        frame,
-        mask_inplace,
-        new_payload,
-        parse_messages,
-        take_payload,
-    )
+        _module, IMPLEMENTATION = _speedups, "c"
 
-    IMPLEMENTATION = "python"
+if TYPE_CHECKING:  # both modules have the same signatures: the specification's
+    from ._python import apply_mask as apply_mask
+    from ._python import frame as frame
+    from ._python import mask_inplace as mask_inplace
+    from ._python import new_payload as new_payload
+    from ._python import parse_messages as parse_messages
+    from ._python import take_payload as take_payload
+else:
+    globals().update({name: getattr(_module, name) for name in _python.__all__})
