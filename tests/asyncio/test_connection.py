@@ -319,6 +319,21 @@ class TestClose:
         run(main())
         assert "boom" in caplog.text  # but the traceback is in the log
 
+    def test_handler_that_cannot_be_called_closes_1011(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        async def handler() -> None:  # forgot the ws argument
+            pass
+
+        async def main() -> None:
+            async with serving(handler) as (_, url), tether.connect(url) as ws:
+                with pytest.raises(tether.ConnectionClosedError) as info:
+                    await ws.recv()
+                assert info.value.code == 1011
+
+        run(main())
+        assert "connection handler failed" in caplog.text
+
     def test_send_after_close_raises(self) -> None:
         async def main() -> None:
             async with serving() as (_, url), tether.connect(url) as ws:
