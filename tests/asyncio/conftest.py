@@ -37,3 +37,15 @@ async def serving(
     """A server on a free loopback port; yields (server, ws://... URL)."""
     async with tether.serve(handler, "127.0.0.1", 0, **options) as server:
         yield server, f"ws://127.0.0.1:{server.port_number}"
+
+
+async def silent_server() -> tuple[asyncio.Server, int]:
+    """A TCP server on a free loopback port that reads whatever comes and never answers (a
+    peer that accepted and went silent); returns it and its port. Close it when done."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]

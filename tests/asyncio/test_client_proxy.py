@@ -22,7 +22,7 @@ from tether.asyncio.proxy import (
 )
 from tether.exceptions import HandshakeError, ProxyError
 
-from .conftest import UNIT, echo, run, serving
+from .conftest import UNIT, echo, run, serving, silent_server
 
 
 class ConnectProxy:
@@ -309,13 +309,8 @@ class TestProxy:
         run(main())
 
     def test_proxy_silent_times_out(self) -> None:
-        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.read()
-            writer.close()
-
         async def main() -> None:
-            server = await asyncio.start_server(silent, "127.0.0.1", 0)
-            port = server.sockets[0].getsockname()[1]
+            server, port = await silent_server()
             with pytest.raises(TimeoutError):
                 await tether.connect(
                     "ws://127.0.0.1:1/", proxy=f"http://127.0.0.1:{port}", open_timeout=2 * UNIT

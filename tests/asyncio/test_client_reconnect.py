@@ -17,7 +17,7 @@ from tether.exceptions import ProxyError
 from tether.exceptions import HandshakeError, InvalidMessage
 from tether.protocol.http11 import Headers, Response
 
-from .conftest import UNIT, echo, run, serving
+from .conftest import UNIT, echo, run, serving, silent_server
 
 Call = tuple[int, float, Exception]
 
@@ -405,13 +405,8 @@ class TestReconnect:
     def test_timeout_retried(self) -> None:
         calls: list[Call] = []
 
-        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.read()
-            writer.close()
-
         async def main() -> None:
-            server = await asyncio.start_server(silent, "127.0.0.1", 0)
-            port = server.sockets[0].getsockname()[1]
+            server, port = await silent_server()
             with pytest.raises(RuntimeError, match="stop"):
 
                 def on_reconnect(attempt: int, delay: float, cause: Exception) -> None:
@@ -504,13 +499,8 @@ class TestSecretsStayOutOfLogs:
         calls: list[Call] = []
         closed_port = free_port()
 
-        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.read()
-            writer.close()
-
         async def main() -> None:
-            server = await asyncio.start_server(silent, "127.0.0.1", 0)
-            port = server.sockets[0].getsockname()[1]
+            server, port = await silent_server()
             for target in [port, closed_port]:  # a timeout, then a refusal
                 with pytest.raises(RuntimeError, match="stop"):
 
