@@ -334,6 +334,25 @@ class TestClose:
         run(main())
         assert "connection handler failed" in caplog.text
 
+    def test_handler_may_return_any_awaitable(self) -> None:
+        # Not only a coroutine: a plain function returning a Future (or any awaitable) is a
+        # handler too, and runs until that awaitable is done.
+        def handler(ws: WebSocket) -> asyncio.Future[None]:
+            async def greet() -> None:
+                await ws.send("hello from a future")
+                async for message in ws:
+                    await ws.send(message)
+
+            return asyncio.ensure_future(greet())
+
+        async def main() -> None:
+            async with serving(handler) as (_, url), tether.connect(url) as ws:
+                assert await ws.recv() == "hello from a future"
+                await ws.send("echo")
+                assert await ws.recv() == "echo"
+
+        run(main())
+
     def test_send_after_close_raises(self) -> None:
         async def main() -> None:
             async with serving() as (_, url), tether.connect(url) as ws:

@@ -492,12 +492,16 @@ class WebSocket(asyncio.Protocol):
             self._reading_paused = True
             self.transport.pause_reading()
 
-    def _closed_error(self) -> ConnectionClosed:
+    def _closed_ok(self) -> bool:
+        """Whether the connection closed normally: 1000 or 1001 both ways."""
         rcvd, sent = self.protocol.close_rcvd, self.protocol.close_sent
-        ok = rcvd is not None and sent is not None and rcvd.code in _OK_CODES
-        ok = ok and sent is not None and sent.code in _OK_CODES
-        cls = ConnectionClosedOK if ok else ConnectionClosedError
-        error = cls(rcvd, sent, self.protocol.close_rcvd_then_sent)
+        return (rcvd is not None and sent is not None and rcvd.code in _OK_CODES
+                and sent.code in _OK_CODES)
+
+    def _closed_error(self) -> ConnectionClosed:
+        cls = ConnectionClosedOK if self._closed_ok() else ConnectionClosedError
+        protocol = self.protocol
+        error = cls(protocol.close_rcvd, protocol.close_sent, protocol.close_rcvd_then_sent)
         error.__cause__ = self.protocol.receive_error
         return error
 
@@ -578,8 +582,15 @@ class WebSocket(asyncio.Protocol):
     def __aiter__(self) -> AsyncIterator[Data]:
         return self
 
-    def __anext__(self) -> Coroutine[Any, Any, Data]:
-        return self._receive(True)
+    async def __anext__(self) -> Data:
+        messages = self._messages
+        if messages:  # a queued message: no waiting (inlined: this runs per message)
+            self._processing = True
+            message: Data = messages.popleft()
+            if self._reading_paused and len(messages) <= self.max_queue // 4:
+                self._resume_reading()
+            return message
+        return await self._receive(True)
 
     async def _receive(self, iterating: bool) -> Data:
         """recv() and ``async for`` in one coroutine: a waiting application holds one frame,
@@ -612,10 +623,9 @@ class WebSocket(asyncio.Protocol):
         return message
 
     def _end_error(self, iterating: bool) -> Exception:
-        error = self._closed_error()
-        if iterating and isinstance(error, ConnectionClosedOK):
-            return StopAsyncIteration()
-        return error
+        if iterating and self._closed_ok():
+            return StopAsyncIteration()  # without building the ConnectionClosedOK it replaces
+        return self._closed_error()
 
     # -- sending -----------------------------------------------------------------------------
 

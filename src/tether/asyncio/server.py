@@ -34,6 +34,7 @@ import logging
 import socket
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from types import CoroutineType
 from typing import Any, Union
 
 from ..auth import OriginPolicy
@@ -349,7 +350,11 @@ class ServerConnection(WebSocket):
             logger.exception("connection handler failed")
             self.close_nowait(1011, "internal error")
             return
-        task = self.handler_task = asyncio.ensure_future(coroutine, loop=self.loop)
+        if type(coroutine) is CoroutineType:  # the usual case: skip ensure_future's checks
+            task = self.loop.create_task(coroutine)
+        else:
+            task = asyncio.ensure_future(coroutine, loop=self.loop)
+        self.handler_task = task
         task.add_done_callback(self._handler_done)
 
     def _handler_done(self, task: asyncio.Task[None]) -> None:
