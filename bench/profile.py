@@ -1,40 +1,49 @@
 #!/usr/bin/env python3
-"""Where tether's server time goes in issue 6's scenarios a and e (bench/peers.py).
+"""Where tether's server time goes in issue 6's scenarios a, c, e and g (bench/peers.py).
+
+  a  1 connection, 32-byte text, 100 in flight      server CPU per message
+  c  100 connections, 10 in flight each             server CPU per message
+  e  broadcast to 1,000 clients                     server CPU per delivery
+  g  connect + handshake + close, 10 concurrent     server CPU per handshake
 
 For each tether API (coroutines, callbacks) and each scenario, one fresh server started with
-peers.py's own helpers (a: the echo server, e: the broadcast server; the same commands, the
-same pinning: load generator on the first CPU, server on the second), warmed up as peers.py
-does, then four measured windows on that server, each driven exactly as peers.py drives it
-(its scenario_echo and scenario_broadcast: the same loadgen arguments):
+peers.py's own helpers (a, c, g: the echo server, e: the broadcast server; the same commands,
+the same pinning: load generator on the first CPU, server on the second), warmed up as
+peers.py warms up its echo server (a, c, g; e has no warm-up there either), then four
+measured windows on that server, each driven exactly as peers.py drives it (its scenario_echo
+for a, c, g and scenario_broadcast for e: the same loadgen arguments):
 
-  plain     no profiler: the reference CPU per message / delivery.
+  plain     no profiler: the reference CPU per message / delivery / handshake.
   perf      `perf record -e cpu-clock --call-graph dwarf` attached to the server (sampling,
             native, with whole stacks): each sample by where it was (the CPython interpreter,
-            uvloop/libuv, the C accelerator, _asyncio, libc, the kernel by system call) and
-            by whether its stack was inside Python code (a Python frame inside libuv's: a
-            callback, a coroutine step, and whatever they call, transport.write() and its
-            send included) or in the event loop outside Python code (polling, reads,
-            dispatch). Skipped when perf is missing.
+            uvloop/libuv, the C accelerator, _asyncio, libc, the kernel by system call and
+            by caller) and by whether its stack was inside Python code (a Python frame inside
+            libuv's: a callback, a coroutine step, and whatever they call, transport.write()
+            and its send, transport.close() and its close included) or in the event loop
+            outside Python code (polling, reads, dispatch; in g also accepting a connection
+            and creating its transport before any Python code runs). The coarse shares are
+            also shown as µs of the unprofiled CPU per unit. Skipped when perf is missing.
   py-spy    `py-spy record --nonblocking` attached to the server (sampling, Python stacks):
             the innermost Python function of each sample inside Python code, which includes
             the C it calls (transport.write() and its send count in the function calling it).
             Skipped when py-spy is missing (pip install py-spy).
   cProfile  cProfile switched on and off inside the server (SIGUSR1) around the window
             (deterministic): own time of each Python function and of each C function called
-            from Python (built-ins, the accelerator, _asyncio), and calls per message. It
+            from Python (built-ins, the accelerator, _asyncio), and calls per unit. It
             does not see uvloop's methods (Cython functions: their time counts in the
-            caller), and its shares carry its overhead (printed: CPU per message under
+            caller), and its shares carry its overhead (printed: CPU per unit under
             cProfile / without).
 
 py-spy and cProfile only see the time inside Python code; their shares are scaled by perf's
 share of the server's samples inside Python code, to be shares of the server's CPU (without
 perf they are shares of the time inside Python code). perf and py-spy run pinned to the load
-generator's CPU, so the server's CPU is its own. Every CPU per message is peers.py's figure:
+generator's CPU, so the server's CPU is its own. Every CPU per unit is peers.py's figure:
 utime + stime of the server from /proc, over the same span as the profile.
 
 Usage:
   python bench/profile.py                          # both APIs, a and e, ~1 min
-  python bench/profile.py --apis callbacks --scenarios a --duration 3 --top 15
+  python bench/profile.py --scenarios a,c,e,g      # all four, ~2 min
+  python bench/profile.py --apis callbacks --scenarios g --duration 3 --top 15
   python bench/profile.py --no-perf --no-pyspy     # cProfile only
 
 Loopback only; stops only the processes it started (by their PID).
@@ -123,9 +132,12 @@ from echo import (  # noqa: E402  (bench/echo.py, which peers.py uses too)
 )
 
 APIS = {"coroutines": "tether", "callbacks": "tether-cb"}  # API -> peers.py's server name
-SCENARIOS = {"a": ("echo", "message", "server_cpu_us_per_msg"),
-             "e": ("broadcast", "delivery", "server_cpu_us_per_delivery")}
-PLURAL = {"message": "messages", "delivery": "deliveries"}
+# scenario -> (peers.py's server mode, unit, peers.py's figure per unit, its count of units)
+SCENARIOS = {"a": ("echo", "message", "server_cpu_us_per_msg", "messages"),
+             "c": ("echo", "message", "server_cpu_us_per_msg", "messages"),
+             "e": ("broadcast", "delivery", "server_cpu_us_per_delivery", "deliveries"),
+             "g": ("echo", "handshake", "server_cpu_us_per_handshake", "handshakes")}
+PLURAL = {"message": "messages", "delivery": "deliveries", "handshake": "handshakes"}
 TOOL_LABELS = {"plain": "unprofiled", "perf": "under perf (sampling)",
                "pyspy": "under py-spy (sampling)", "cprofile": "under cProfile"}
 
@@ -216,8 +228,8 @@ class Window:
 
 class ProfiledServer(peers.Server):
     """peers.Server with peers.py's command run through `profile.py --serve-profiled`, whose
-    cpu() also opens and closes the profiler's window: peers.scenario_echo and
-    scenario_broadcast read the server's CPU once just before the measured part and once just
+    cpu() also opens and closes the profiler's window: peers.scenario_echo (a, c, g) and
+    scenario_broadcast (e) read the server's CPU once just before the measured part and once just
     after it, so the profile covers the span of the CPU figure."""
 
     def __init__(self, name: str, mode: str, python: str, port: int, args: argparse.Namespace,
@@ -342,7 +354,12 @@ CPYTHON_ALLOC = re.compile(r"alloc|free|dealloc|Dealloc|_New|NewRef|Trash|gc_|GC
                            r"_PyFrame_Clear|_PyFrame_Push|freelist|visit_")
 SYSCALLS = [("send", ("sendto", "sendmsg", "write", "writev")),
             ("recv", ("recvfrom", "recvmsg", "read", "readv")),
-            ("epoll_wait", ("epoll_wait", "epoll_pwait", "epoll_pwait2"))]
+            ("epoll_wait", ("epoll_wait", "epoll_pwait", "epoll_pwait2")),
+            ("accept", ("accept", "accept4")),
+            ("close, shutdown", ("close", "shutdown")),
+            ("epoll_ctl", ("epoll_ctl",)),
+            ("socket options, names, fcntl", ("setsockopt", "getsockopt", "getsockname",
+                                              "getpeername", "fcntl", "ioctl"))]
 
 
 def syscall_of(chain: list[str]) -> str | None:
@@ -368,14 +385,18 @@ def perf_group(chain: list[tuple[str, str]]) -> tuple[str, bool | None]:
         if call is None:
             return "kernel: interrupts, scheduler (outside system calls)", inside
         label = next((lb for lb, names in SYSCALLS if call in names), "other system calls")
-        return f"kernel: {label}", inside
+        # by caller: Python code (transport.write, transport.close) or the loop (its polling,
+        # reads and accepts, and what it closes or writes on its own)
+        by = {True: ", from Python code", False: ", from the loop"}.get(inside, "")
+        return f"kernel: {label}{by}", inside
     if dso.startswith("_speedups"):
         return "tether C accelerator (_speedups)", inside
     if dso.startswith("_asyncio"):
         return "asyncio Task/Future (C, _asyncio)", inside
     if dso.startswith("loop.cpython"):
         return (("uvloop called from Python (transport.write, call_soon, ...)" if inside else
-                 "uvloop + libuv: the loop (polling, reads, dispatch)"), inside)
+                 "uvloop + libuv: the loop (polling, reads, accepts, new transports, "
+                 "dispatch)"), inside)
     if dso.startswith(("libc.", "libc-", "libm.")):
         return "libc (memcpy, malloc, ...)", inside
     if dso.startswith("libpython") or re.fullmatch(r"python3[\d.]*", dso):
@@ -392,11 +413,13 @@ def perf_group(chain: list[tuple[str, str]]) -> tuple[str, bool | None]:
 def summary_group(group: str, inside: bool | None) -> str:
     """perf_group's groups, coarser: what the doc's table shows."""
     if not inside:
-        return "event loop outside Python code (epoll_wait, reads, libuv, uvloop)"
+        return ("event loop outside Python code (epoll_wait, reads, accepts, new transports, "
+                "libuv, uvloop)")
     if group.startswith("CPython"):
         return "CPython running Python code (tether, the handler, asyncio)"
     if group.startswith("kernel"):
-        return "kernel, called from Python code (send: transport.write)"
+        return ("kernel, called from Python code (transport.write's send, "
+                "transport.close's close, ...)")
     return group
 
 
@@ -454,7 +477,7 @@ def run_windows(api: str, key: str, args: argparse.Namespace, loadgen: Path,
                 cpus: tuple[int | None, int | None], log_dir: Path, tools: list[str],
                 pyspy: str | None) -> dict[str, Any]:
     """A fresh server (as peers.py starts it), then one window per tool on it."""
-    mode, unit, field = SCENARIOS[key]
+    mode, unit, field, count = SCENARIOS[key]
     lg_cpu, srv_cpu = cpus
     port = free_port()
     srv = ProfiledServer(APIS[api], mode, args.python, port, args, srv_cpu, log_dir)
@@ -462,13 +485,13 @@ def run_windows(api: str, key: str, args: argparse.Namespace, loadgen: Path,
     try:
         srv.wait_ready(port)
         run_loadgen(loadgen, ["handshake", "-n", "1"], port, lg_cpu, timeout=30)
-        if key == "a":
+        if mode == "echo":  # as peers.py does once per fresh echo server, before a-d, g
             peers.warm_up(port, loadgen, lg_cpu, args.warmup)
         for tool in tools:
             srv.window = Window(tool, srv, log_dir, lg_cpu, pyspy)
             try:
-                if key == "a":
-                    res = peers.scenario_echo("a", srv, port, loadgen, lg_cpu, args)
+                if mode == "echo":
+                    res = peers.scenario_echo(key, srv, port, loadgen, lg_cpu, args)
                 else:
                     res = peers.scenario_broadcast(srv, port, loadgen, lg_cpu, args)
             except RuntimeError as e:
@@ -478,7 +501,7 @@ def run_windows(api: str, key: str, args: argparse.Namespace, loadgen: Path,
             finally:
                 srv.window.kill()
             w: dict[str, Any] = {"us_per_unit": res[field], "server_cpu_s": res["server_cpu_s"],
-                                 "wall_s": res["scenario_wall_s"], "units": res["messages"]}
+                                 "wall_s": res["scenario_wall_s"], "units": res[count]}
             data = srv.window.data
             if data is not None:
                 w.update({"cprofile": read_cprofile, "perf": read_perf,
@@ -502,7 +525,9 @@ def pct(x: float | None) -> str:
 
 def group_table(runs: list[dict[str, Any]], tool: str, title: str,
                 scale: Callable[[dict[str, Any]], float] = lambda r: 1.0,
-                key: str = "groups") -> list[str]:
+                key: str = "groups", per_unit: bool = False) -> list[str]:
+    """One row per group, one column per API: its share; with per_unit, also the share of the
+    unprofiled CPU per unit that it stands for."""
     have = [r for r in runs if tool in r["windows"]]
     if not have:
         return []
@@ -512,8 +537,13 @@ def group_table(runs: list[dict[str, Any]], tool: str, title: str,
     lines = [f"| {title} | " + " | ".join(r["api"] for r in have) + " |",
              "|---|" + "---:|" * len(have)]
     for g, _ in total.most_common():
-        lines.append(f"| {g} | " + " | ".join(
-            pct(r["windows"][tool][key].get(g, 0.0) * scale(r)) for r in have) + " |")
+        cells = []
+        for r in have:
+            share = r["windows"][tool][key].get(g, 0.0) * scale(r)
+            base = r["windows"].get("plain", {}).get("us_per_unit")
+            cells.append(pct(share) + (f" ({share * base:.{2 if base < 20 else 0}f} µs)"
+                                       if per_unit and base else ""))
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -549,8 +579,8 @@ def render(results: list[dict[str, Any]], top: int) -> str:
                     cells.append(f"{w['us_per_unit']:.2f}")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
-        lines += group_table(runs, "perf", "perf: share of the server's CPU samples",
-                             key="summary")
+        lines += group_table(runs, "perf", "perf: share of the server's CPU samples (µs per "
+                             f"{unit} of the unprofiled CPU)", key="summary", per_unit=True)
         lines += group_table(runs, "perf", "perf: share of the server's CPU samples, by where")
         lines += group_table(runs, "pyspy", f"py-spy: share of {of}, innermost Python frame",
                              inside_share)
@@ -598,13 +628,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--apis", default="coroutines,callbacks", help="coroutines,callbacks")
-    p.add_argument("--scenarios", default="a,e", help="a,e")
-    p.add_argument("--duration", type=float, default=2.0, help="seconds per window of a (2)")
+    p.add_argument("--scenarios", default="a,e", help="comma-separated among a,c,e,g (a,e)")
+    p.add_argument("--duration", type=float, default=2.0,
+                   help="seconds per window of a, c and g (2)")
     p.add_argument("--bcast-clients", type=int, default=1000, help="e: subscribers (1000)")
     p.add_argument("--bcast-messages", type=int, default=300, help="e: messages (300)")
     p.add_argument("--bcast-size", type=int, default=32, help="e: bytes per message (32)")
     p.add_argument("--bcast-burst", type=int, default=10, help="e: messages per loop turn (10)")
-    p.add_argument("--warmup", type=float, default=0.3, help="seconds of echo before a (0.3)")
+    p.add_argument("--warmup", type=float, default=0.3,
+                   help="seconds of echo before a, c, g (0.3)")
     p.add_argument("--top", type=int, default=10, help="functions listed per profile (10)")
     p.add_argument("--python", default=sys.executable, help="interpreter for the servers")
     p.add_argument("--no-perf", action="store_true", help="skip the perf window")
@@ -612,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-pin", action="store_true", help="don't pin to CPUs")
     p.add_argument("--json", metavar="FILE", help="also write every window's figures")
     args = p.parse_args(argv)
-    args.duration_g = args.duration  # read by peers.scenario_echo (for g only)
+    args.duration_g = args.duration  # peers.scenario_echo reads it for g, duration for a, c
     apis = [a.strip() for a in args.apis.split(",") if a.strip()]
     keys = [k.strip() for k in args.scenarios.split(",") if k.strip()]
     for a in apis:
@@ -620,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown API {a!r}")
     for k in keys:
         if k not in SCENARIOS:
-            p.error(f"unknown scenario {k!r} (a or e)")
+            p.error(f"unknown scenario {k!r} (among {','.join(SCENARIOS)})")
 
     tools, notes = ["plain"], []
     if args.no_perf:
@@ -672,7 +704,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python bench/profile.py " + " ".join(argv if argv is not None else sys.argv[1:])
     pin = (f"load generator and profilers on CPU {cpus[0]}, server on CPU {cpus[1]}"
            if cpus[0] is not None else "no CPU pinning")
-    print(f"## Profiles of a and e ({total:.0f} s; {pin})\n")
+    print(f"## Profiles of {', '.join(k for k in SCENARIOS if k in keys)} ({total:.0f} s; "
+          f"{pin})\n")
     print(render(results, args.top))
     print(f"- command: `{cmd.strip()}`")
     print("- versions: " + ", ".join(f"{k} {vers[k]}" for k in ("tether", "uvloop", "python")
@@ -681,8 +714,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- sum(range(1000)) on the server's CPU: {speed:.1f} µs")
     if busy is not None and busy > 0.2:
         print(f"- warning: {busy:.1f} cores were busy with other processes at the start")
-    print(f"- a: {args.duration:g} s per window; e: {args.bcast_clients} clients x "
-          f"{args.bcast_messages} messages of {args.bcast_size} B, {args.bcast_burst} per turn")
+    about = []
+    for k in (k for k in SCENARIOS if k in keys):
+        if k == "e":
+            about.append(f"e: {args.bcast_clients} clients x {args.bcast_messages} messages "
+                         f"of {args.bcast_size} B, {args.bcast_burst} per turn")
+        else:
+            about.append(f"{k}: {args.duration:g} s per window, loadgen "
+                         f"`{' '.join(peers.ECHO_ARGS[k])} -d {args.duration:g}`")
+    print("- " + "; ".join(about))
     for n in notes:
         print(f"- {n}")
     for r in results:
