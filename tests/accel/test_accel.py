@@ -384,6 +384,65 @@ class TestPayload:
             _speedups.take_payload(bytearray(3))
 
 
+UPGRADE_HEAD = (
+    b"GET /chat?x=1 HTTP/1.1\r\nHost: h:1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade"
+    b"\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-A:  1 \r\nx-a: 2\r\n\r\n\x81\x80"
+)
+LIMITS = (8192, 128, 16384)
+
+
+class TestParseUpgradeHead:
+    """The opening handshake's common case (tests/protocol/test_http11.py checks it against
+    the full parser; these check the shape of the result and the arguments)."""
+
+    def test_fields_index_and_end(self, accel: ModuleType) -> None:
+        target, fields, index, end = accel.parse_upgrade_head(UPGRADE_HEAD, *LIMITS)
+        assert target == "/chat?x=1"
+        assert fields == [
+            ("Host", "h:1"), ("Upgrade", "websocket"), ("Connection", "keep-alive, Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("X-A", "1"), ("x-a", "2"),
+        ]
+        assert index == {
+            "host": ["h:1"], "upgrade": ["websocket"], "connection": ["keep-alive, Upgrade"],
+            "sec-websocket-key": ["dGhlIHNhbXBsZSBub25jZQ=="], "x-a": ["1", "2"],
+        }
+        assert UPGRADE_HEAD[end:] == b"\x81\x80"
+
+    def test_buffer_types(self, accel: ModuleType) -> None:
+        expected = accel.parse_upgrade_head(UPGRADE_HEAD, *LIMITS)
+        spaced = bytes(b for pair in zip(UPGRADE_HEAD, b"?" * len(UPGRADE_HEAD)) for b in pair)
+        for data in (bytearray(UPGRADE_HEAD), memoryview(UPGRADE_HEAD),
+                     memoryview(spaced)[::2]):
+            assert accel.parse_upgrade_head(data, *LIMITS) == expected
+
+    @pytest.mark.parametrize(
+        "edit",
+        [
+            (b"GET ", b"POST "), (b"GET ", b"GET  "), (b" HTTP/1.1", b" HTTP/1.1 "),
+            (b"/chat", b"chat"), (b"Upgrade: websocket", b"Upgrade: "),
+            (b"keep-alive, Upgrade", b"keep-alive, Upgrades"), (b"X-A:", b"X A:"),
+            (b"X-A:", b":"), (b"X-A:  1", b"X-A\x7f"), (b"h:1", b"h\t1"), (b"h:1", b"h\n1"),
+            (b"h:1", b"h\xe91"), (b"X-A:", b"Content-Length: 0\r\nX-A:"),
+            (b"X-A:", b"Transfer-Encoding: chunked\r\nX-A:"), (b"\r\n\r\n", b"\r\n"),
+        ],
+    )
+    def test_anything_else_is_none(self, accel: ModuleType, edit: tuple[bytes, bytes]) -> None:
+        assert accel.parse_upgrade_head(UPGRADE_HEAD.replace(*edit, 1), *LIMITS) is None
+
+    def test_limits(self, accel: ModuleType) -> None:
+        head = UPGRADE_HEAD.index(b"\r\n\r\n") + 4
+        assert accel.parse_upgrade_head(UPGRADE_HEAD, 9, 6, head) is not None
+        assert accel.parse_upgrade_head(UPGRADE_HEAD, 8, 6, head) is None
+        assert accel.parse_upgrade_head(UPGRADE_HEAD, 9, 5, head) is None
+        assert accel.parse_upgrade_head(UPGRADE_HEAD, 9, 6, head - 1) is None
+
+    def test_argument_errors(self, accel: ModuleType) -> None:
+        with pytest.raises(TypeError):
+            accel.parse_upgrade_head("GET / HTTP/1.1", *LIMITS)
+        with pytest.raises(TypeError):
+            accel.parse_upgrade_head(UPGRADE_HEAD, "8192", 128, 16384)
+
+
 class TestDifferential:
     """The compiled implementation against its specification, on random inputs."""
 
@@ -420,7 +479,7 @@ class TestDifferential:
 
     def test_same_names(self) -> None:
         names = {"apply_mask", "parse_messages", "frame", "mask_inplace", "new_payload",
-                 "take_payload"}
+                 "take_payload", "parse_upgrade_head"}
         assert set(_python.__all__) == names
         assert all(hasattr(_speedups, name) for name in names)
 
@@ -439,6 +498,24 @@ class TestDifferential:
                 pos = module.parse_messages(buf, 0, masked, limit, events, Text, Binary)
                 results.append((pos, [(type(e), e) for e in events]))
             assert results[0] == results[1], (stream, masked, limit)
+
+    def test_parse_upgrade_head_random(self) -> None:
+        """Random edits of upgrade requests, random limits: the same answer."""
+        rng = random.Random(6455)
+        pieces = [b" ", b"\t", b"\r", b"\n", b"\r\n", b":", b",", b"\x00", b"\x7f", b"\xe9",
+                  b"A", b"upgrade", b"Upgrade:", b"Connection:", b"Content-Length:", b"GET",
+                  b"/", b"HTTP/1.1", b"\r\n\r\n", b"x-y"]
+        for _ in range(3000):
+            data = bytearray(UPGRADE_HEAD)
+            for _ in range(rng.randrange(0, 4)):
+                at = rng.randrange(len(data) + 1)
+                cut = rng.choice([0, 0, 1, 2])
+                data[at:at + cut] = rng.choice(pieces)
+            limits = (rng.choice([1, 9, 8192]), rng.choice([0, 5, 128]),
+                      rng.choice([-5, 0, 60, len(data), 16384]))
+            results = [module.parse_upgrade_head(bytes(data), *limits)
+                       for module in (_python, _speedups)]
+            assert results[0] == results[1], (bytes(data), limits)
 
     def test_mask_inplace_random(self) -> None:
         rng = random.Random(17)

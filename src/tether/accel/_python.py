@@ -11,7 +11,10 @@ from typing import Any
 
 from ..typing import BytesLike
 
-__all__ = ["apply_mask", "parse_messages", "frame", "mask_inplace", "new_payload", "take_payload"]
+__all__ = [
+    "apply_mask", "parse_messages", "frame", "mask_inplace", "new_payload", "take_payload",
+    "parse_upgrade_head",
+]
 
 _UNPACK_H = struct.Struct("!H").unpack_from
 _UNPACK_Q = struct.Struct("!Q").unpack_from
@@ -184,3 +187,82 @@ def take_payload(payload: Any) -> bytes:
     except BufferError:
         pass  # a view is still alive: the map is unmapped when the last one goes
     return data
+
+
+# What parse_upgrade_head() accepts is a subset of what llhttp (tether.protocol.http11's
+# RequestParser) accepts, so that it never lets through what that parser would refuse: a head of
+# printable ASCII lines (so no control character, not even HTAB) and field names of RFC 9110
+# §5.6.2 tchar.
+_TCHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+# Fields that make llhttp expect a body or change how it frames the message.
+_FRAMING_FIELDS = frozenset(("content-length", "transfer-encoding", "proxy-connection"))
+
+
+def parse_upgrade_head(
+    data: BytesLike, max_request_line: int, max_headers: int, max_header_bytes: int
+) -> tuple[str, list[tuple[str, str]], dict[str, list[str]], int] | None:
+    """Parse a whole, plain WebSocket upgrade request at the start of ``data``, the common case
+    of the opening handshake; ``None`` for anything else (the full HTTP parser decides then).
+
+    Plain means: ``GET /target HTTP/1.1``, at most ``max_request_line`` bytes of target, the
+    blank line within ``max_header_bytes``, at most ``max_headers`` fields, printable ASCII
+    only, field names of tchar, a non-empty Upgrade field, the ``upgrade`` token in Connection,
+    and no Content-Length, Transfer-Encoding or Proxy-Connection.
+
+    Returns ``(target, fields, index, end)``: the fields as (name, value) pairs with the spaces
+    around values stripped, as received; the index from each lowercased name to its values, in
+    order; and the position just after the blank line.
+    """
+    if type(data) is not bytes:
+        data = memoryview(data).tobytes()
+    end = data.find(b"\r\n\r\n", 0, max_header_bytes)
+    if end < 0:
+        return None
+    head = data[:end]
+    if not head.isascii():
+        return None
+    lines = head.decode("ascii").split("\r\n")
+    if len(lines) > max_headers + 1 or not "".join(lines).isprintable():
+        return None  # a lone CR or LF, another control character, or too many fields
+    request_line = lines[0].split(" ")
+    if len(request_line) != 3:
+        return None
+    method, target, version = request_line
+    if (
+        method != "GET"
+        or version != "HTTP/1.1"
+        or target[:1] != "/"
+        or len(target) > max_request_line
+    ):
+        return None
+    items: list[tuple[str, str]] = []
+    index: dict[str, list[str]] = {}
+    lines[0] = ":"  # a placeholder, taken out below
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon:
+            return None
+        value = value.strip()  # printable ASCII: strips spaces only, like llhttp
+        items.append((name, value))
+        key = name.lower()
+        if key in index:
+            index[key].append(value)
+        else:
+            index[key] = [value]
+    del items[0]
+    if len(index.pop("")) > 1 or not _TCHARS.issuperset("".join(index)):
+        return None  # an empty field name, or one with a character outside tchar
+    # llhttp hands the rest over only for an upgrade: a non-empty Upgrade field and the
+    # "upgrade" token in Connection; and it reads a body after Content-Length or
+    # Transfer-Encoding.
+    upgrade = index.get("upgrade")
+    if upgrade is None or not all(upgrade) or not _FRAMING_FIELDS.isdisjoint(index):
+        return None
+    for value in index.get("connection", ()):
+        if "upgrade" in [token.strip() for token in value.lower().split(",")]:
+            break
+    else:
+        return None
+    return target, items, index, end + 4

@@ -497,6 +497,275 @@ take_payload(PyObject *self, PyObject *arg)
     return data;
 }
 
+/* ---- parse_upgrade_head: the opening handshake's common case -------------------------------- */
+
+/* RFC 9110 section 5.6.2 tchar. */
+static const unsigned char TCHAR[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+};
+
+/* A str of n ASCII bytes (the caller checked they are ASCII), lowercased if lower. */
+static PyObject *
+ascii_str(const unsigned char *s, Py_ssize_t n, int lower)
+{
+    PyObject *str = PyUnicode_New(n, 127);
+    Py_UCS1 *out;
+    Py_ssize_t i;
+
+    if (str == NULL) {
+        return NULL;
+    }
+    out = PyUnicode_1BYTE_DATA(str);
+    if (lower) {
+        for (i = 0; i < n; i++) {
+            out[i] = (s[i] >= 'A' && s[i] <= 'Z') ? (Py_UCS1)(s[i] + 32) : s[i];
+        }
+    } else {
+        memcpy(out, s, (size_t)n);
+    }
+    return str;
+}
+
+/* Whether the n bytes at s equal the lowercase ASCII word, ignoring case. */
+static int
+equals_lower(const unsigned char *s, Py_ssize_t n, const char *word)
+{
+    Py_ssize_t i;
+
+    for (i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c >= 'A' && c <= 'Z') {
+            c += 32;
+        }
+        if (word[i] == '\0' || c != (unsigned char)word[i]) {
+            return 0;
+        }
+    }
+    return word[n] == '\0';
+}
+
+/* Whether a Connection value holds the token "upgrade" among its comma-separated ones. */
+static int
+has_upgrade_token(const unsigned char *s, Py_ssize_t n)
+{
+    Py_ssize_t start = 0, end, a, b;
+
+    while (start <= n) {
+        end = start;
+        while (end < n && s[end] != ',') {
+            end++;
+        }
+        a = start;
+        b = end;
+        while (a < b && s[a] == ' ') {
+            a++;
+        }
+        while (b > a && s[b - 1] == ' ') {
+            b--;
+        }
+        if (equals_lower(s + a, b - a, "upgrade")) {
+            return 1;
+        }
+        start = end + 1;
+    }
+    return 0;
+}
+
+static PyObject *
+parse_upgrade_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    Py_ssize_t max_line, max_headers, limit, len, end = -1, i, nlines = 1, pos, eol, sp;
+    const unsigned char *buf;
+    PyObject *copy, *target = NULL, *items = NULL, *index = NULL, *result = NULL;
+    int has_upgrade = 0, has_connection_upgrade = 0;
+
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "parse_upgrade_head() takes 4 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    max_line = PyLong_AsSsize_t(args[1]);
+    if (max_line == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    max_headers = PyLong_AsSsize_t(args[2]);
+    if (max_headers == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    limit = PyLong_AsSsize_t(args[3]);
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (get_contiguous(args[0], &view, &copy) != 0) {
+        return NULL;
+    }
+    buf = (const unsigned char *)view.buf;
+    len = view.len;
+
+    /* The blank line, wholly within the first `limit` bytes (bytes.find's end argument). */
+    if (limit < 0) {
+        limit = limit + len < 0 ? 0 : limit + len;
+    }
+    if (limit > len) {
+        limit = len;
+    }
+    for (i = 0; i + 4 <= limit; i++) {
+        const unsigned char *cr = memchr(buf + i, '\r', (size_t)(limit - 3 - i));
+        if (cr == NULL) {
+            break;
+        }
+        i = cr - buf;
+        if (buf[i + 1] == '\n' && buf[i + 2] == '\r' && buf[i + 3] == '\n') {
+            end = i;
+            break;
+        }
+    }
+    if (end < 0) {
+        goto none;
+    }
+    /* Printable ASCII lines separated by CRLF: a lone CR or LF, a control character (HTAB
+       too) or a byte outside ASCII sends the request to the full parser. */
+    for (i = 0; i < end; i++) {
+        unsigned char c = buf[i];
+        if (c == '\r' && i + 1 < end && buf[i + 1] == '\n') {
+            nlines++;
+            i++;
+        } else if (c < 0x20 || c > 0x7E) {
+            goto none;
+        }
+    }
+    if (nlines > max_headers + 1) {
+        goto none;
+    }
+    /* "GET " target " HTTP/1.1", the target starting with "/" and holding no space. */
+    eol = 0;
+    while (eol < end && !(buf[eol] == '\r' && buf[eol + 1] == '\n')) {
+        eol++;
+    }
+    if (eol < 4 || memcmp(buf, "GET ", 4) != 0) {
+        goto none;
+    }
+    sp = 4;
+    while (sp < eol && buf[sp] != ' ') {
+        sp++;
+    }
+    if (sp == 4 || buf[4] != '/' || sp - 4 > max_line || eol - sp != 9 ||
+        memcmp(buf + sp, " HTTP/1.1", 9) != 0) {
+        goto none;
+    }
+    target = ascii_str(buf + 4, sp - 4, 0);
+    items = PyList_New(0);
+    index = PyDict_New();
+    if (target == NULL || items == NULL || index == NULL) {
+        goto error;
+    }
+    /* The fields: "name:value", the name of tchar, spaces around the value stripped. */
+    pos = eol + 2;
+    while (pos < end + 2 && eol < end) {
+        Py_ssize_t colon, a, b;
+        PyObject *name, *value, *key, *pair, *values;
+        int rc;
+
+        eol = pos;
+        while (eol < end && !(buf[eol] == '\r' && buf[eol + 1] == '\n')) {
+            eol++;
+        }
+        colon = pos;
+        while (colon < eol && buf[colon] != ':') {
+            if (!TCHAR[buf[colon]]) {
+                goto none;
+            }
+            colon++;
+        }
+        if (colon == eol || colon == pos) {
+            goto none; /* no colon, or an empty name */
+        }
+        a = colon + 1;
+        b = eol;
+        while (a < b && buf[a] == ' ') {
+            a++;
+        }
+        while (b > a && buf[b - 1] == ' ') {
+            b--;
+        }
+        if (equals_lower(buf + pos, colon - pos, "upgrade")) {
+            if (a == b) {
+                goto none; /* an empty Upgrade */
+            }
+            has_upgrade = 1;
+        } else if (equals_lower(buf + pos, colon - pos, "connection")) {
+            has_connection_upgrade = has_connection_upgrade || has_upgrade_token(buf + a, b - a);
+        } else if (equals_lower(buf + pos, colon - pos, "content-length") ||
+                   equals_lower(buf + pos, colon - pos, "transfer-encoding") ||
+                   equals_lower(buf + pos, colon - pos, "proxy-connection")) {
+            goto none; /* a body, or framing that llhttp handles */
+        }
+        name = ascii_str(buf + pos, colon - pos, 0);
+        value = ascii_str(buf + a, b - a, 0);
+        key = ascii_str(buf + pos, colon - pos, 1);
+        pair = (name != NULL && value != NULL) ? PyTuple_Pack(2, name, value) : NULL;
+        Py_XDECREF(name);
+        if (pair == NULL || key == NULL) {
+            Py_XDECREF(value);
+            Py_XDECREF(key);
+            Py_XDECREF(pair);
+            goto error;
+        }
+        rc = PyList_Append(items, pair);
+        Py_DECREF(pair);
+        values = rc == 0 ? PyDict_GetItemWithError(index, key) : NULL;
+        if (rc != 0 || (values == NULL && PyErr_Occurred())) {
+            rc = -1;
+        } else if (values != NULL) {
+            rc = PyList_Append(values, value);
+        } else {
+            values = PyList_New(1);
+            if (values == NULL) {
+                rc = -1;
+            } else {
+                Py_INCREF(value);
+                PyList_SET_ITEM(values, 0, value);
+                rc = PyDict_SetItem(index, key, values);
+                Py_DECREF(values);
+            }
+        }
+        Py_DECREF(value);
+        Py_DECREF(key);
+        if (rc != 0) {
+            goto error;
+        }
+        pos = eol + 2;
+    }
+    if (!has_upgrade || !has_connection_upgrade) {
+        goto none;
+    }
+    result = Py_BuildValue("(OOOn)", target, items, index, end + 4);
+    goto error; /* the cleanup is the same */
+
+none:
+    result = Py_None;
+    Py_INCREF(result);
+error:
+    Py_XDECREF(target);
+    Py_XDECREF(items);
+    Py_XDECREF(index);
+    PyBuffer_Release(&view);
+    Py_XDECREF(copy);
+    return result;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL,
      "apply_mask(data, mask) -> bytes\n\nXOR data with the 4-byte mask repeated "
@@ -513,6 +782,9 @@ static PyMethodDef speedups_methods[] = {
      "new_payload(size) -> Payload\n\nA writable buffer of size bytes that becomes bytes."},
     {"take_payload", (PyCFunction)take_payload, METH_O,
      "take_payload(payload) -> bytes\n\nThe filled payload as bytes, once no view is left."},
+    {"parse_upgrade_head", (PyCFunction)(void (*)(void))parse_upgrade_head, METH_FASTCALL,
+     "parse_upgrade_head(data, max_request_line, max_headers, max_header_bytes) -> tuple | None"
+     "\n\nA whole, plain WebSocket upgrade request: (target, fields, index, end), or None."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 
 import httptools
 
+from ..accel import parse_upgrade_head
 from ..exceptions import HandshakeError, InvalidMessage
 
 __all__ = [
@@ -347,16 +348,6 @@ class RequestParser(_Parser):
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 
-# What parse_upgrade_request() accepts is a subset of what llhttp accepts, so that it never lets
-# through what RequestParser would refuse: a head of printable ASCII lines (so no control
-# character, not even HTAB) and field names of RFC 9110 §5.6.2 tchar.
-_TCHARS = frozenset(
-    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
-# Fields that make llhttp expect a body or change how it frames the message.
-_FRAMING_FIELDS = frozenset(("content-length", "transfer-encoding", "proxy-connection"))
-
-
 def parse_upgrade_request(
     data: bytes,
     max_request_line: int = MAX_REQUEST_LINE,
@@ -366,60 +357,16 @@ def parse_upgrade_request(
     """The fast path for the common case: ``data`` starts with a whole, plain WebSocket upgrade
     request (``GET /... HTTP/1.1``, Upgrade and "Connection: upgrade", no body, printable
     ASCII) within the limits. Returns what :meth:`RequestParser.feed` would return for it, or
-    ``None`` for anything else, which :class:`RequestParser` then handles (or refuses)."""
-    end = data.find(b"\r\n\r\n", 0, max_header_bytes)
-    if end < 0:
+    ``None`` for anything else, which :class:`RequestParser` then handles (or refuses).
+    The parsing is :func:`tether.accel.parse_upgrade_head` (C when built)."""
+    parsed = parse_upgrade_head(data, max_request_line, max_headers, max_header_bytes)
+    if parsed is None:
         return None
-    head = data[:end]
-    if not head.isascii():
-        return None
-    lines = head.decode("ascii").split("\r\n")
-    if len(lines) > max_headers + 1 or not "".join(lines).isprintable():
-        return None  # a lone CR or LF, another control character, or too many fields
-    request_line = lines[0].split(" ")
-    if len(request_line) != 3:
-        return None
-    method, target, version = request_line
-    if (
-        method != "GET"
-        or version != "HTTP/1.1"
-        or target[:1] != "/"
-        or len(target) > max_request_line
-    ):
-        return None
-    items: list[tuple[str, str]] = []
-    index: dict[str, list[str]] = {}
-    lines[0] = ":"  # a placeholder, taken out below
-    for line in lines:
-        name, colon, value = line.partition(":")
-        if not colon:
-            return None
-        value = value.strip()  # printable ASCII: strips spaces only, like llhttp
-        items.append((name, value))
-        key = name.lower()
-        if key in index:
-            index[key].append(value)
-        else:
-            index[key] = [value]
-    del items[0]
-    if len(index.pop("")) > 1 or not _TCHARS.issuperset("".join(index)):
-        return None  # an empty field name, or one with a character outside tchar
-    # llhttp hands the rest over only for an upgrade: a non-empty Upgrade field and the
-    # "upgrade" token in Connection; and it reads a body after Content-Length or
-    # Transfer-Encoding.
-    upgrade = index.get("upgrade")
-    if upgrade is None or not all(upgrade) or not _FRAMING_FIELDS.isdisjoint(index):
-        return None
-    for value in index.get("connection", ()):
-        value = value.lower()
-        if value == "upgrade" or "upgrade" in [token.strip() for token in value.split(",")]:
-            break
-    else:
-        return None
+    target, items, index, end = parsed
     headers = Headers.__new__(Headers)
     headers._items = items
     headers._index = index
-    return Request("GET", target, headers, "1.1"), data[end + 4:]
+    return Request("GET", target, headers, "1.1"), data[end:]
 
 
 class ResponseParser(_Parser):
