@@ -214,6 +214,40 @@ class TestLimits:
 
         run(main())
 
+    def test_each_handshake_times_out_at_its_own_deadline(self) -> None:
+        """One timer serves every pending handshake: clients that arrive at different times
+        are each dropped open_timeout after they connected, not all at the first deadline nor
+        all at the last; an answered connection in front of them does not stop the timer, and
+        a client that completes its handshake meanwhile stays."""
+        open_timeout = 6 * UNIT
+
+        async def main() -> None:
+            async with serving(open_timeout=open_timeout) as (server, url):
+                loop = asyncio.get_running_loop()
+                port = server.port_number
+                # In front: a plain HTTP request, answered (426) and left open by its client.
+                answered_reader, answered_writer = await asyncio.open_connection(
+                    "127.0.0.1", port)
+                answered_writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert (await answered_reader.readline()).startswith(b"HTTP/1.1 426")
+                started = []
+                slow = []
+                for _ in range(3):
+                    started.append(loop.time())
+                    slow.append(await self.slowloris(port))
+                    await asyncio.sleep(2 * UNIT)
+                async with tether.connect(url) as ws:
+                    for (reader, writer), start in zip(slow, started):
+                        assert await asyncio.wait_for(reader.read(), 50 * UNIT) == b""
+                        dropped_after = loop.time() - start
+                        assert open_timeout * 0.9 <= dropped_after < open_timeout + 1.5 * UNIT
+                        writer.close()
+                    await ws.send("still here")
+                    assert await ws.recv() == "still here"
+                answered_writer.close()
+
+        run(main())
+
     def test_past_max_pending_handshakes_the_oldest_is_dropped(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:

@@ -475,6 +475,14 @@ class WebSocket(asyncio.Protocol):
 
     def _start_close_timer(self) -> None:
         if self._close_timer is None and not self._lost:
+            transport = self.transport
+            if (transport is not None and transport.is_closing()
+                    and not transport.get_write_buffer_size()
+                    and transport.get_extra_info("sslcontext") is None):
+                # Closed with nothing left to send: connection_lost() follows for sure, without
+                # a timer (one timer less per connection). TLS waits for the peer's
+                # close_notify, and a buffer for the peer to read: those keep the timer.
+                return
             self._close_timer = self.loop.call_later(self.close_timeout, self._abort)
 
     def _abort(self) -> None:

@@ -84,7 +84,7 @@ class ServerConnection(WebSocket):
         user: what ``authenticate`` returned for this connection (None without it).
     """
 
-    __slots__ = ("server", "user", "handler", "handler_task", "_open_timer")
+    __slots__ = ("server", "user", "handler", "handler_task")
 
     protocol: ServerProtocol
 
@@ -101,7 +101,6 @@ class ServerConnection(WebSocket):
         self.user: Any = None
         self.handler: WebSocketHandler | None = None
         self.handler_task: asyncio.Task[None] | None = None
-        self._open_timer: asyncio.TimerHandle | None = None
 
     # -- the opening handshake -----------------------------------------------------------------
 
@@ -118,7 +117,9 @@ class ServerConnection(WebSocket):
         limit = server.max_pending_handshakes
         if limit is not None and len(handshakes) > limit:
             next(iter(handshakes))._drop_pending(len(handshakes))
-        self._open_timer = self.loop.call_later(server.open_timeout, self._open_timed_out)
+        if server._open_timer is None:  # one timer for every handshake (see _time_out_handshakes)
+            server._open_timer = self.loop.call_at(
+                self.opened_at + server.open_timeout, server._time_out_handshakes)
 
     def _drop_pending(self, pending: int) -> None:
         """Make room for a new connection: this one is the oldest still in the handshake."""
@@ -130,13 +131,20 @@ class ServerConnection(WebSocket):
         if self.transport is not None:
             self.transport.abort()
 
+    def _waits_for_request(self) -> bool:
+        """Whether the handshake still waits for the client's request, or for the answer to it
+        (the timeout bounds both); False once answered, failed or dropped."""
+        transport = self.transport
+        return (self.response is None and self.protocol.state is State.CONNECTING
+                and self.protocol.handshake_error is None
+                and transport is not None and not transport.is_closing())
+
     def _open_timed_out(self) -> None:
         # A client that never finishes its request (slowloris) is dropped.
-        self._open_timer = None
-        if self.protocol.state is State.CONNECTING and self.transport is not None:
-            logger.info("event=timeout remote=%s reason=handshake", format_address(
-                self.remote_address))
-            self.transport.abort()
+        logger.info("event=timeout remote=%s reason=handshake", format_address(
+            self.remote_address))
+        assert self.transport is not None
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
@@ -273,9 +281,6 @@ class ServerConnection(WebSocket):
         )
 
     def _respond(self, response: Response) -> None:
-        if self._open_timer is not None:
-            self._open_timer.cancel()
-            self._open_timer = None
         self.protocol.send_response(response)
         self.response = response
         # Frames pipelined after the request were parsed by send_response().
@@ -332,9 +337,6 @@ class ServerConnection(WebSocket):
     # -- after the handshake -------------------------------------------------------------------
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._open_timer is not None:
-            self._open_timer.cancel()
-            self._open_timer = None
         super().connection_lost(exc)
         self.server.connections.discard(self)
         self.server.handshakes.pop(self, None)
@@ -450,8 +452,27 @@ class Server:
         self.connections: set[ServerConnection] = set()
         self.handshakes: dict[ServerConnection, None] = {}  # insertion order: oldest first
         self.closing = False
+        self._open_timer: asyncio.TimerHandle | None = None
         self._server: asyncio.base_events.Server | None = None
         self._closed: asyncio.Event | None = None
+
+    def _time_out_handshakes(self) -> None:
+        """Drop the connections whose request is still incomplete after ``open_timeout``.
+
+        One timer serves every handshake, instead of one per connection: ``handshakes`` is in
+        the order connections arrived, so its first unanswered entry has the earliest deadline,
+        and the timer is always set for that one.
+        """
+        self._open_timer = None
+        now = asyncio.get_running_loop().time()
+        for ws in list(self.handshakes):
+            if not ws._waits_for_request():
+                continue  # answered (not with 101), or closing: connection_lost will tell
+            deadline = ws.opened_at + self.open_timeout
+            if deadline > now:
+                self._open_timer = ws.loop.call_at(deadline, self._time_out_handshakes)
+                return
+            ws._open_timed_out()
 
     def route_websocket(self, path: str) -> WebSocketHandler | None:
         """The WebSocket handler for a path: the single handler serves every path."""
@@ -516,6 +537,9 @@ class Server:
                 await self._closed.wait()
             return
         self.closing = True
+        if self._open_timer is not None:
+            self._open_timer.cancel()
+            self._open_timer = None
         if self._server is not None:
             self._server.close()
         connections = list(self.connections)
