@@ -110,9 +110,33 @@ class TestMessages:
         run(main())
 
 
+class TestLargeMessagesStream:
+    def test_one_reader_for_a_stream_of_large_messages(self) -> None:
+        """Large messages one after another are read by the same stand-in reader: no switch
+        of protocol (a stop and restart of reading) between them."""
+
+        async def main() -> None:
+            async with serving(max_size=4 << 20, compression=None) as (server, url), (
+                tether.connect(url, max_size=4 << 20, compression=None)
+            ) as ws:
+                [peer] = server.connections
+                readers = []
+                for i in range(4):
+                    message = bytes([i]) * 500_000
+                    await ws.send(message)
+                    assert await ws.recv() == message
+                    assert peer.transport is not None
+                    readers.append(peer.transport.get_protocol())
+                assert readers[0] is not peer
+                assert all(reader is readers[0] for reader in readers)
+
+        run(main())
+
+
 class TestLargeMessages:
     """Frames past 64 KiB are read straight into their payload (a BufferedProtocol stands in
-    for the WebSocket until the frame is whole): on both sides, on every loop the suite runs."""
+    for the WebSocket while large frames arrive): on both sides, on every loop the suite
+    runs."""
 
     @pytest.mark.parametrize("compression", [None, "deflate"])
     def test_large_frames_mixed_with_small_ones(self, compression: str | None) -> None:
@@ -131,7 +155,11 @@ class TestLargeMessages:
                     ws.send_nowait(message)
                 for message in messages:
                     assert await ws.recv() == message
-                # Back to the WebSocket itself once each frame is whole, on both ends.
+                # The last message was a large frame: the reader may still stand in. Back to
+                # the WebSocket itself at the first read that starts no large frame, on both
+                # ends.
+                await ws.send("small again")
+                assert await ws.recv() == "small again"
                 assert ws.transport is not None and ws.transport.get_protocol() is ws
                 [peer] = server.connections
                 assert peer.transport is not None and peer.transport.get_protocol() is peer

@@ -269,8 +269,10 @@ class WebSocket(asyncio.Protocol):
         if output:
             self._write(output)
         if protocol.large_frame is not None and self.transport is not None:
-            # The rest of a large frame: read it straight into its payload, no copies.
-            self.transport.set_protocol(_PayloadReader(self))
+            transport = self.transport
+            if transport.get_protocol() is self:
+                # The rest of a large frame: read it straight into its payload, no copies.
+                transport.set_protocol(_PayloadReader(self))
         if batch:
             self._end_turn()
 
@@ -279,9 +281,7 @@ class WebSocket(asyncio.Protocol):
         self.bytes_received += nbytes
         protocol = self.protocol
         protocol.receive_into(nbytes)
-        if protocol.large_frame is None:  # whole, or failed: back to data_received
-            if self.transport is not None:
-                self.transport.set_protocol(self)
+        if protocol.large_frame is None:  # whole, or failed
             self.data_received(b"")  # the rest of its work: events, replies, output
 
     def eof_received(self) -> None:
@@ -844,32 +844,43 @@ class WebSocket(asyncio.Protocol):
 
 
 class _PayloadReader(asyncio.BufferedProtocol):
-    """The transport's protocol while a large frame arrives: reads go straight into the frame's
-    payload (``Connection.receive_buffer()``), which becomes the message without any copy. It
-    hands everything else to its WebSocket, which takes the transport back once the frame is
-    whole."""
+    """The transport's protocol while large frames arrive: reads go straight into the frame's
+    payload (``Connection.receive_buffer()``), which becomes the message without any copy.
 
-    __slots__ = ("ws", "_spare")
+    Between two frames, a read goes to a spare buffer and on to the WebSocket's
+    ``data_received``. The reader stays while that read starts another large frame, and gives
+    the transport back to the WebSocket once one does not: a stream of large messages is read
+    without switching protocols (each switch stops and restarts reading, two ``epoll_ctl``).
+    """
+
+    __slots__ = ("ws", "_spare", "_spare_out")
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
         self._spare: bytearray | None = None
+        self._spare_out = False
 
     def get_buffer(self, sizehint: int) -> Any:
         view = self.ws.protocol.receive_buffer()
-        if view is None:  # cannot happen (the WebSocket takes the transport back first)
-            self._spare = bytearray(65536)
-            return self._spare
-        return view
+        if view is not None:
+            self._spare_out = False
+            return view
+        self._spare_out = True
+        if self._spare is None:
+            self._spare = bytearray(262144)
+        return self._spare
 
     def buffer_updated(self, nbytes: int) -> None:
-        spare = self._spare
-        if spare is not None:
-            self._spare = None
-            self.ws.transport.set_protocol(self.ws)  # type: ignore[union-attr]
-            self.ws.data_received(bytes(spare[:nbytes]))
-        else:
-            self.ws._payload_received(nbytes)
+        ws = self.ws
+        if not self._spare_out:
+            ws._payload_received(nbytes)
+            return
+        assert self._spare is not None
+        ws.data_received(bytes(memoryview(self._spare)[:nbytes]))
+        transport = ws.transport
+        if (ws.protocol.large_frame is None and transport is not None
+                and transport.get_protocol() is self):
+            transport.set_protocol(ws)  # small frames again: back to data_received
 
     def eof_received(self) -> bool | None:
         return self.ws.eof_received()  # type: ignore[func-returns-value]
