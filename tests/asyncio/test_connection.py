@@ -481,6 +481,85 @@ class TestFlowControl:
 
         run(main())
 
+    @staticmethod
+    async def _burst(port: int, count: int) -> asyncio.StreamWriter:
+        """A raw client that completes the handshake, then sends ``count`` text messages in
+        one write (so that the server reads them together)."""
+        from tether.protocol.connection import Connection, Side
+
+        from .test_server import upgrade
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(upgrade())
+        await reader.readuntil(b"\r\n\r\n")
+        frames = Connection(Side.CLIENT)
+        for i in range(count):
+            frames.send_text(f"{i}".encode())
+        writer.write(b"".join(frames.data_to_send()))
+        return writer
+
+    def test_a_read_past_max_queue_does_not_pause_a_waiting_application(self) -> None:
+        """One read brings 40 messages with max_queue=4 while the handler waits in recv():
+        it takes them all in the same loop turn, so reading is never paused (a pause and a
+        resume per read cost two system calls)."""
+        pauses: list[int] = []
+        received: list[str] = []
+        done = asyncio.Event()
+
+        async def handler(ws: WebSocket) -> None:
+            original = ws._pause_reading
+
+            def pause_reading() -> None:
+                pauses.append(len(ws._messages))
+                original()
+
+            ws._pause_reading = pause_reading  # type: ignore[method-assign]
+            async for message in ws:
+                received.append(str(message))
+                if len(received) == 40:
+                    done.set()
+
+        async def main() -> None:
+            async with serving(handler, max_queue=4) as (server, _):
+                writer = await self._burst(server.port_number, 40)
+                await asyncio.wait_for(done.wait(), 50 * UNIT)
+                assert received == [str(i) for i in range(40)]
+                assert pauses == []
+                writer.close()
+
+        run(main())
+
+    def test_a_woken_application_that_stalls_is_still_paused(self) -> None:
+        """The same burst, but the handler stops reading after its first message: reading
+        pauses within the loop turn, and the queue holds at most what that read brought."""
+        first = asyncio.Event()
+        stop = asyncio.Event()
+        connections: list[WebSocket] = []
+
+        async def handler(ws: WebSocket) -> None:
+            connections.append(ws)
+            await ws.recv()
+            first.set()
+            await stop.wait()
+            async for _ in ws:  # reads again, so sees the close
+                pass
+
+        async def main() -> None:
+            async with serving(handler, max_queue=4) as (server, _):
+                writer = await self._burst(server.port_number, 40)
+                await asyncio.wait_for(first.wait(), 50 * UNIT)
+                server_ws = connections[0]
+                for _ in range(100):
+                    if server_ws._reading_paused:
+                        break
+                    await asyncio.sleep(UNIT / 10)
+                assert server_ws._reading_paused
+                assert len(server_ws._messages) <= 39
+                stop.set()
+                writer.close()
+
+        run(main())
+
     def test_send_waits_while_the_peer_does_not_read(self) -> None:
         async def handler(ws: WebSocket) -> None:
             await asyncio.sleep(1000)  # never reads: max_queue=1 soon pauses the transport

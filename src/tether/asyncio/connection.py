@@ -343,6 +343,7 @@ class WebSocket(asyncio.Protocol):
     # -- events and output -------------------------------------------------------------------
 
     def _process_events(self, events: list[Any]) -> None:
+        woke = 0  # 1: a waiting recv() got a message of this batch; 2: and _limit_queue is due
         for event in events:
             cls = type(event)
             if cls is TextMessage or cls is BinaryMessage:
@@ -358,6 +359,7 @@ class WebSocket(asyncio.Protocol):
                     self._waiter = None
                     self._processing = True
                     waiter.set_result(event[0])
+                    woke = 1
                 else:
                     messages = self._messages
                     if not isinstance(messages, deque):
@@ -365,13 +367,29 @@ class WebSocket(asyncio.Protocol):
                     messages.append(event[0])
                     if len(messages) >= self.max_queue and not self._reading_paused:
                         if not self._hunting or len(messages) >= 2 * self.max_queue:
-                            self._pause_reading()
+                            if not woke:
+                                self._pause_reading()  # the application is behind
+                            elif woke == 1:
+                                # It was waiting and takes the rest in this loop turn: pause
+                                # only if it has not by then (a pause and a resume cost a
+                                # system call each; here they would come once per read).
+                                woke = 2
+                                self.loop.call_soon(self._limit_queue)
             elif cls is Pong:
                 self._receive_pong(event.data)
             elif cls is CloseFrame:
                 self._receive_close()
             else:
                 self._process_other_event(event)
+
+    def _limit_queue(self) -> None:
+        """Pause reading if the application has not taken what one read queued past
+        ``max_queue`` (see _process_events). Queued after the waiting task's wake-up, so it
+        runs after the task's step; another read meanwhile pauses at once."""
+        messages = self._messages
+        bound = 2 * self.max_queue if self._hunting else self.max_queue
+        if len(messages) >= bound and not self._reading_paused:
+            self._pause_reading()
 
     def _listener_failed(self, callback: str) -> None:
         logger.exception("listener %s failed", callback)
