@@ -16,6 +16,7 @@ __all__ = [
     "parse_upgrade_head",
 ]
 
+_new_tuple = tuple.__new__
 _UNPACK_H = struct.Struct("!H").unpack_from
 _UNPACK_Q = struct.Struct("!Q").unpack_from
 _PACK_H = struct.Struct("!BBH").pack
@@ -61,9 +62,11 @@ def parse_messages(
     clear, opcode text or binary, the mask bit equal to ``masked``, the length in its minimal
     encoding and at most ``limit`` (None: no limit), the whole frame in ``buf``, and for text
     valid UTF-8. Each one appends ``text_type(str)`` or ``binary_type(bytes)`` to ``events``,
-    with the payload unmasked. Parsing stops at the first frame that is not simple (or not
-    complete) without consuming it: the caller's general parser takes it from there, and
-    reports any error in it.
+    with the payload unmasked; both types are tuple subclasses, and the events are built as
+    ``tuple.__new__`` builds them, without calling a Python-level ``__new__`` (a NamedTuple's
+    costs a function call per message). Parsing stops at the first frame that is not simple
+    (or not complete) without consuming it: the caller's general parser takes it from there,
+    and reports any error in it.
     """
     end = len(buf)
     while end - pos >= 2:
@@ -100,11 +103,11 @@ def parse_messages(
             payload = bytes(buf[start:stop])
         if b0 == 0x81:
             try:
-                events.append(text_type(payload.decode()))
+                events.append(_new_tuple(text_type, (payload.decode(),)))
             except UnicodeDecodeError:
                 break
         else:
-            events.append(binary_type(payload))
+            events.append(_new_tuple(binary_type, (payload,)))
         pos = stop
     return pos
 
