@@ -450,6 +450,24 @@ class TestClose:
         run(main())
 
 
+async def raw_client(port: int, texts: list[str]) -> tuple[asyncio.StreamReader,
+                                                          asyncio.StreamWriter]:
+    """A client of raw bytes: it completes the handshake, then sends ``texts`` as text
+    messages in one write, and does nothing more unless the test does."""
+    from tether.protocol.connection import Connection, Side
+
+    from .test_server import upgrade
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(upgrade())
+    await reader.readuntil(b"\r\n\r\n")
+    frames = Connection(Side.CLIENT)
+    for text in texts:
+        frames.send_text(text.encode())
+    writer.write(b"".join(frames.data_to_send()))
+    return reader, writer
+
+
 class TestFlowControl:
     def test_reading_pauses_when_the_application_is_behind(self) -> None:
         gate = asyncio.Event()
@@ -483,19 +501,9 @@ class TestFlowControl:
 
     @staticmethod
     async def _burst(port: int, count: int) -> asyncio.StreamWriter:
-        """A raw client that completes the handshake, then sends ``count`` text messages in
-        one write (so that the server reads them together)."""
-        from tether.protocol.connection import Connection, Side
-
-        from .test_server import upgrade
-
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(upgrade())
-        await reader.readuntil(b"\r\n\r\n")
-        frames = Connection(Side.CLIENT)
-        for i in range(count):
-            frames.send_text(f"{i}".encode())
-        writer.write(b"".join(frames.data_to_send()))
+        """A raw client that sends ``count`` text messages in one write (so that the server
+        reads them together)."""
+        _, writer = await raw_client(port, [f"{i}" for i in range(count)])
         return writer
 
     def test_a_read_past_max_queue_does_not_pause_a_waiting_application(self) -> None:
@@ -591,18 +599,7 @@ class TestHeartbeatWhileNotReading:
                                                              asyncio.StreamWriter]:
         """A peer that completes the handshake, sends ``messages`` text messages, then never
         answers anything again (its network vanished)."""
-        from tether.protocol.connection import Connection, Side
-
-        from .test_server import upgrade
-
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(upgrade())
-        await reader.readuntil(b"\r\n\r\n")
-        frames = Connection(Side.CLIENT)
-        for i in range(messages):
-            frames.send_text(f"message {i}".encode())
-        writer.write(b"".join(frames.data_to_send()))
-        return reader, writer
+        return await raw_client(port, [f"message {i}" for i in range(messages)])
 
     def test_a_dead_peer_is_released_while_the_application_is_not_reading(self) -> None:
         interval, timeout = 3 * UNIT, 3 * UNIT
