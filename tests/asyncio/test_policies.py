@@ -421,6 +421,63 @@ class TestBroadcast:
         run(main(), timeout=600 * UNIT)
         assert delivered == [clients] * count
 
+    def test_one_turn_end_for_every_connection(self) -> None:
+        """A broadcast gathers the frame in each connection's writes of the loop turn, and one
+        callback ends the turn for all of them (not one call_soon per connection)."""
+        clients = 30
+        scheduled: list[object] = []
+
+        async def main() -> None:
+            async with serving(compression=None) as (server, url):
+                conns = [await tether.connect(url, compression=None) for _ in range(clients)]
+                turn_end = server._turn_end
+                assert turn_end is not None
+                call_soon = turn_end._call_soon
+
+                def counting(callback: Any, *args: Any) -> Any:
+                    scheduled.append(callback)
+                    return call_soon(callback, *args)
+
+                turn_end._call_soon = counting  # type: ignore[method-assign]
+                assert tether.broadcast(server.connections, "to all") == clients
+                assert tether.broadcast(server.connections, "again") == clients
+                for ws in conns:
+                    assert [await ws.recv(), await ws.recv()] == ["to all", "again"]
+                assert len(scheduled) == 1
+                for ws in conns:
+                    await ws.close()
+
+        run(main())
+
+    def test_a_failing_connection_does_not_keep_the_others_bytes(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        async def main() -> None:
+            async with serving(compression=None) as (server, url):
+                conns = [await tether.connect(url, compression=None) for _ in range(3)]
+                first = next(iter(server.connections))
+
+                def broken() -> None:
+                    raise OSError("broken transport")
+
+                first._end_turn = broken  # type: ignore[method-assign]
+                assert tether.broadcast(server.connections, "hello") == 3
+                received = 0
+                for ws in conns:
+                    try:
+                        assert await asyncio.wait_for(ws.recv(), 5 * UNIT) == "hello"
+                        received += 1
+                    except asyncio.TimeoutError:
+                        pass
+                assert received == 2  # everyone but the broken one
+                del first._end_turn
+                first._end_turn()  # its bytes were kept: out now
+                for ws in conns:
+                    await ws.close()
+
+        run(main())
+        assert "broken transport" in caplog.text
+
 
 class TestRequestSeenByHooks:
     def test_cookies_and_remote_address(self) -> None:

@@ -146,7 +146,7 @@ def broadcast(
                 pending = ws._pending
                 if pending is None:
                     ws._pending = [frame]
-                    ws.loop.call_soon(ws._end_turn)
+                    ws._turn.add(ws)
                 else:
                     pending.append(frame)
                 ws._pending_size = buffered + size

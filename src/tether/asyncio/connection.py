@@ -135,6 +135,7 @@ class WebSocket(asyncio.Protocol):
         "_listener",
         "_pending",
         "_pending_size",
+        "_turn",
         "__dict__",
     )
 
@@ -147,6 +148,7 @@ class WebSocket(asyncio.Protocol):
         close_timeout: float = 10.0,
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
+        turn_end: TurnEnd | None = None,
     ) -> None:
         self.protocol = protocol
         self.ping_interval = ping_interval
@@ -190,6 +192,8 @@ class WebSocket(asyncio.Protocol):
         # when nothing was written yet this turn.
         self._pending: list[bytes] | None = None
         self._pending_size = 0
+        # Ends the loop turn of every connection that wrote in it (a server's are shared).
+        self._turn = turn_end if turn_end is not None else TurnEnd(self.loop)
 
     # -- the browser's vocabulary ------------------------------------------------------------
 
@@ -448,7 +452,7 @@ class WebSocket(asyncio.Protocol):
                 if pending is None:
                     self._pending = [chunk]
                     self._pending_size = size
-                    self.loop.call_soon(self._end_turn)
+                    self._turn.add(self)
                 elif self._pending_size + size > _COALESCE_LIMIT:
                     if pending and _scatters(self.loop):
                         # One system call, and the large chunk is not copied to join them.
@@ -859,6 +863,35 @@ class WebSocket(asyncio.Protocol):
         if self.protocol.state is not State.OPEN:
             self._start_close_timer()
             await self._wait_lost()
+
+
+class TurnEnd:
+    """The end of the loop turn for every connection that gathered writes in it: one
+    ``call_soon`` for all of them instead of one per connection (a broadcast to 1,000 clients
+    in one turn, or the replies of 100 handlers woken by the same poll). A server's
+    connections share one; a client's has its own."""
+
+    __slots__ = ("_call_soon", "_connections")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._call_soon = loop.call_soon
+        self._connections: list[WebSocket] = []
+
+    def add(self, ws: WebSocket) -> None:
+        """``ws`` has writes gathered in ``_pending``: end its turn with the others'."""
+        connections = self._connections
+        if not connections:
+            self._call_soon(self._run)
+        connections.append(ws)
+
+    def _run(self) -> None:
+        connections = self._connections
+        self._connections = []
+        for ws in connections:
+            try:
+                ws._end_turn()
+            except Exception:  # one transport's failure must not keep the others' bytes
+                logger.exception("writing to %s failed", format_address(ws.remote_address))
 
 
 class _PayloadReader(asyncio.BufferedProtocol):

@@ -50,7 +50,7 @@ from ..protocol.http11 import (
     Response,
 )
 from ..protocol.server import SelectSubprotocol, ServerProtocol
-from .connection import Listener, WebSocket, format_address, logger
+from .connection import Listener, TurnEnd, WebSocket, format_address, logger
 from .router import Router, WebSocketHandler, text_response
 
 __all__ = [
@@ -96,6 +96,7 @@ class ServerConnection(WebSocket):
             close_timeout=server.close_timeout,
             ping_interval=server.ping_interval,
             ping_timeout=server.ping_timeout,
+            turn_end=server._turn_end,
         )
         self.server = server
         self.user: Any = None
@@ -453,6 +454,7 @@ class Server:
         self.handshakes: dict[ServerConnection, None] = {}  # insertion order: oldest first
         self.closing = False
         self._open_timer: asyncio.TimerHandle | None = None
+        self._turn_end: TurnEnd | None = None  # shared by the connections, see _make_connection
         self._server: asyncio.base_events.Server | None = None
         self._closed: asyncio.Event | None = None
 
@@ -481,6 +483,8 @@ class Server:
         return self.handler
 
     def _make_connection(self) -> ServerConnection:
+        if self._turn_end is None:
+            self._turn_end = TurnEnd(asyncio.get_running_loop())
         protocol = ServerProtocol(
             subprotocols=self.subprotocols,
             select_subprotocol=self.select_subprotocol,
