@@ -467,13 +467,16 @@ class Server:
         """
         self._open_timer = None
         now = asyncio.get_running_loop().time()
-        for ws in list(self.handshakes):
+        expired = []
+        for ws in self.handshakes:  # oldest first: stops at the first one still in time
             if not ws._waits_for_request():
                 continue  # answered (not with 101), or closing: connection_lost will tell
             deadline = ws.opened_at + self.open_timeout
             if deadline > now:
                 self._open_timer = ws.loop.call_at(deadline, self._time_out_handshakes)
-                return
+                break
+            expired.append(ws)
+        for ws in expired:  # after the loop: dropping one may change handshakes
             ws._open_timed_out()
 
     def route_websocket(self, path: str) -> WebSocketHandler | None:
