@@ -129,6 +129,14 @@ class TestLargeMessagesStream:
                     readers.append(peer.transport.get_protocol())
                 assert readers[0] is not peer
                 assert all(reader is readers[0] for reader in readers)
+                # Between frames, a read takes one frame header and no more, so that the
+                # payload after it is read in place rather than copied out of a larger read:
+                # 2 + 8 length bytes, + 4 mask bytes in frames from a client.
+                assert ws.transport is not None
+                client_reader = ws.transport.get_protocol()
+                assert client_reader is not ws  # the echoes were large frames too
+                assert len(readers[0].get_buffer(-1)) == 14
+                assert len(client_reader.get_buffer(-1)) == 10
 
         run(main())
 

@@ -23,7 +23,7 @@ from ..exceptions import (
     ConnectionClosedOK,
     InvalidState,
 )
-from ..protocol.connection import Connection, State
+from ..protocol.connection import Connection, Side, State
 from ..protocol.events import BinaryMessage, CloseFrame, Pong, TextMessage
 from ..protocol.http11 import Request, Response
 from ..typing import Data
@@ -898,36 +898,37 @@ class _PayloadReader(asyncio.BufferedProtocol):
     """The transport's protocol while large frames arrive: reads go straight into the frame's
     payload (``Connection.receive_buffer()``), which becomes the message without any copy.
 
-    Between two frames, a read goes to a spare buffer and on to the WebSocket's
-    ``data_received``. The reader stays while that read starts another large frame, and gives
-    the transport back to the WebSocket once one does not: a stream of large messages is read
-    without switching protocols (each switch stops and restarts reading, two ``epoll_ctl``).
+    Between two frames, a read takes the header of a large frame and no more (14 bytes from a
+    client, whose frames are masked; 10 from a server) and hands it to the WebSocket's
+    ``data_received``: the payload after it is then read in place too, where a larger read
+    would copy its first part twice (out of the read buffer, into the payload). The reader
+    stays while such a read starts another large frame, and gives the transport back to the
+    WebSocket once one does not: a stream of large messages is read without switching
+    protocols (each switch stops and restarts reading, two ``epoll_ctl``).
     """
 
-    __slots__ = ("ws", "_spare", "_spare_out")
+    __slots__ = ("ws", "_header", "_header_out")
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
-        self._spare: bytearray | None = None
-        self._spare_out = False
+        # The largest frame header, 2 + 8 length bytes, + 4 mask bytes in a client's frames.
+        self._header = bytearray(14 if ws.protocol.side is Side.SERVER else 10)
+        self._header_out = False
 
     def get_buffer(self, sizehint: int) -> Any:
         view = self.ws.protocol.receive_buffer()
         if view is not None:
-            self._spare_out = False
+            self._header_out = False
             return view
-        self._spare_out = True
-        if self._spare is None:
-            self._spare = bytearray(262144)
-        return self._spare
+        self._header_out = True
+        return self._header
 
     def buffer_updated(self, nbytes: int) -> None:
         ws = self.ws
-        if not self._spare_out:
+        if not self._header_out:
             ws._payload_received(nbytes)
             return
-        assert self._spare is not None
-        ws.data_received(bytes(memoryview(self._spare)[:nbytes]))
+        ws.data_received(bytes(self._header[:nbytes]))
         transport = ws.transport
         if (ws.protocol.large_frame is None and transport is not None
                 and transport.get_protocol() is self):
