@@ -304,6 +304,18 @@ class TestMaskInplace:
         expected = data[:start] + reference_mask(data, mask)[start : start + 100] + data[start + 100 :]
         assert bytes(buf) == expected
 
+    @pytest.mark.parametrize("n", [255, 256, 257, 287, 288, 289, 383, 384, 385, 1000, 4099])
+    def test_lengths_around_the_vector_widths(self, accel: ModuleType, n: int) -> None:
+        """The C version XORs 128 and 32 bytes at a time from 256 bytes on (AVX2, where the
+        CPU has it), then 8, then 1: every tail, at every mask phase and buffer alignment."""
+        data = random.Random(n).randbytes(n + 8)
+        mask = b"\x9c\x03\xe1\x5f"
+        for start in range(8):
+            buf = bytearray(data)
+            accel.mask_inplace(buf, start, start + n, mask)
+            whole = reference_mask(data, mask)
+            assert bytes(buf) == data[:start] + whole[start : start + n] + data[start + n :]
+
     def test_pieces_make_the_whole(self, accel: ModuleType) -> None:
         rng = random.Random(5)
         data = rng.randbytes(5000)

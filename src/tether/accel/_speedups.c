@@ -30,6 +30,38 @@ get_contiguous(PyObject *obj, Py_buffer *view, PyObject **copy)
     return 0;
 }
 
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>
+#define TETHER_AVX2 1
+/* Set at import when the CPU has AVX2 (the build targets baseline x86-64, SSE2). */
+static int have_avx2;
+
+/* XOR the first n - n % 32 bytes with the mask m32 (the 4 mask bytes as they lie in memory):
+ * 32 bytes per instruction, four at a time. Returns how many bytes it did. */
+__attribute__((target("avx2"))) static Py_ssize_t
+xor_mask_avx2(const unsigned char *in, unsigned char *out, Py_ssize_t n, uint32_t m32)
+{
+    const __m256i m = _mm256_set1_epi32((int)m32);
+    Py_ssize_t i = 0;
+
+    for (; i + 128 <= n; i += 128) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(in + i));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(in + i + 32));
+        __m256i c = _mm256_loadu_si256((const __m256i *)(in + i + 64));
+        __m256i d = _mm256_loadu_si256((const __m256i *)(in + i + 96));
+        _mm256_storeu_si256((__m256i *)(out + i), _mm256_xor_si256(a, m));
+        _mm256_storeu_si256((__m256i *)(out + i + 32), _mm256_xor_si256(b, m));
+        _mm256_storeu_si256((__m256i *)(out + i + 64), _mm256_xor_si256(c, m));
+        _mm256_storeu_si256((__m256i *)(out + i + 96), _mm256_xor_si256(d, m));
+    }
+    for (; i + 32 <= n; i += 32) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(in + i));
+        _mm256_storeu_si256((__m256i *)(out + i), _mm256_xor_si256(a, m));
+    }
+    return i;
+}
+#endif
+
 /* XOR n bytes from in into out with the 4-byte mask m, starting at mask offset 0. */
 static void
 xor_mask(const unsigned char *in, unsigned char *out, Py_ssize_t n, const unsigned char *m)
@@ -39,6 +71,11 @@ xor_mask(const unsigned char *in, unsigned char *out, Py_ssize_t n, const unsign
     uint64_t m64;
 
     memcpy(&m32, m, 4);
+#ifdef TETHER_AVX2
+    if (have_avx2 && n >= 256) { /* a multiple of 32 bytes: the mask phase stays at 0 */
+        i = xor_mask_avx2(in, out, n, m32);
+    }
+#endif
     m64 = ((uint64_t)m32 << 32) | m32;
     /* 8 bytes at a time; memcpy keeps unaligned access defined and compiles to a load. */
     for (; i + 8 <= n; i += 8) {
@@ -797,6 +834,10 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+#ifdef TETHER_AVX2
+    __builtin_cpu_init();
+    have_avx2 = __builtin_cpu_supports("avx2");
+#endif
     if (PyType_Ready(&PayloadType) < 0) {
         return NULL;
     }
