@@ -912,7 +912,10 @@ class _PayloadReader(asyncio.BufferedProtocol):
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
         # The largest frame header, 2 + 8 length bytes, + 4 mask bytes in a client's frames.
-        self._header = bytearray(14 if ws.protocol.side is Side.SERVER else 10)
+        # A memoryview, not the bytearray: asyncio's TLS transport reads the rest of a short
+        # read into buf[offset:], which must be a view (a bytearray's slice is a copy, and
+        # those bytes would be lost).
+        self._header = memoryview(bytearray(14 if ws.protocol.side is Side.SERVER else 10))
         self._header_out = False
 
     def get_buffer(self, sizehint: int) -> Any:
@@ -928,7 +931,7 @@ class _PayloadReader(asyncio.BufferedProtocol):
         if not self._header_out:
             ws._payload_received(nbytes)
             return
-        ws.data_received(bytes(self._header[:nbytes]))
+        ws.data_received(self._header[:nbytes].tobytes())
         transport = ws.transport
         if (ws.protocol.large_frame is None and transport is not None
                 and transport.get_protocol() is self):
