@@ -240,7 +240,8 @@ class TestTLS:
 
         run(main())
 
-    def test_large_messages_over_wss(self) -> None:
+    @pytest.mark.parametrize("compression", [None, "deflate"])
+    def test_large_messages_over_wss(self, compression: str | None) -> None:
         """Large frames are read in place through TLS too (the TLS layer fills the frame
         header's small buffer, then the payload's): a stream of large messages mixed with
         small ones comes back whole and in order, both ways."""
@@ -252,14 +253,14 @@ class TestTLS:
         ca.configure_trust(client_context)
         rng = random.Random(7692)
         messages: list[str | bytes] = []
-        for i in range(4):
+        for i in range(4):  # random bytes: large frames even when compressed
             messages += [rng.randbytes(100_000 + 400_000 * i), f"small {i}", "é" * 70_000]
 
         async def main() -> None:
             async with tether.serve(echo, "127.0.0.1", 0, ssl=server_context,
-                                    compression=None, max_size=2 << 20) as server:
+                                    compression=compression, max_size=2 << 20) as server:
                 url = f"wss://localhost:{server.port_number}"
-                async with tether.connect(url, ssl=client_context, compression=None,
+                async with tether.connect(url, ssl=client_context, compression=compression,
                                           max_size=2 << 20) as ws:
                     for message in messages:
                         ws.send_nowait(message)
