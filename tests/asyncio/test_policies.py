@@ -219,14 +219,21 @@ class TestCapacity:
         run(main())
 
 
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for localhost and 127.0.0.1 from a CA made here
+    (trustme), and a client context that trusts that CA."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    return server_context, client_context
+
+
 class TestTLS:
     def test_wss_with_a_certificate_made_here(self) -> None:
-        trustme = pytest.importorskip("trustme")
-        ca = trustme.CA()
-        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_context)
-        client_context = ssl.create_default_context()
-        ca.configure_trust(client_context)
+        server_context, client_context = tls_contexts()
 
         async def main() -> None:
             async with tether.serve(echo, "127.0.0.1", 0, ssl=server_context) as server:
@@ -245,12 +252,7 @@ class TestTLS:
         """Large frames are read in place through TLS too (the TLS layer fills the frame
         header's small buffer, then the payload's): a stream of large messages mixed with
         small ones comes back whole and in order, both ways."""
-        trustme = pytest.importorskip("trustme")
-        ca = trustme.CA()
-        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_context)
-        client_context = ssl.create_default_context()
-        ca.configure_trust(client_context)
+        server_context, client_context = tls_contexts()
         rng = random.Random(7692)
         messages: list[str | bytes] = []
         for i in range(4):  # random bytes: large frames even when compressed
@@ -272,12 +274,7 @@ class TestTLS:
     def test_silent_client_on_a_wss_port_is_dropped_after_open_timeout(self) -> None:
         """A client that opens TCP and never starts TLS is dropped after ``open_timeout``
         (the TLS handshake's bound too), not asyncio's default of 60 s."""
-        trustme = pytest.importorskip("trustme")
-        ca = trustme.CA()
-        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("localhost").configure_cert(server_context)
-        client_context = ssl.create_default_context()
-        ca.configure_trust(client_context)
+        server_context, client_context = tls_contexts()
         open_timeout = 3 * UNIT
 
         async def main() -> None:
