@@ -93,6 +93,59 @@ def _parser() -> argparse.ArgumentParser:
     _add_budget_option(chat)
     _add_server_options(chat)
 
+    term = commands.add_parser(
+        "term",
+        help="run a web terminal: xterm.js in the page, a shell on a PTY",
+        description="Serve a terminal at http://HOST:PORT/: each browser tab gets its own "
+        "program on a real PTY (default: your login shell), which survives reloads and "
+        "network drops for --keep seconds and resumes with no byte lost. A terminal socket "
+        "runs commands as you: it needs a token (without --token one is made up and the URL "
+        "to open is logged), and only pages of this server's own origin may open it. See "
+        "docs/terminal.md.",
+    )
+    term.add_argument("--command", dest="program", metavar="CMD",
+                      help="the program to run, split like a shell would (default: your "
+                      "login shell, as a login shell)")
+    term.add_argument("--cwd", metavar="DIR", help="its working directory (default: this one)")
+    term.add_argument("--share", action="store_true",
+                      help="one program for every page: writers type, viewers watch")
+    term.add_argument("--viewer-token", action="append", default=[], metavar="TOKEN",
+                      help="a token that may only watch (repeatable; needs --share)")
+    term.add_argument("--readonly", action="store_true",
+                      help="every page only watches; input is dropped by the server")
+    term.add_argument("--keep", type=float, default=60.0, metavar="SECONDS",
+                      help="how long a program outlives its last page, waiting for it to "
+                      "come back; 'inf' keeps it until the server stops (default: %(default)s)")
+    term.add_argument("--replay", type=_size, default=2**20, metavar="BYTES",
+                      help="output kept per terminal for resuming and reloads "
+                      "(default: 1MiB)")
+    term.add_argument("--max-sessions", type=int, default=32, metavar="N",
+                      help="programs running at once (default: %(default)s)")
+    _add_server_options(term)
+
+    exec_ = commands.add_parser(
+        "exec",
+        help="run a program per connection: stdin and stdout as WebSocket messages",
+        description="tether exec [options] -- CMD ARGS...: each connection gets its own "
+        "process; each text message is a line on its stdin, each line it prints a text "
+        "message; stderr goes to the log. When it exits the socket closes with 1000 (a "
+        "non-zero exit: 1011 with the status as the reason). Only pages of this server's "
+        "own origin may connect from a browser (add others with --allow-origin); clients "
+        "without an Origin header (programs) may.",
+    )
+    exec_.add_argument("--binary", action="store_true",
+                       help="raw output chunks as binary messages instead of lines as text")
+    exec_.add_argument("--broadcast", action="store_true",
+                       help="one process for every client: its output goes to all of them "
+                       "and every client's messages to its stdin")
+    exec_.add_argument("--max-processes", type=int, metavar="N",
+                       help="refuse connections past N running processes with 503")
+    exec_.add_argument("--cwd", metavar="DIR", help="the process's working directory")
+    _add_budget_option(exec_)
+    _add_server_options(exec_)
+    exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
+                       help="the program and its arguments, after --")
+
     connect = commands.add_parser(
         "connect",
         help="an interactive WebSocket client",
@@ -247,7 +300,7 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
                         ("--max-queue", args.max_queue)]:
         if value <= 0:
             raise _UsageError(f"{flag} must be more than 0")
-    if args.require_origin and not args.allow_origin and args.command != "chat":
+    if args.require_origin and not args.allow_origin and args.command not in _OWN_ORIGIN:
         raise _UsageError("--require-origin needs --allow-origin: without it, every client "
                           "would be refused")
     if args.allow_origin:
@@ -278,6 +331,10 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+_SERVERS = ("echo", "broadcast", "chat", "term", "exec")
+_OWN_ORIGIN = ("chat", "term", "exec")  # allow their own origin by default
+
+
 class _UsageError(Exception):
     """A command-line option that cannot be used; printed without a traceback."""
 
@@ -286,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command in ("echo", "broadcast", "chat"):
+    if args.command in _SERVERS:
         _configure_logging(args.quiet)
         if getattr(args, "workers", 1) > 1:
             return _supervise(args, list(sys.argv[1:] if argv is None else argv))
@@ -368,6 +425,9 @@ async def _serve(args: argparse.Namespace) -> int:
         return 2
     hub = None
     broadcast_app = None
+    terminal = None
+    exec_app = None
+    page_token = None
     if args.command == "echo":
         from .apps.echo import echo as handler
     elif args.command == "broadcast":
@@ -380,6 +440,17 @@ async def _serve(args: argparse.Namespace) -> int:
                 return 1
         broadcast_app = BroadcastApp(backend, max_buffered=args.max_buffered)
         handler = broadcast_app.router  # type: ignore[assignment]
+    elif args.command in ("term", "exec"):
+        try:
+            if args.command == "term":
+                terminal, page_token = _terminal(args, options)
+                handler = terminal.router()
+            else:
+                exec_app = _exec_app(args, options)
+                handler = exec_app.router
+        except _UsageError as exc:
+            print(f"tether {args.command}: {exc}", file=sys.stderr)
+            return 2
     else:
         from .apps.chat.server import make_router as make_chat_router
         from .apps.chat.server import open_chat_backend
@@ -399,8 +470,9 @@ async def _serve(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return 1
         handler = make_chat_router(hub)  # type: ignore[assignment]
-        # The chat's own pages, plus any --allow-origin: a page elsewhere cannot open the
-        # chat socket (CSWSH). See OriginPolicy.same_origin for wildcard and named binds.
+    if args.command in _OWN_ORIGIN:
+        # Their own pages, plus any --allow-origin: a page elsewhere cannot open the socket
+        # (CSWSH). See OriginPolicy.same_origin for wildcard and named binds.
         from .auth import OriginPolicy
 
         options["allowed_origins"] = OriginPolicy.same_origin(
@@ -409,6 +481,12 @@ async def _serve(args: argparse.Namespace) -> int:
         options["allowed_origins"] = _requiring_origin(options["allowed_origins"])
     if broadcast_app is not None:
         await broadcast_app.start()  # subscribed before the first client can connect
+    if exec_app is not None:
+        try:
+            await exec_app.start()
+        except (OSError, ValueError) as exc:
+            print(f"tether exec: cannot start {exec_app.command[0]}: {exc}", file=sys.stderr)
+            return 1
     stop = asyncio.Event()
     _install_stop_signals(stop)
     try:
@@ -423,23 +501,112 @@ async def _serve(args: argparse.Namespace) -> int:
         else "asyncio"
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]
-        if args.command == "chat":
+        if args.command in ("chat", "term"):
             from .apps.chat.server import page_url
 
+            page = page_url(host, port, tls="ssl" in options)
+            if page_token is not None:  # made up here: the operator needs it to get in
+                page += "#token=" + page_token
             logger.info("event=listen app=%s url=%s://%s:%s page=%s loop=%s", args.command,
-                        scheme, _url_host(host), port,
-                        page_url(host, port, tls="ssl" in options), loop_name)
+                        scheme, _url_host(host), port, page, loop_name)
         else:
             logger.info("event=listen app=%s url=%s://%s:%s loop=%s", args.command, scheme,
                         _url_host(host), port, loop_name)
+    if args.command == "term" and "ssl" not in options and not _is_loopback(args.host):
+        logger.warning("event=warning reason=%s", "the terminal listens beyond this machine "
+                       "without TLS: anyone who sees the traffic gets its token and a shell; "
+                       "use --tls-cert/--tls-key or a TLS proxy, or keep --host on loopback")
     await stop.wait()
     logger.info("event=shutdown connections=%d code=1001", len(server.connections))
+    if terminal is not None:
+        await terminal.close()
     await server.close(1001, "server shutting down", timeout=args.shutdown_timeout)
+    if exec_app is not None:
+        await exec_app.close()
     if hub is not None:
         await hub.close()
     if broadcast_app is not None and broadcast_app.backend is not None:
         await broadcast_app.backend.close()
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    from .auth import OriginPolicy
+
+    # same_origin() lists loopback origins only for a loopback bind.
+    return "http://127.0.0.1:1" in OriginPolicy.same_origin(host, 1).exact
+
+
+def _terminal(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Any, str | None]:
+    """``tether term``: the Terminal, and the token made up for it (None when given).
+    Sets ``authenticate`` (writers: --token/--token-file; viewers: --viewer-token) in
+    ``options``."""
+    import math
+    import secrets
+    import shlex
+
+    from .apps.term import SUBPROTOCOL, Terminal
+    from .auth import TokenAuth
+
+    if args.viewer_token and not args.share:
+        raise _UsageError("--viewer-token needs --share (viewers watch a shared terminal)")
+    try:
+        command = shlex.split(args.program) if args.program else None
+    except ValueError as exc:
+        raise _UsageError(f"cannot split --command: {exc}") from None
+    if args.program is not None and not command:
+        raise _UsageError("--command is empty")
+    if args.cwd is not None and not Path(args.cwd).is_dir():
+        raise _UsageError(f"--cwd {args.cwd} is not a directory")
+    if args.keep < 0 or args.max_sessions < 1:
+        raise _UsageError("--keep must be 0 or more, --max-sessions at least 1")
+    made_up = None
+    writers = options.get("authenticate")
+    if writers is None:
+        made_up = secrets.token_urlsafe(24)
+        writers = TokenAuth([made_up])
+    viewers = TokenAuth({t: _Viewer(f"viewer-{i}") for i, t in enumerate(args.viewer_token, 1)}
+                        ) if args.viewer_token else None
+
+    def authenticate(request: Any) -> Any:
+        return writers(request) or (viewers(request) if viewers is not None else None)
+
+    options["authenticate"] = authenticate
+    options["subprotocols"] = [SUBPROTOCOL, *options.get("subprotocols", [])]
+    try:
+        terminal = Terminal(
+            command, cwd=args.cwd, share=args.share, readonly=args.readonly,
+            keep=None if math.isinf(args.keep) else args.keep, replay=args.replay,
+            max_sessions=args.max_sessions,
+            role=lambda ws: "viewer" if isinstance(getattr(ws, "user", None), _Viewer)
+            else "writer",
+        )
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    return terminal, made_up
+
+
+class _Viewer(str):
+    """The principal of a --viewer-token."""
+
+
+def _exec_app(args: argparse.Namespace, options: dict[str, Any]) -> Any:
+    from .apps.exec import ExecApp
+
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise _UsageError("no command: tether exec [options] -- CMD ARGS...")
+    if args.cwd is not None and not Path(args.cwd).is_dir():
+        raise _UsageError(f"--cwd {args.cwd} is not a directory")
+    if args.max_processes is not None and args.max_processes < 1:
+        raise _UsageError("--max-processes must be at least 1")
+    app = ExecApp(argv, binary=args.binary, broadcast=args.broadcast,
+                  max_processes=args.max_processes, cwd=args.cwd,
+                  max_buffered=args.max_buffered, max_line=args.max_size)
+    options["process_request"] = app.process_request
+    return app
 
 
 def _requiring_origin(allowed: Sequence[str] | OriginPolicy) -> OriginPolicy:
