@@ -271,8 +271,8 @@ class ExecApp:
     async def _relay_input(self, ws: WebSocket, process: _Process) -> None:
         try:
             async for message in ws:
-                if process.write(message):
-                    await process.stdin.drain()
+                if process.write(message):  # the program is not reading its input
+                    await process.stdin.drain_unless(ws.wait_closed())
         except ConnectionClosed:
             pass
 

@@ -13,7 +13,7 @@ import asyncio
 import errno
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 __all__ = ["FdStream", "READ_SIZE"]
 
@@ -188,6 +188,18 @@ class FdStream:
             waiter = self.loop.create_future()
             self._drain_waiters.append(waiter)
             await waiter
+
+    async def drain_unless(self, other: Awaitable[object]) -> bool:
+        """:meth:`drain`, or stop waiting when ``other`` completes first (say, the client
+        went away while the program does not read its input). Returns whether drained."""
+        drained = asyncio.ensure_future(self.drain())
+        stopper = asyncio.ensure_future(other)
+        try:
+            await asyncio.wait([drained, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (drained, stopper):
+                task.cancel()
+        return drained.done() and not drained.cancelled()
 
     # -- closing -------------------------------------------------------------------------------
 

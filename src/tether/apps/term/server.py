@@ -208,8 +208,8 @@ class Terminal:
         try:
             async for message in ws:
                 if isinstance(message, bytes):
-                    if session.input(page, message):
-                        await session.stream.drain()
+                    if session.input(page, message):  # the program is not reading
+                        await session.stream.drain_unless(ws.wait_closed())
                 else:
                     self._control(session, page, message)
         except ConnectionClosed:
