@@ -565,11 +565,15 @@ def _terminal(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Any, s
     if writers is None:
         made_up = secrets.token_urlsafe(24)
         writers = TokenAuth([made_up])
-    viewers = TokenAuth({t: _Viewer(f"viewer-{i}") for i, t in enumerate(args.viewer_token, 1)}
+    viewers = TokenAuth({t: f"viewer-{i}" for i, t in enumerate(args.viewer_token, 1)}
                         ) if args.viewer_token else None
 
     def authenticate(request: Any) -> Any:
-        return writers(request) or (viewers(request) if viewers is not None else None)
+        writer = writers(request)
+        if writer is not None or viewers is None:
+            return writer
+        viewer = viewers(request)
+        return None if viewer is None else _Viewer(viewer)  # the role travels in the type
 
     options["authenticate"] = authenticate
     options["subprotocols"] = [SUBPROTOCOL, *options.get("subprotocols", [])]
