@@ -577,6 +577,9 @@ def _terminal(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Any, s
 
     options["authenticate"] = authenticate
     options["subprotocols"] = [SUBPROTOCOL, *options.get("subprotocols", [])]
+    # Output frames are framed once for every page and never compressed: a deflate context
+    # would only cost memory (about 23 KiB per page).
+    options["compression"] = None
     try:
         terminal = Terminal(
             command, cwd=args.cwd, share=args.share, readonly=args.readonly,

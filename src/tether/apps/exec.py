@@ -53,19 +53,26 @@ class LineSplitter:
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._partial
         buffer += data
+        limit = self.max_line
         lines = []
         start = 0
         while True:
-            end = buffer.find(b"\n", start)
-            if end < 0 or end - start > self.max_line:
-                break
-            lines.append(bytes(buffer[start:end - 1 if end > start and buffer[end - 1] == 13
-                                      else end]))
-            start = end + 1
-        while len(buffer) - start >= self.max_line and (
-                buffer.find(b"\n", start, start + self.max_line + 1) < 0):
-            lines.append(bytes(buffer[start:start + self.max_line]))
-            start += self.max_line
+            # A line is at most `limit` bytes, then "\n" or "\r\n".
+            end = buffer.find(b"\n", start, start + limit + 2)
+            if end >= 0:
+                stop = end - 1 if end > start and buffer[end - 1] == 13 else end
+                if stop - start <= limit:
+                    lines.append(bytes(buffer[start:stop]))
+                    start = end + 1
+                    continue
+            # No end of line within reach: cut a piece once the line is known to be longer
+            # (a "\r" right after `limit` bytes may still be the start of "\r\n").
+            rest = len(buffer) - start
+            if rest > limit + 1 or (rest == limit + 1 and buffer[start + limit] != 13):
+                lines.append(bytes(buffer[start:start + limit]))
+                start += limit
+                continue
+            break
         del buffer[:start]
         return lines
 
@@ -265,8 +272,8 @@ class ExecApp:
                 await ws.close(1000 if code == 0 else 1011, exit_description(code))
         finally:
             reader.cancel()
-            self.processes.discard(process)
-            await process.stop()
+            await process.stop()  # cancelled by a server shutdown: close() ends it then
+            self.processes.discard(process)  # counted until it is reaped
 
     async def _relay_input(self, ws: WebSocket, process: _Process) -> None:
         try:

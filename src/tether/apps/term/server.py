@@ -210,6 +210,7 @@ class Terminal:
                 if isinstance(message, bytes):
                     if session.input(page, message):  # the program is not reading
                         await session.stream.drain_unless(ws.wait_closed())
+                        session.input_drained()
                 else:
                     self._control(session, page, message)
         except ConnectionClosed:
@@ -231,8 +232,8 @@ class Terminal:
                 raise ValueError("already attached")
             else:
                 raise ValueError(f"unknown message type {kind[:32]!r}")
-        except ValueError as exc:  # json.JSONDecodeError is one
-            reason = str(exc)[:200]
+        except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
+            reason = "JSON nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
             logger.info("event=term-bad-message session=%s remote=%s reason=%r", session.tag,
                         format_address(page.ws.remote_address), reason)
             try:
@@ -317,6 +318,8 @@ def _parse_attach(message: Any) -> tuple[str | None, int | None, int, int]:
             raise ValueError("since must be a non-negative integer")
         cols, rows = data.get("cols", 80), data.get("rows", 24)
         check_size(cols, rows)
+    except RecursionError:
+        raise _Refused(1008, "bad attach: JSON nested too deeply") from None
     except ValueError as exc:
         raise _Refused(1008, f"bad attach: {exc}"[:120]) from None
     return session, since, cols, rows

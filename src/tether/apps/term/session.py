@@ -39,6 +39,10 @@ the pages that set the pace) stops reading the PTY. xterm.js advises under 500 K
 Ctrl-C stays snappy; VS Code pauses at 100,000 characters."""
 LOW_WATER = 32 * 1024
 """Reading the PTY resumes when the pace-setting page is less than this far behind."""
+INPUT_BUFFER = 4 * 2**20
+"""Keystrokes (a paste) the program has not read yet, kept while the page's socket is read
+on (its acks keep the output flowing, so a program that echoes a paste is never stuck).
+Past it the server stops reading the socket until the program catches up."""
 WRITER = "writer"
 VIEWER = "viewer"
 _EXIT_DRAIN = 1.0  # seconds to wait for the PTY's last output after the program exited
@@ -119,7 +123,8 @@ class TermSession:
         self.pages: list[Page] = []
         self.returncode: int | None = None
         """Set once the program has exited and its output is read: the session has ended."""
-        self.stream = FdStream(child.fd, self.loop, self._output, self._output_ended)
+        self.stream = FdStream(child.fd, self.loop, self._output, self._output_ended,
+                               write_limit=INPUT_BUFFER)
         self._reaped: int | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
         self._keep_timer: asyncio.TimerHandle | None = None
@@ -197,7 +202,17 @@ class TermSession:
         if self.ended:
             return False
         self.stream.write(data)
-        return self.stream.buffered > self.stream.write_limit
+        if self.stream.buffered > self.stream.write_limit:
+            # The program is not reading its input, and this page's acks wait behind the
+            # input on its socket: read the program's output whatever the acks say, or a
+            # program that echoes a large paste would block on its output forever.
+            self.stream.resume_reading()
+            return True
+        return False
+
+    def input_drained(self) -> None:
+        """The program took the input that was waiting: flow control as usual again."""
+        self._pace()
 
     def resize(self, page: Page, cols: object, rows: object) -> None:
         """A page's window size. A writer's sets the PTY's (and every page is told); a
@@ -280,7 +295,7 @@ class TermSession:
         if stream.eof or stream.closed:
             return
         pacing = [page for page in self.pages if page.writer] or self.pages
-        if not pacing:
+        if not pacing or stream.buffered > stream.write_limit:  # see input()
             stream.resume_reading()
             return
         behind = self.replay.end - max(page.acked for page in pacing)

@@ -1,0 +1,366 @@
+"""tether as uvicorn's WebSocket engine: ``uvicorn app:app --ws tether.asgi:UvicornProtocol``.
+
+uvicorn parses the HTTP request, sees an upgrade, builds the ``--ws`` class with
+``(config, server_state, app_state)``, hands it the transport (``connection_made``, then
+``transport.set_protocol``) and feeds it the request it rebuilt from its scope as the first
+``data_received``. From there this class is a tether connection like any other: the same
+sans-I/O core (with its C accelerator), the same write coalescing, flow control both ways
+and heartbeat (:class:`~tether.asyncio.connection.WebSocket`), driven by an ASGI app instead
+of a handler.
+
+The ASGI WebSocket spec 2.5: the full scope, accept with a subprotocol and headers, text and
+bytes both ways, close with a code and a reason, disconnect with a code and a reason,
+``send()`` after the connection closed raises (uvicorn's ``ClientDisconnected``, an
+``OSError``), a close before accept answers 403, and the ``websocket.http.response``
+extension for any other HTTP answer.
+
+Mapping of uvicorn's settings: ``ws_max_size`` (largest message; 1009 past it, enforced from
+the frame header before anything is buffered), ``ws_max_queue`` (messages waiting for
+``receive()`` before reading pauses), ``ws_ping_interval``/``ws_ping_timeout`` (heartbeat;
+1011 when a pong is late), ``ws_per_message_deflate`` (tether's permessage-deflate, with its
+memory-frugal defaults). ``await send()`` waits while the client is more than 64 KiB behind.
+On a graceful shutdown an open connection is closed with 1012 (service restart) and one still
+in its handshake gets 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import importlib
+import logging
+import weakref
+from typing import Any, cast
+from urllib.parse import unquote
+
+from ..asyncio.connection import TurnEnd, WebSocket
+from ..exceptions import ConnectionClosed
+from ..protocol.connection import State
+from ..protocol.http11 import Headers, Request, Response
+from ..protocol.server import ServerProtocol
+
+__all__ = ["UvicornProtocol"]
+
+
+class _Disconnected(OSError):
+    """The client went away (where uvicorn's own exception is not available)."""
+
+
+try:  # what uvicorn raises from send() once the client is gone (an OSError)
+    ClientDisconnected: type[OSError] = importlib.import_module(
+        "uvicorn.protocols.utils").ClientDisconnected
+except (ImportError, AttributeError):  # pragma: no cover - only used under uvicorn
+    ClientDisconnected = _Disconnected
+
+SPEC_VERSION = "2.5"
+_WRITE_LIMIT = 65536
+_TURN_ENDS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnEnd] = (
+    weakref.WeakKeyDictionary())
+
+
+def _turn_end(loop: asyncio.AbstractEventLoop) -> TurnEnd:
+    """One end-of-turn callback for every connection of this loop (see TurnEnd)."""
+    turn = _TURN_ENDS.get(loop)
+    if turn is None:
+        turn = _TURN_ENDS[loop] = TurnEnd(loop)
+    return turn
+
+
+class UvicornProtocol(WebSocket):
+    """uvicorn's ``--ws`` protocol class, on tether's core. See the module's docstring."""
+
+    __slots__ = ("config", "app", "app_state", "server_state", "uvicorn_logger", "scope",
+                 "task", "connect_sent", "disconnect_sent", "answered", "http_response")
+
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if not config.loaded:
+            config.load()
+        extensions = None if config.ws_per_message_deflate else ()
+        super().__init__(
+            ServerProtocol(extensions=extensions, max_message_size=config.ws_max_size),
+            max_queue=config.ws_max_queue,
+            write_limit=_WRITE_LIMIT,
+            ping_interval=config.ws_ping_interval or None,
+            ping_timeout=config.ws_ping_timeout or None,
+            turn_end=_turn_end(_loop or asyncio.get_running_loop()),
+        )
+        self.config = config
+        self.app = config.loaded_app
+        self.app_state = app_state
+        self.server_state = server_state
+        self.uvicorn_logger = logging.getLogger("uvicorn.error")
+        self.scope: dict[str, Any] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.connect_sent = False
+        self.disconnect_sent = False
+        self.answered = False  # accepted, refused or answered with an HTTP response
+        self.http_response: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.server_state.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.server_state.connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        if protocol.state is State.CONNECTING:
+            if self.scope is not None:  # before the app answers: held by the core, bounded
+                self._pause_reading()
+            protocol.receive_data(data)
+            for event in protocol.events_received():
+                if isinstance(event, Request):
+                    self._request(event)
+            output = protocol.data_to_send()
+            if output:  # an unparseable request, answered by the core (400, 414, 431)
+                self._write(output)
+                self._flush()
+            return
+        super().data_received(data)
+
+    def _request(self, request: Request) -> None:
+        self.request = request
+        assert isinstance(self.protocol, ServerProtocol)
+        invalid = self.protocol.validate(request)
+        if invalid is not None:
+            self._answer(invalid)
+            return
+        self.scope = self._build_scope(request)
+        self._pause_reading()  # until the app answers: nothing after the request is read
+        self.task = task = self.loop.create_task(self.run_asgi())
+        tasks = self.server_state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def _build_scope(self, request: Request) -> dict[str, Any]:
+        transport = self.transport
+        assert transport is not None
+        root_path = self.config.root_path
+        raw_path, _, query = request.target.partition("?")
+        subprotocols: list[str] = []
+        for value in request.headers.get_all("Sec-WebSocket-Protocol"):
+            subprotocols.extend(token.strip() for token in value.split(",") if token.strip())
+        server = transport.get_extra_info("sockname")
+        client = self.remote_address
+        return {
+            "type": "websocket",
+            "asgi": {"version": self.config.asgi_version, "spec_version": SPEC_VERSION},
+            "http_version": "1.1",
+            "scheme": "wss" if transport.get_extra_info("sslcontext") else "ws",
+            "server": _address(server),
+            "client": _address(client),
+            "root_path": root_path,
+            "path": root_path + unquote(raw_path),
+            "raw_path": root_path.encode("ascii") + raw_path.encode("ascii", "surrogateescape"),
+            "query_string": query.encode("ascii", "surrogateescape"),
+            "headers": [(name.lower().encode("latin-1"), value.encode("latin-1", "replace"))
+                        for name, value in request.headers],
+            "subprotocols": subprotocols,
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: 1012 to an open connection, 500 to a handshake."""
+        if self.protocol.state is State.OPEN:
+            self.close_nowait(1012)
+        elif not self.answered and not self._lost:
+            self._answer(self._reject(500, "Internal Server Error"))
+        elif self.transport is not None and self.protocol.state is State.CLOSED:
+            self.transport.close()
+
+    # -- the app -----------------------------------------------------------------------------
+
+    async def run_asgi(self) -> None:
+        assert self.scope is not None
+        try:
+            result = await self.app(self.scope, self.asgi_receive, self.asgi_send)
+        except ClientDisconnected:
+            pass
+        except BaseException as exc:
+            self.uvicorn_logger.exception("Exception in ASGI application\n")
+            if not self.answered:
+                self._answer(self._reject(500, "Internal Server Error"))
+            elif self.transport is not None:
+                # As uvicorn's own engines do: the TCP connection ends without a close
+                # frame (the client sees 1006), whatever the app had started.
+                self.transport.close()
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            return
+        if not self.answered:
+            self.uvicorn_logger.error("ASGI callable returned without completing handshake.")
+            self._answer(self._reject(500, "Internal Server Error"))
+        else:
+            if result is not None:
+                self.uvicorn_logger.error(
+                    "ASGI callable should return None, but returned '%s'.", result)
+            if self.protocol.state is State.OPEN:
+                self.close_nowait(1000)  # the app is done: so is the connection
+
+    async def asgi_receive(self) -> dict[str, Any]:
+        """The ASGI ``receive``: ``websocket.connect``, then each message, then one
+        ``websocket.disconnect`` with the close code and reason."""
+        if not self.connect_sent:
+            self.connect_sent = True
+            return {"type": "websocket.connect"}
+        try:
+            message = await self.recv()
+        except ConnectionClosed:
+            return self._disconnect()
+        if type(message) is str:
+            return {"type": "websocket.receive", "text": message}
+        return {"type": "websocket.receive", "bytes": message}
+
+    def _disconnect(self) -> dict[str, Any]:
+        self.disconnect_sent = True
+        protocol = self.protocol
+        frame = protocol.close_rcvd
+        if frame is None and protocol.close_sent is not None and not self._lost:
+            frame = protocol.close_sent
+        if frame is None:
+            code, reason = 1006, ""
+        else:
+            code, reason = frame.code, frame.reason
+        return {"type": "websocket.disconnect", "code": code, "reason": reason}
+
+    async def asgi_send(self, message: dict[str, Any]) -> None:
+        """The ASGI ``send``. Waits while the client is behind (``write_limit``).
+
+        Raises:
+            ClientDisconnected: the connection is closing or closed.
+            RuntimeError: a message the state does not allow.
+        """
+        kind = message["type"]
+        if self.answered:
+            if self.http_response is not None:
+                self._response_body(kind, message)
+                return
+            if kind == "websocket.send":
+                data = message.get("bytes")
+                if data is None:
+                    data = message.get("text")
+                    if data is None:
+                        raise RuntimeError("websocket.send needs 'bytes' or 'text'")
+                try:
+                    self.send_nowait(data)
+                except ConnectionClosed:
+                    raise ClientDisconnected() from None
+                if self._writing_paused:  # the client is behind: wait for it
+                    await self._drain()
+                    if self._lost:
+                        raise ClientDisconnected()
+            elif kind == "websocket.close":
+                if self.protocol.state is not State.OPEN:
+                    raise ClientDisconnected()
+                self.close_nowait(message.get("code", 1000), message.get("reason") or "")
+            else:
+                raise RuntimeError(f"Expected ASGI message 'websocket.send' or "
+                                   f"'websocket.close', but got '{kind}'.")
+            return
+        if self._lost:
+            raise ClientDisconnected()
+        if kind == "websocket.accept":
+            self._accept(message)
+        elif kind == "websocket.close":
+            self._log_access("403")
+            self._answer(self._reject(403, ""))
+        elif kind == "websocket.http.response.start":
+            status = message["status"]
+            if not 100 <= status < 600:
+                raise RuntimeError(f"Invalid HTTP status code '{status}' in response.")
+            self._log_access(str(status))
+            self.answered = True
+            self.http_response = (status, list(message.get("headers", [])), [])
+        else:
+            raise RuntimeError("Expected ASGI message 'websocket.accept', 'websocket.close' "
+                               f"or 'websocket.http.response.start' but got '{kind}'.")
+
+    def _accept(self, message: dict[str, Any]) -> None:
+        protocol = cast(ServerProtocol, self.protocol)
+        request = self.request
+        assert request is not None
+        subprotocol = message.get("subprotocol")
+        if subprotocol is not None:
+            # RFC 6455 §4.2.2: the server selects one the client offered.
+            protocol.select_subprotocol = lambda offered, supported: (
+                subprotocol if subprotocol in offered else None)
+        response = protocol.accept(request)
+        if response.status != 101:  # cannot happen: validate() passed
+            self._answer(response)
+            return
+        headers = response.headers
+        for name, value in [*self.server_state.default_headers, *message.get("headers", ())]:
+            key = name.decode("latin-1")
+            if key.lower() in ("sec-websocket-protocol", "sec-websocket-extensions",
+                               "sec-websocket-accept", "upgrade", "connection"):
+                continue  # the handshake's own, negotiated by the core
+            headers.add(key, value.decode("latin-1"))
+        self._log_access("[accepted]")
+        self._answer(response)
+
+    def _response_body(self, kind: str, message: dict[str, Any]) -> None:
+        if kind != "websocket.http.response.body":
+            raise RuntimeError(
+                f"Expected ASGI message 'websocket.http.response.body' but got '{kind}'.")
+        response = self.http_response
+        assert response is not None
+        status, raw_headers, body = response
+        if self.protocol.state is not State.CONNECTING:
+            raise ClientDisconnected()
+        body.append(bytes(message.get("body", b"")))
+        if message.get("more_body", False):
+            return
+        content = b"".join(body)
+        headers = Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw_headers])
+        lookup = {name.lower() for name, _ in headers}
+        for name, value in (("Date", email.utils.formatdate(usegmt=True)),
+                            ("Connection", "close"), ("Content-Length", str(len(content))),
+                            ("Content-Type", "text/plain; charset=utf-8")):
+            if name.lower() not in lookup:
+                headers.add(name, value)
+        self._answer(Response(status, headers, content))
+
+    # -- the handshake's answer --------------------------------------------------------------
+
+    def _reject(self, status: int, text: str) -> Response:
+        return cast(ServerProtocol, self.protocol).reject(status, text)
+
+    def _answer(self, response: Response) -> None:
+        """Send the handshake's answer: a 101 opens the connection, anything else ends it."""
+        self.answered = True
+        self.response = response
+        protocol = cast(ServerProtocol, self.protocol)
+        protocol.send_response(response)
+        events = protocol.events_received()  # frames pipelined after the request
+        self._write(protocol.data_to_send())
+        self._flush()
+        if response.status == 101:
+            self.opened_at = self.loop.time()
+            self.start_keepalive()
+            if events:
+                self._process_events(events)
+                self._write(protocol.data_to_send())
+            self._resume_reading()
+
+    def _log_access(self, outcome: str) -> None:
+        scope = self.scope
+        if scope is None or not self.uvicorn_logger.isEnabledFor(logging.INFO):
+            return
+        client = scope.get("client")
+        path = scope["root_path"] + scope["path"][len(scope["root_path"]):]
+        if scope["query_string"]:
+            path += "?" + scope["query_string"].decode("ascii", "replace")
+        self.uvicorn_logger.info('%s - "WebSocket %s" %s',
+                                 f"{client[0]}:{client[1]}" if client else "-", path, outcome)
+
+
+def _address(address: Any) -> tuple[str, int] | None:
+    if isinstance(address, (tuple, list)) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None
