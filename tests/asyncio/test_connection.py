@@ -660,3 +660,26 @@ class TestHeartbeatWhileNotReading:
                 assert queued and queued[0] >= 4  # it was behind, with reading paused
 
         run(main())
+
+
+def test_close_with_reading_paused_still_reads_the_peer_close_frame() -> None:
+    """A connection whose reading is paused (the application left max_queue messages
+    unread) reads on once it sends its close frame: the peer's close frame is behind those
+    messages. Before, the closing handshake waited for close_timeout and ended as 1006."""
+
+    async def flood(ws: tether.WebSocket) -> None:
+        for i in range(200):
+            await ws.send(f"message {i}")
+        await ws.wait_closed()
+
+    async def main() -> None:
+        async with serving(flood) as (_, url):
+            ws = await tether.connect(url, max_queue=2, close_timeout=100 * UNIT)
+            await asyncio.sleep(5 * UNIT)  # the queue fills; reading pauses
+            started = asyncio.get_running_loop().time()
+            await ws.close()
+            took = asyncio.get_running_loop().time() - started
+            assert ws.protocol.close_rcvd is not None and ws.close_code == 1000
+            assert took < 50 * UNIT, f"close took {took:.2f} s: it waited for close_timeout"
+
+    run(main())

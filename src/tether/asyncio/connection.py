@@ -518,7 +518,9 @@ class WebSocket(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _pause_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        # Once our close frame is out, read on to find the peer's (close_timeout bounds it).
+        if (self.transport is not None and not self.transport.is_closing()
+                and self.protocol.close_sent is None):
             self._reading_paused = True
             self.transport.pause_reading()
 
@@ -845,6 +847,8 @@ class WebSocket(asyncio.Protocol):
             self.protocol.send_close(code, reason)
             self._write(self.protocol.data_to_send())
             self._start_close_timer()
+            if self._reading_paused:  # the peer's close frame may be behind unread messages
+                self._resume_reading()
 
     async def wait_closed(self) -> None:
         """Wait until the connection is closed."""
