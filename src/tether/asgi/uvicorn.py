@@ -33,7 +33,7 @@ import weakref
 from typing import Any, cast
 from urllib.parse import unquote
 
-from ..asyncio.connection import TurnEnd, WebSocket
+from ..asyncio.connection import _CLOSED, TurnEnd, WebSocket
 from ..exceptions import ConnectionClosed
 from ..protocol.connection import State
 from ..protocol.http11 import Headers, Request, Response
@@ -70,7 +70,8 @@ class UvicornProtocol(WebSocket):
     """uvicorn's ``--ws`` protocol class, on tether's core. See the module's docstring."""
 
     __slots__ = ("config", "app", "app_state", "server_state", "uvicorn_logger", "scope",
-                 "task", "connect_sent", "disconnect_sent", "answered", "http_response")
+                 "task", "connect_sent", "disconnect_sent", "answered", "http_response",
+                 "disconnect_event", "ping_sent_at", "chunked")
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -95,7 +96,12 @@ class UvicornProtocol(WebSocket):
         self.connect_sent = False
         self.disconnect_sent = False
         self.answered = False  # accepted, refused or answered with an HTTP response
-        self.http_response: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
+        # The websocket.disconnect decided here rather than by a close frame from the
+        # client: a refused handshake or a denial response (1006), a shutdown (1012).
+        self.disconnect_event: dict[str, Any] | None = None
+        self.ping_sent_at = 0.0  # loop time of the last heartbeat ping
+        self.chunked = False  # the denial response's body goes in chunks
+        self.http_response: int | None = None  # the status of a denial response under way
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -165,14 +171,57 @@ class UvicornProtocol(WebSocket):
             "extensions": {"websocket.http.response": {}},
         }
 
+    @property
+    def ping_timer(self) -> asyncio.TimerHandle | None:
+        """The heartbeat's timer (None with ``--ws-ping-interval 0``)."""
+        return self._keepalive_timer
+
+    def _send_heartbeat(self) -> None:
+        self.ping_sent_at = self.loop.time()
+        super()._send_heartbeat()
+
+    def _receive_close(self) -> None:
+        super()._receive_close()
+        # The app learns of the close at once, not when the TCP connection ends.
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and not self._messages:
+            self._waiter = None
+            waiter.set_result(_CLOSED)
+
+    @property
+    def close_timer(self) -> asyncio.TimerHandle | None:
+        """The timer bounding the closing handshake while it waits for the client's close
+        frame (as uvicorn's engines name it); None once both close frames were exchanged
+        (the same timer then bounds the TCP close)."""
+        protocol = self.protocol
+        if protocol.close_rcvd is not None and protocol.close_sent is not None:
+            return None
+        return self._close_timer
+
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: 1012 to an open connection, 500 to a handshake."""
-        if self.protocol.state is State.OPEN:
+        self._stop_keepalive()
+        state = self.protocol.state
+        if state is State.OPEN:
+            self.disconnect_event = {"type": "websocket.disconnect", "code": 1012}
             self.close_nowait(1012)
-        elif not self.answered and not self._lost:
+            return
+        if state is State.CONNECTING and not self.answered and not self._lost:
             self._answer(self._reject(500, "Internal Server Error"))
-        elif self.transport is not None and self.protocol.state is State.CLOSED:
+        # Closing (our close frame sent, its reply pending), refused, or in the middle of a
+        # denial response: the transport closes now.
+        self.disconnect_event = self.disconnect_event or {"type": "websocket.disconnect",
+                                                          "code": 1006}
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        if self.transport is not None:
             self.transport.close()
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
 
     # -- the app -----------------------------------------------------------------------------
 
@@ -200,8 +249,10 @@ class UvicornProtocol(WebSocket):
             if result is not None:
                 self.uvicorn_logger.error(
                     "ASGI callable should return None, but returned '%s'.", result)
-            if self.protocol.state is State.OPEN:
-                self.close_nowait(1000)  # the app is done: so is the connection
+            if self.transport is not None and self._close_timer is None:
+                # As uvicorn's own engines do: an app that returns without closing ends the
+                # TCP connection (the client sees 1006); one that closed waits for the reply.
+                self.transport.close()
 
     async def asgi_receive(self) -> dict[str, Any]:
         """The ASGI ``receive``: ``websocket.connect``, then each message, then one
@@ -209,6 +260,9 @@ class UvicornProtocol(WebSocket):
         if not self.connect_sent:
             self.connect_sent = True
             return {"type": "websocket.connect"}
+        if not self._messages and (self.disconnect_event is not None
+                                   or self.protocol.close_rcvd is not None):
+            return self._disconnect()
         try:
             message = await self.recv()
         except ConnectionClosed:
@@ -218,16 +272,21 @@ class UvicornProtocol(WebSocket):
         return {"type": "websocket.receive", "bytes": message}
 
     def _disconnect(self) -> dict[str, Any]:
+        """The websocket.disconnect: the app's own close code and reason when it closed
+        first, the client's when it did, 1006 when the connection was lost without one."""
         self.disconnect_sent = True
+        if self.disconnect_event is not None:
+            return self.disconnect_event
         protocol = self.protocol
-        frame = protocol.close_rcvd
-        if frame is None and protocol.close_sent is not None and not self._lost:
-            frame = protocol.close_sent
+        frame = protocol.close_sent
+        if frame is None or protocol.close_rcvd_then_sent:
+            frame = protocol.close_rcvd
         if frame is None:
-            code, reason = 1006, ""
+            event: dict[str, Any] = {"type": "websocket.disconnect", "code": 1006}
         else:
-            code, reason = frame.code, frame.reason
-        return {"type": "websocket.disconnect", "code": code, "reason": reason}
+            event = {"type": "websocket.disconnect", "code": frame.code, "reason": frame.reason}
+        self.disconnect_event = event
+        return event
 
     async def asgi_send(self, message: dict[str, Any]) -> None:
         """The ASGI ``send``. Waits while the client is behind (``write_limit``).
@@ -247,14 +306,15 @@ class UvicornProtocol(WebSocket):
                     data = message.get("text")
                     if data is None:
                         raise RuntimeError("websocket.send needs 'bytes' or 'text'")
+                if self._writing_paused:  # the client is behind: wait for it, then write
+                    try:
+                        await self._drain()
+                    except ConnectionClosed:
+                        raise ClientDisconnected() from None
                 try:
                     self.send_nowait(data)
                 except ConnectionClosed:
                     raise ClientDisconnected() from None
-                if self._writing_paused:  # the client is behind: wait for it
-                    await self._drain()
-                    if self._lost:
-                        raise ClientDisconnected()
             elif kind == "websocket.close":
                 if self.protocol.state is not State.OPEN:
                     raise ClientDisconnected()
@@ -269,14 +329,14 @@ class UvicornProtocol(WebSocket):
             self._accept(message)
         elif kind == "websocket.close":
             self._log_access("403")
+            self.disconnect_event = {"type": "websocket.disconnect", "code": 1006}
             self._answer(self._reject(403, ""))
         elif kind == "websocket.http.response.start":
             status = message["status"]
             if not 100 <= status < 600:
                 raise RuntimeError(f"Invalid HTTP status code '{status}' in response.")
             self._log_access(str(status))
-            self.answered = True
-            self.http_response = (status, list(message.get("headers", [])), [])
+            self._start_response(status, message.get("headers", ()))
         else:
             raise RuntimeError("Expected ASGI message 'websocket.accept', 'websocket.close' "
                                f"or 'websocket.http.response.start' but got '{kind}'.")
@@ -304,31 +364,54 @@ class UvicornProtocol(WebSocket):
         self._log_access("[accepted]")
         self._answer(response)
 
+    def _start_response(self, status: int, raw_headers: Any) -> None:
+        """The head of a denial response, sent at once; its body follows as it comes and
+        ends with the connection (or its Content-Length)."""
+        headers = Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw_headers])
+        names = {name.lower() for name, _ in headers}
+        if "date" not in names:
+            headers.add("Date", email.utils.formatdate(usegmt=True))
+        if "connection" not in names:
+            headers.add("Connection", "close")
+        self.chunked = ("content-length" not in names and status >= 200
+                        and status not in (204, 304))
+        if self.chunked:  # the body's length is not known yet: frame it as it comes
+            headers.add("Transfer-Encoding", "chunked")
+        self.http_response = status
+        self.answered = True
+        self.response = response = Response(status, headers)
+        if self.transport is not None:
+            self._write([response.serialize()])
+            self._flush()
+
     def _response_body(self, kind: str, message: dict[str, Any]) -> None:
         if kind != "websocket.http.response.body":
             raise RuntimeError(
                 f"Expected ASGI message 'websocket.http.response.body' but got '{kind}'.")
-        response = self.http_response
-        assert response is not None
-        status, raw_headers, body = response
-        if self.protocol.state is not State.CONNECTING:
+        transport = self.transport
+        if transport is None or transport.is_closing():
             raise ClientDisconnected()
-        body.append(bytes(message.get("body", b"")))
-        if message.get("more_body", False):
-            return
-        content = b"".join(body)
-        headers = Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw_headers])
-        lookup = {name.lower() for name, _ in headers}
-        for name, value in (("Date", email.utils.formatdate(usegmt=True)),
-                            ("Connection", "close"), ("Content-Length", str(len(content))),
-                            ("Content-Type", "text/plain; charset=utf-8")):
-            if name.lower() not in lookup:
-                headers.add(name, value)
-        self._answer(Response(status, headers, content))
+        body = bytes(message.get("body", b""))
+        more = message.get("more_body", False)
+        if self.chunked:
+            if body:
+                body = b"%x\r\n%b\r\n" % (len(body), body)
+            if not more:
+                body += b"0\r\n\r\n"
+        if body:
+            transport.write(body)
+        if not more:
+            self.disconnect_event = {"type": "websocket.disconnect", "code": 1006}
+            transport.close()
 
     # -- the handshake's answer --------------------------------------------------------------
 
     def _reject(self, status: int, text: str) -> Response:
+        if status == 500:  # as uvicorn answers it: "Internal Server Error", no newline
+            body = b"Internal Server Error"
+            return Response(500, Headers([("Content-Type", "text/plain; charset=utf-8"),
+                                          ("Content-Length", str(len(body))),
+                                          ("Connection", "close")]), body)
         return cast(ServerProtocol, self.protocol).reject(status, text)
 
     def _answer(self, response: Response) -> None:
