@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -441,6 +442,46 @@ class TestBroadcast:
                 await a.send("still")
                 assert await recv(a) == "got still"
                 await a.close()
+
+        run(main())
+
+    def test_a_slow_client_is_cut_off_and_the_others_keep_their_rate(self) -> None:
+        """One process for everyone, writing as fast as it can: a client that stops reading
+        is closed with 1013 once it is max_buffered behind (as tether broadcast does); the
+        one that reads keeps getting lines, and the process is never slowed by the other."""
+
+        async def main() -> None:
+            # 40 MB/s of 8 KB lines, in bursts: far more than a client that reads nothing
+            # can hold, and what one that reads keeps up with on a loaded machine.
+            producer = ("import sys, time\nline = 'x' * 8000 + '\\n'\n"
+                        "while True:\n    sys.stdout.write(line * 50)\n"
+                        "    sys.stdout.flush()\n    time.sleep(0.01)\n")
+            app = exec_app([sys.executable, "-c", producer], broadcast=True,
+                           max_buffered=64 * 1024)
+            async with serving(app, compression=None) as url:
+                fast = await tether.connect(url, compression=None)
+                slow = await tether.connect(url, compression=None, max_queue=1)
+                # The slow one reads nothing: its reading pauses, the kernel's buffers fill,
+                # then its server-side budget; the server closes it with 1013 (which it
+                # cannot read: it reads nothing).
+                def cut_off() -> bool:
+                    return any(ws.protocol.close_sent is not None
+                               and ws.protocol.close_sent.code == 1013 for ws in app.clients)
+
+                got = 0
+                deadline = time.monotonic() + 100 * UNIT
+                while not cut_off() and time.monotonic() < deadline:
+                    message = await asyncio.wait_for(fast.recv(), 50 * UNIT)
+                    assert message == "x" * 8000
+                    got += 1
+                assert cut_off(), "the slow client was never cut off"
+                mark = got
+                for _ in range(1000):  # the fast one goes on
+                    assert await asyncio.wait_for(fast.recv(), 50 * UNIT)
+                    got += 1
+                assert got == mark + 1000 and len(app.processes) == 1
+                slow.transport.abort() if slow.transport else None
+                await fast.close()
 
         run(main())
 
