@@ -215,6 +215,11 @@ class UvicornProtocol(WebSocket):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close the TCP connection after what this loop turn gathered to send."""
+        self._flush()
         if self.transport is not None:
             self.transport.close()
 
@@ -235,10 +240,10 @@ class UvicornProtocol(WebSocket):
             self.uvicorn_logger.exception("Exception in ASGI application\n")
             if not self.answered:
                 self._answer(self._reject(500, "Internal Server Error"))
-            elif self.transport is not None:
+            else:
                 # As uvicorn's own engines do: the TCP connection ends without a close
-                # frame (the client sees 1006), whatever the app had started.
-                self.transport.close()
+                # frame (the client sees 1006), after what the app sent.
+                self._close_transport()
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             return
@@ -249,10 +254,11 @@ class UvicornProtocol(WebSocket):
             if result is not None:
                 self.uvicorn_logger.error(
                     "ASGI callable should return None, but returned '%s'.", result)
-            if self.transport is not None and self._close_timer is None:
+            if self._close_timer is None:
                 # As uvicorn's own engines do: an app that returns without closing ends the
-                # TCP connection (the client sees 1006); one that closed waits for the reply.
-                self.transport.close()
+                # TCP connection after what it sent (the client sees 1006); one that closed
+                # waits for the client's close frame.
+                self._close_transport()
 
     async def asgi_receive(self) -> dict[str, Any]:
         """The ASGI ``receive``: ``websocket.connect``, then each message, then one
