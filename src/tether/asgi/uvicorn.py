@@ -432,6 +432,9 @@ class UvicornProtocol(WebSocket):
         if response.status == 101:
             self.opened_at = self.loop.time()
             self.start_keepalive()
+            # The app has the scope; nothing reads the parsed request or the 101 again, and
+            # an idle connection is 3 KiB smaller without them.
+            self.request = self.response = protocol.request = protocol.response = None
             if events:
                 self._process_events(events)
                 self._write(protocol.data_to_send())
