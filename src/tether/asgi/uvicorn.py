@@ -71,7 +71,7 @@ class UvicornProtocol(WebSocket):
 
     __slots__ = ("config", "app", "app_state", "server_state", "uvicorn_logger", "scope",
                  "task", "connect_sent", "disconnect_sent", "answered", "http_response",
-                 "disconnect_event", "ping_sent_at", "chunked")
+                 "disconnect_event", "ping_sent_at", "chunked", "accepted")
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -79,7 +79,10 @@ class UvicornProtocol(WebSocket):
             config.load()
         extensions = None if config.ws_per_message_deflate else ()
         super().__init__(
-            ServerProtocol(extensions=extensions, max_message_size=config.ws_max_size),
+            # The close reply waits until the app has taken the messages before it (it may
+            # still answer them), as tether's own server does.
+            ServerProtocol(extensions=extensions, max_message_size=config.ws_max_size,
+                           auto_close_reply=False),
             max_queue=config.ws_max_queue,
             write_limit=_WRITE_LIMIT,
             ping_interval=config.ws_ping_interval or None,
@@ -101,6 +104,7 @@ class UvicornProtocol(WebSocket):
         self.disconnect_event: dict[str, Any] | None = None
         self.ping_sent_at = 0.0  # loop time of the last heartbeat ping
         self.chunked = False  # the denial response's body goes in chunks
+        self.accepted = False  # the 101 went out
         self.http_response: int | None = None  # the status of a denial response under way
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -232,6 +236,7 @@ class UvicornProtocol(WebSocket):
 
     async def run_asgi(self) -> None:
         assert self.scope is not None
+        result = None
         try:
             result = await self.app(self.scope, self.asgi_receive, self.asgi_send)
         except ClientDisconnected:
@@ -268,6 +273,8 @@ class UvicornProtocol(WebSocket):
             return {"type": "websocket.connect"}
         if not self._messages and (self.disconnect_event is not None
                                    or self.protocol.close_rcvd is not None):
+            if self.protocol.close_reply_pending():
+                self._reply_close()  # the app has taken everything before the close frame
             return self._disconnect()
         try:
             message = await self.recv()
@@ -306,6 +313,8 @@ class UvicornProtocol(WebSocket):
             if self.http_response is not None:
                 self._response_body(kind, message)
                 return
+            if not self.accepted:  # refused (403, or 500 on a shutdown): no socket to use
+                raise ClientDisconnected()
             if kind == "websocket.send":
                 data = message.get("bytes")
                 if data is None:
@@ -430,6 +439,7 @@ class UvicornProtocol(WebSocket):
         self._write(protocol.data_to_send())
         self._flush()
         if response.status == 101:
+            self.accepted = True
             self.opened_at = self.loop.time()
             self.start_keepalive()
             # The app has the scope; nothing reads the parsed request or the 101 again, and
