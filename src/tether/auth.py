@@ -23,6 +23,7 @@ __all__ = [
     "SUBPROTOCOL_TOKEN_PREFIX",
     "is_generated_principal",
     "origin_matches_host",
+    "is_loopback_host",
 ]
 
 SUBPROTOCOL_TOKEN_PREFIX = "bearer."
@@ -211,7 +212,7 @@ class OriginPolicy:
         name = (host or "").strip().lower()
         if name.startswith("[") and name.endswith("]"):
             name = name[1:-1]
-        if _is_loopback(name):
+        if is_loopback_host(name):
             hosts = ["127.0.0.1", "localhost", "[::1]"]
             same_host = False
         elif _is_unspecified(name):
@@ -280,7 +281,9 @@ def _is_unspecified(host: str) -> bool:
         return False
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (an address or a name, without brackets) stays on this machine:
+    a loopback address, ``localhost`` or a ``*.localhost`` name."""
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:

@@ -512,7 +512,10 @@ async def _serve(args: argparse.Namespace) -> int:
         else:
             logger.info("event=listen app=%s url=%s://%s:%s loop=%s", args.command, scheme,
                         _url_host(host), port, loop_name)
-    if args.command == "term" and "ssl" not in options and not _is_loopback(args.host):
+    from .auth import is_loopback_host
+
+    host = args.host.strip().strip("[]").lower()
+    if args.command == "term" and "ssl" not in options and not is_loopback_host(host):
         logger.warning("event=warning reason=%s", "the terminal listens beyond this machine "
                        "without TLS: anyone who sees the traffic gets its token and a shell; "
                        "use --tls-cert/--tls-key or a TLS proxy, or keep --host on loopback")
@@ -528,13 +531,6 @@ async def _serve(args: argparse.Namespace) -> int:
     if broadcast_app is not None and broadcast_app.backend is not None:
         await broadcast_app.backend.close()
     return 0
-
-
-def _is_loopback(host: str) -> bool:
-    from .auth import OriginPolicy
-
-    # same_origin() lists loopback origins only for a loopback bind.
-    return "http://127.0.0.1:1" in OriginPolicy.same_origin(host, 1).exact
 
 
 def _terminal(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Any, str | None]:
