@@ -20,27 +20,12 @@ import pytest
 import tether
 from tether.apps.exec import ExecApp, LineSplitter
 
-from ..asyncio.conftest import UNIT, run
+from ..asyncio.conftest import UNIT, run, running, until
 from ..asyncio.test_server import raw_request
 
 READ_LOOP = 'while read -r l; do [ "$l" = quit ] && exit 0; echo "got $l"; done'
 
 
-async def until(predicate: Callable[[], object], timeout: float = 50 * UNIT,
-                what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(UNIT / 10)
-
-
-def running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def children() -> list[int]:

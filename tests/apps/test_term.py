@@ -25,7 +25,7 @@ import tether
 from tether.apps.term import Terminal
 from tether.apps.term.session import TermSession
 
-from ..asyncio.conftest import UNIT, run
+from ..asyncio.conftest import UNIT, run, running, until
 from ..asyncio.test_server import raw_request
 
 SH = ["sh", "-i"]  # dash on Debian: a prompt, no line editor, no bracketed paste
@@ -34,21 +34,6 @@ PS1 = "$ "
 ENV = {"PS1": PS1, "TERM": "dumb"}
 
 
-async def until(predicate: Callable[[], object], timeout: float = 50 * UNIT,
-                what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(UNIT / 10)
-
-
-def running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def terminal(command: Sequence[str] = SH, **options: Any) -> Terminal:

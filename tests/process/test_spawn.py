@@ -32,7 +32,7 @@ from tether.process import (
 )
 from tether.process.replay import ReplayBuffer
 
-from ..asyncio.conftest import UNIT, run
+from ..asyncio.conftest import UNIT, run, running, until
 
 BASH = ["bash", "--norc", "--noprofile", "-i"]
 PS1 = "$ "
@@ -40,15 +40,6 @@ PS1 = "$ "
 
 # -- helpers -------------------------------------------------------------------------------------
 
-
-async def until(predicate: Callable[[], object], timeout: float = 50 * UNIT,
-                what: str = "condition") -> None:
-    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(UNIT / 10)
 
 
 class Tty:
@@ -154,14 +145,6 @@ def foreground_is(child: PtyChild, name: str) -> bool:
     except OSError:
         return False
 
-
-def running(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 # -- spawn_pty: the controlling terminal, sessions, job control ---------------------------------
