@@ -91,13 +91,16 @@ from echo import (  # noqa: E402  (bench/echo.py's helpers, which peers.py uses 
 from peers import LiveLoadgen, raise_nofile, scenario_echo, scenario_idle  # noqa: E402
 
 ALL_SERVERS = ["uvicorn-tether", "uvicorn-sansio", "uvicorn-wsproto", "granian", "hypercorn"]
+# Not run unless named: uvicorn with a no-op engine (bench/asgi_floor.py), row g only.
+FLOOR = "uvicorn-floor"
 ALL_SCENARIOS = ["a", "c", "e", "f", "g"]
 ROWS = {k: peers.ROWS[k] for k in ALL_SCENARIOS}
 UVICORN_WS = {"uvicorn-tether": "tether.asgi:UvicornProtocol",
-              "uvicorn-sansio": "websockets-sansio", "uvicorn-wsproto": "wsproto"}
+              "uvicorn-sansio": "websockets-sansio", "uvicorn-wsproto": "wsproto",
+              FLOOR: "asgi_floor:FloorProtocol"}
 LABELS = {"uvicorn-tether": "uvicorn + tether", "uvicorn-sansio": "uvicorn + websockets-sansio",
           "uvicorn-wsproto": "uvicorn + wsproto", "granian": "granian",
-          "hypercorn": "hypercorn"}
+          "hypercorn": "hypercorn", FLOOR: "uvicorn + no-op engine (floor)"}
 # issue 13: uvicorn + tether / uvicorn's default engine at most this, per row
 TARGETS = {"a": 0.35, "c": 0.35, "e": 0.5, "f": 0.5, "g": 0.8}
 BASE = "uvicorn-sansio"
@@ -142,7 +145,8 @@ def check_server(name: str, python: str) -> str | None:
     if name.startswith("uvicorn"):
         probe[-1] += ", httptools"
         probe[-1] += {"uvicorn-tether": "; import tether.asgi.uvicorn",
-                      "uvicorn-sansio": ", websockets", "uvicorn-wsproto": ", wsproto"}[name]
+                      "uvicorn-sansio": ", websockets", "uvicorn-wsproto": ", wsproto",
+                      FLOOR: ", asgi_floor"}[name]
     return run_probe(probe, server_env())
 
 
@@ -357,10 +361,11 @@ def one_server_round(name: str, rnd: int, args: argparse.Namespace, loadgen: Pat
         print(f"  [{rnd + 1}] {name:<15} {key}: {fmt.format(r[field])}{extra}", file=sys.stderr)
 
     groups = []
-    echo_keys = [k for k in ["f", "a", "c", "g"] if k in args.scenario_list]
+    echo_keys = [k for k in ["f", "a", "c", "g"] if k in args.scenario_list
+                 and (name != FLOOR or k == "g")]
     if echo_keys:
         groups.append(("echo", echo_keys))
-    if "e" in args.scenario_list:
+    if "e" in args.scenario_list and name != FLOOR:
         groups.append(("broadcast", ["e"]))
     for mode, keys in groups:
         port = free_port()
@@ -385,7 +390,7 @@ def one_server_round(name: str, rnd: int, args: argparse.Namespace, loadgen: Pat
                     record(key, lambda: scenario_broadcast(srv, port, loadgen, lg_cpu, args),
                            srv)
                 else:
-                    if not warmed:
+                    if not warmed and name != FLOOR:
                         try:
                             warm_up(port, loadgen, lg_cpu, args.warmup)
                         except RuntimeError as e:
@@ -406,6 +411,8 @@ def render(results: dict[str, Any], servers: list[str], scenarios: list[str],
            vers: dict[str, str]) -> tuple[str, dict[str, dict[str, float]],
                                           dict[str, dict[str, float]]]:
     def head(name: str) -> str:
+        if name == FLOOR:
+            return f"{LABELS[name]}, uvicorn {vers.get('uvicorn', '')}"
         if name.startswith("uvicorn"):
             engine = {"uvicorn-tether": "tether", "uvicorn-sansio": "websockets",
                       "uvicorn-wsproto": "wsproto"}[name]
@@ -470,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--servers", default=",".join(ALL_SERVERS),
-                   help=f"comma-separated, among {','.join(ALL_SERVERS)} (default: all)")
+                   help=f"comma-separated, among {','.join(ALL_SERVERS)} (default: all), "
+                   f"and {FLOOR} (uvicorn's own cost: a no-op engine, row g only)")
     p.add_argument("--scenarios", default=",".join(ALL_SCENARIOS),
                    help="comma-separated among a,c,e,f,g (default: all)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, servers interleaved (3)")
@@ -498,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     args.scenario_list = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for s in servers:
-        if s not in ALL_SERVERS:
+        if s not in ALL_SERVERS + [FLOOR]:
             p.error(f"unknown server {s!r}")
     for s in args.scenario_list:
         if s not in ROWS:

@@ -27,7 +27,7 @@ them, fails the connection with their close code, and the I/O layer raises
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .protocol.events import CloseFrame
@@ -164,7 +164,16 @@ class ConnectionClosed(TetherError):
         self.rcvd = rcvd
         self.sent = sent
         self.rcvd_then_sent = rcvd_then_sent
-        super().__init__(self._describe())
+        super().__init__()  # described when shown (most are caught and never printed)
+
+    def __str__(self) -> str:
+        return self._describe()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._describe()!r})"
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.rcvd, self.sent, self.rcvd_then_sent)
 
     @property
     def code(self) -> int:

@@ -53,6 +53,7 @@ except (ImportError, AttributeError):  # pragma: no cover - only used under uvic
     ClientDisconnected = _Disconnected
 
 SPEC_VERSION = "2.5"
+_uvicorn_logger = logging.getLogger("uvicorn.error")  # uvicorn's own engines log there
 _WRITE_LIMIT = 65536
 _TURN_ENDS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnEnd] = (
     weakref.WeakKeyDictionary())
@@ -93,7 +94,7 @@ class UvicornProtocol(WebSocket):
         self.app = config.loaded_app
         self.app_state = app_state
         self.server_state = server_state
-        self.uvicorn_logger = logging.getLogger("uvicorn.error")
+        self.uvicorn_logger = _uvicorn_logger
         self.scope: dict[str, Any] | None = None
         self.task: asyncio.Task[None] | None = None
         self.connect_sent = False
@@ -141,7 +142,7 @@ class UvicornProtocol(WebSocket):
             self._answer(invalid)
             return
         self.scope = self._build_scope(request)
-        self._pause_reading()  # until the app answers: nothing after the request is read
+        # Anything after the request pauses reading until the app answers (data_received).
         self.task = task = self.loop.create_task(self.run_asgi())
         tasks = self.server_state.tasks
         tasks.add(task)
@@ -448,7 +449,8 @@ class UvicornProtocol(WebSocket):
             if events:
                 self._process_events(events)
                 self._write(protocol.data_to_send())
-            self._resume_reading()
+            if self._reading_paused:
+                self._resume_reading()
 
     def _log_access(self, outcome: str) -> None:
         scope = self.scope
