@@ -259,7 +259,21 @@ def _add_server_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS",
                          help="on Ctrl-C or SIGTERM, how long to wait for connections to close "
                          "(with 1001) before dropping them (default: %(default)s)")
+    command.add_argument("--shutdown-delay", type=float, default=0.0, metavar="SECONDS",
+                         help="on SIGTERM, first keep serving this long with /readyz "
+                         "answering 503, so that load balancers stop sending new clients "
+                         "(a second signal cuts it short; default: %(default)s)")
     command.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    operations = command.add_argument_group("operations (see docs/operations.md)")
+    operations.add_argument("--metrics", action="store_true",
+                            help="serve Prometheus metrics at /metrics on this port (needs "
+                            "pip install 'tether[metrics]')")
+    operations.add_argument("--metrics-port", type=int, metavar="PORT",
+                            help="serve /metrics on this port of --host instead (implies "
+                            "--metrics); /healthz and /readyz are there too")
+    operations.add_argument("--log-format", choices=("text", "json"), default="text",
+                            help="text: key=value lines; json: one JSON object per line, "
+                            "same fields (default: %(default)s)")
     _add_loop_option(command)
 
 
@@ -344,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command in _SERVERS:
-        _configure_logging(args.quiet)
+        _configure_logging(args.quiet, args.log_format)
         if getattr(args, "workers", 1) > 1:
             return _supervise(args, list(sys.argv[1:] if argv is None else argv))
         return _run(_serve(args), args.loop)
@@ -385,12 +399,17 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
     return 0 if all(code == 0 for code in codes) else 1
 
 
-def _configure_logging(quiet: bool) -> None:
+def _configure_logging(quiet: bool, log_format: str = "text") -> None:
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s level=%(levelname)s pid=%(process)d %(message)s",
         stream=sys.stderr,
     )
+    if log_format == "json":
+        from .logformat import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
 
 
 def _run(coro: Any, loop: str | None) -> int:
@@ -429,7 +448,10 @@ async def _serve(args: argparse.Namespace) -> int:
     exec_app = None
     page_token = None
     if args.command == "echo":
-        from .apps.echo import echo as handler
+        from .apps.echo import echo
+        from .asyncio.router import Router
+
+        handler = Router(default=echo)
     elif args.command == "broadcast":
         from .apps.broadcast import BroadcastApp
 
@@ -439,7 +461,7 @@ async def _serve(args: argparse.Namespace) -> int:
             if backend is None:
                 return 1
         broadcast_app = BroadcastApp(backend, max_buffered=args.max_buffered)
-        handler = broadcast_app.router  # type: ignore[assignment]
+        handler = broadcast_app.router
     elif args.command in ("term", "exec"):
         try:
             if args.command == "term":
@@ -469,7 +491,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 print(f"tether chat: cannot open the history in {data}: {exc}",
                       file=sys.stderr)
                 return 1
-        handler = make_chat_router(hub)  # type: ignore[assignment]
+        handler = make_chat_router(hub)
     if args.command in _OWN_ORIGIN:
         # Their own pages, plus any --allow-origin: a page elsewhere cannot open the socket
         # (CSWSH). See OriginPolicy.same_origin for wildcard and named binds.
@@ -487,6 +509,15 @@ async def _serve(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"tether exec: cannot start {exec_app.command[0]}: {exc}", file=sys.stderr)
             return 1
+    metrics = None
+    if args.metrics or args.metrics_port is not None:
+        try:
+            metrics = _Metrics(args)
+        except ImportError as exc:  # MissingExtra: says what to install
+            print(f"tether {args.command}: {exc}", file=sys.stderr)
+            return 2
+        if args.metrics_port is None:
+            metrics.route(handler)
     stop = asyncio.Event()
     _install_stop_signals(stop)
     try:
@@ -496,6 +527,14 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"tether {args.command}: cannot listen on {args.host}:{args.port}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         return 1
+    if metrics is not None:
+        try:
+            await metrics.start(server, hub)
+        except OSError as exc:
+            await server.close()
+            print(f"tether {args.command}: cannot listen on {args.host}:{args.metrics_port} "
+                  f"for --metrics-port: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     scheme = "wss" if "ssl" in options else "ws"
     loop_name = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") \
         else "asyncio"
@@ -520,6 +559,12 @@ async def _serve(args: argparse.Namespace) -> int:
                        "without TLS: anyone who sees the traffic gets its token and a shell; "
                        "use --tls-cert/--tls-key or a TLS proxy, or keep --host on loopback")
     await stop.wait()
+    if args.shutdown_delay > 0:
+        # /readyz answers 503 while everything else goes on, so that load balancers stop
+        # sending new clients before the connections are closed.
+        server.draining = True
+        logger.info("event=draining seconds=%g", args.shutdown_delay)
+        await _wait_or(stop, args.shutdown_delay)
     logger.info("event=shutdown connections=%d code=1001", len(server.connections))
     if terminal is not None:
         await terminal.close()
@@ -530,7 +575,57 @@ async def _serve(args: argparse.Namespace) -> int:
         await hub.close()
     if broadcast_app is not None and broadcast_app.backend is not None:
         await broadcast_app.backend.close()
+    if metrics is not None:
+        await metrics.close()
     return 0
+
+
+async def _wait_or(stop: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``, or less if ``stop`` is set again (a second Ctrl-C)."""
+    stop.clear()
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+class _Metrics:
+    """``--metrics``: /metrics on the server's own router, or on its own port."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from .metrics import LoopLag, require_prometheus
+
+        self.prometheus = require_prometheus()  # raises MissingExtra first
+        self.args = args
+        self.registry = self.prometheus.CollectorRegistry(auto_describe=False)
+        self.loop_lag = LoopLag()
+        self.server: Any = None
+
+    def route(self, router: Any) -> None:
+        from .metrics import metrics_handler
+
+        router.add_http("/metrics", metrics_handler(self.registry))
+
+    async def start(self, server: Any, hub: Any) -> None:
+        from .asyncio.router import Router
+        from .asyncio.server import serve
+        from .metrics import TetherCollector
+
+        self.registry.register(TetherCollector(server, hub=hub, loop_lag=self.loop_lag))
+        self.loop_lag.start()
+        port = self.args.metrics_port
+        if port is not None:
+            router = Router()
+            self.route(router)
+            self.server = await serve(router, self.args.host, port)
+            self.server.ready_checks.append(server.not_ready)  # the main server's readiness
+            logger.info("event=listen app=metrics url=http://%s:%s/metrics",
+                        _url_host(self.args.host), self.server.port_number)
+
+    async def close(self) -> None:
+        self.loop_lag.stop()
+        if self.server is not None:
+            await self.server.close()
 
 
 def _terminal(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Any, str | None]:

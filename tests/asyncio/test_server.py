@@ -143,7 +143,7 @@ class TestProcessRequest:
             async with serving(process_request=process_request) as (server, url):
                 # A plain GET is not an upgrade: 426, before any hook runs.
                 status, _, _ = await raw_request(
-                    server.port_number, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                    server.port_number, b"GET /anything HTTP/1.1\r\nHost: x\r\n\r\n"
                 )
                 assert status == 426
                 with pytest.raises(tether.InvalidStatus) as info:
@@ -332,5 +332,72 @@ class TestInterop:
                         await ws.send(message)
                         assert await ws.recv() == message
                     await ws.ping()
+
+        run(main())
+
+
+def get(path: str, method: str = "GET") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+class TestHealthChecks:
+    """GET /healthz and /readyz, on every server unless health_checks=False."""
+
+    def test_live_and_ready(self) -> None:
+        async def main() -> None:
+            async with serving() as (server, url):
+                port = server.port_number
+                assert await raw_request(port, get("/healthz")) == (200, {
+                    "content-type": "text/plain; charset=utf-8", "content-length": "3",
+                    "cache-control": "no-store"}, b"ok\n")
+                status, _, body = await raw_request(port, get("/readyz"))
+                assert (status, body) == (200, b"ready\n")
+                status, headers, body = await raw_request(port, get("/readyz", "HEAD"))
+                assert (status, body, headers["content-length"]) == (200, b"", "6")
+                assert (await raw_request(port, get("/healthz", "POST")))[0] == 405
+                # An upgrade to the same path is still a WebSocket for a catch-all handler.
+                async with tether.connect(url + "/healthz") as ws:
+                    await ws.send("still a websocket")
+                    assert await ws.recv() == "still a websocket"
+
+        run(main())
+
+    def test_not_ready_at_capacity_draining_and_by_check(self) -> None:
+        async def main() -> None:
+            async with serving(max_connections=1) as (server, url):
+                port = server.port_number
+                async with tether.connect(url):
+                    status, _, body = await raw_request(port, get("/readyz"))
+                    assert (status, body) == (503, b"not ready: at capacity\n")
+                    # Liveness is not readiness: still alive.
+                    assert (await raw_request(port, get("/healthz")))[0] == 200
+                assert (await raw_request(port, get("/readyz")))[0] == 200
+                reasons = ["redis unreachable"]
+                server.ready_checks.append(lambda: reasons[0] if reasons else None)
+                status, _, body = await raw_request(port, get("/readyz"))
+                assert (status, body) == (503, b"not ready: redis unreachable\n")
+                reasons.clear()
+                assert (await raw_request(port, get("/readyz")))[0] == 200
+                server.draining = True
+                status, _, body = await raw_request(port, get("/readyz"))
+                assert (status, body) == (503, b"not ready: shutting down\n")
+                async with tether.connect(url) as ws:  # draining still serves
+                    await ws.send("x")
+                    assert await ws.recv() == "x"
+
+        run(main())
+
+    def test_an_http_route_of_the_app_wins_and_the_checks_can_be_off(self) -> None:
+        async def main() -> None:
+            router = tether.Router()
+            router.add_http("/healthz", lambda request: tether.Response(
+                200, tether.Headers([("Content-Length", "4")]), b"mine"))
+            async with tether.serve(router, "127.0.0.1", 0) as server:
+                port = server.port_number
+                assert (await raw_request(port, get("/healthz")))[2] == b"mine"
+                assert (await raw_request(port, get("/readyz")))[0] == 200
+                assert (await raw_request(port, get("/nowhere")))[0] == 404
+            async with serving(health_checks=False) as (server, url):
+                assert (await raw_request(server.port_number, get("/healthz")))[0] == 426
 
         run(main())

@@ -287,7 +287,7 @@ class ExecApp:
 
     def _deliver_all(self, messages: list[Data]) -> None:
         for message in messages:
-            broadcast(self.clients, message, max_buffered=self.max_buffered)
+            broadcast(self.clients, message, max_buffered=self.max_buffered, policy="exec")
 
     async def _serve_shared(self, ws: WebSocket) -> None:
         process = self._shared

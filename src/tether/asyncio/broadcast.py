@@ -86,18 +86,21 @@ def write_frame(ws: WebSocket, frame: bytes, max_buffered: int = DEFAULT_MAX_BUF
         protocol.send_frame(frame)
     except InvalidState:
         return Written.NOT_OPEN
+    ws.messages_sent += 1
     ws._write(protocol.data_to_send())
     return Written.SENT
 
 
-def close_slow(ws: WebSocket, code: int = 1013) -> None:
+def close_slow(ws: WebSocket, code: int = 1013, policy: str = "broadcast") -> None:
     """Start closing a connection that fell too far behind, with ``code`` and a reason that
-    says how far; never waits (the close timer bounds the closing handshake)."""
+    says how far; never waits (the close timer bounds the closing handshake). ``policy``
+    names who cut it off, for the log and the metrics (``ws.cut_off_by``)."""
     if ws.protocol.state is not State.OPEN or ws.transport is None:
         return
     buffered = ws.buffered_amount
-    logger.info("event=slow remote=%s buffered=%dB code=%d", format_address(ws.remote_address),
-                buffered, code)
+    ws.cut_off_by = policy
+    logger.info("event=slow remote=%s buffered=%dB code=%d policy=%s",
+                format_address(ws.remote_address), buffered, code, policy)
     ws.protocol.send_close(code, f"too slow: {buffered} bytes unsent")
     ws._write(ws.protocol.data_to_send())
     ws._start_close_timer()
@@ -109,6 +112,7 @@ def broadcast(
     *,
     max_buffered: int = DEFAULT_MAX_BUFFERED,
     slow_code: int = 1013,
+    policy: str = "broadcast",
 ) -> int:
     """Send ``message`` to every open connection; return how many it was handed to.
 
@@ -120,6 +124,8 @@ def broadcast(
             The frame itself never counts, so a message of any legal size reaches a
             connection that keeps up.
         slow_code: 1013 (try again later: the client may reconnect and resume) or 1008.
+        policy: the name a connection closed for being slow is counted under
+            (``ws.cut_off_by``, the metric ``tether_slow_consumers_total``).
     """
     if isinstance(message, str):
         payload: bytes = message.encode()
@@ -141,7 +147,7 @@ def broadcast(
             buffered = ws._pending_size
             if transport is not None and buffered + size <= _COALESCE_LIMIT:
                 if transport.get_write_buffer_size() + buffered > max_buffered:
-                    close_slow(ws, slow_code)
+                    close_slow(ws, slow_code, policy)
                     continue
                 pending = ws._pending
                 if pending is None:
@@ -151,6 +157,7 @@ def broadcast(
                     pending.append(frame)
                 ws._pending_size = buffered + size
                 ws.bytes_sent += size
+                ws.messages_sent += 1
                 delivered += 1
                 continue
         if protocol.side is Side.CLIENT:  # masked per frame: cannot share bytes
@@ -163,6 +170,7 @@ def broadcast(
                     ws.protocol.send_binary(payload)
             except InvalidState:
                 continue
+            ws.messages_sent += 1
             ws._write(ws.protocol.data_to_send())
             delivered += 1
             continue
@@ -170,5 +178,5 @@ def broadcast(
         if written is Written.SENT:
             delivered += 1
         elif written is Written.OVER_BUDGET:
-            close_slow(ws, slow_code)
+            close_slow(ws, slow_code, policy)
     return delivered

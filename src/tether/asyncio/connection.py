@@ -118,6 +118,9 @@ class WebSocket(asyncio.Protocol):
         "latency",
         "bytes_received",
         "bytes_sent",
+        "messages_received",
+        "messages_sent",
+        "cut_off_by",
         "opened_at",
         "_messages",
         "_waiter",
@@ -165,6 +168,10 @@ class WebSocket(asyncio.Protocol):
         self.latency = 0.0
         self.bytes_received = 0
         self.bytes_sent = 0
+        self.messages_received = 0
+        self.messages_sent = 0
+        # The policy that closed this connection for falling behind (see broadcast.close_slow)
+        self.cut_off_by: str | None = None
         self.opened_at = 0.0
 
         # The messages waiting for the application; an empty tuple until the first one (an
@@ -348,9 +355,11 @@ class WebSocket(asyncio.Protocol):
 
     def _process_events(self, events: list[Any]) -> None:
         woke = 0  # 1: a waiting recv() got a message of this batch; 2: and _limit_queue is due
+        received = 0
         for event in events:
             cls = type(event)
             if cls is TextMessage or cls is BinaryMessage:
+                received += 1
                 listener = self._listener
                 if listener is not None:
                     try:
@@ -385,6 +394,8 @@ class WebSocket(asyncio.Protocol):
                 self._receive_close()
             else:
                 self._process_other_event(event)
+        if received:
+            self.messages_received += received
 
     def _limit_queue(self) -> None:
         """Pause reading if the application has not taken what one read queued past
@@ -696,6 +707,7 @@ class WebSocket(asyncio.Protocol):
                 data = message
                 chunk = protocol.frame_message(2, data)
             if chunk is not None:  # the common case: a small message from a server
+                self.messages_sent += 1
                 pending = self._pending
                 size = len(chunk)
                 if pending is not None and self._pending_size + size <= _COALESCE_LIMIT:
@@ -722,6 +734,7 @@ class WebSocket(asyncio.Protocol):
             if protocol.state is State.OPEN:
                 raise  # misuse, e.g. a new message while a fragmented one is in progress
             raise self._closed_error() from None
+        self.messages_sent += 1
         self._write(protocol.data_to_send())
 
     def _send_fragments(self, fragments: Iterable[Data]) -> None:
@@ -785,6 +798,9 @@ class WebSocket(asyncio.Protocol):
             self._pings = {}
         self._pings[data] = (future, perf_counter())
 
+    def _pong_received(self, latency: float) -> None:
+        """A pong answered one of our pings after ``latency`` seconds (for subclasses)."""
+
     async def pong(self, data: bytes = b"") -> None:
         """Send an unsolicited pong (a one-way heartbeat)."""
         try:
@@ -814,6 +830,7 @@ class WebSocket(asyncio.Protocol):
                 self.start_keepalive()
             if key == data:
                 self.latency = now - sent_at
+                self._pong_received(self.latency)
                 break
         if not self._pings:
             self._pings = _NO_PINGS

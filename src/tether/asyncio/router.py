@@ -40,9 +40,15 @@ def text_response(status: int, text: str, headers: Headers | None = None) -> Res
 
 
 class Router:
-    """Paths to handlers. Paths match exactly; ``static()`` serves a directory under a prefix."""
+    """Paths to handlers. Paths match exactly; ``static()`` serves a directory under a prefix.
 
-    def __init__(self) -> None:
+    Args:
+        default: the WebSocket handler of every path without a route of its own (an echo
+            server that also serves ``/metrics``); None: such paths get 404.
+    """
+
+    def __init__(self, default: WebSocketHandler | None = None) -> None:
+        self.default = default
         self.websocket_routes: dict[str, WebSocketHandler] = {}
         self.http_routes: dict[str, HttpHandler] = {}
         self.static_routes: list[tuple[str, Path, str]] = []

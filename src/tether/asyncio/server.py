@@ -10,6 +10,8 @@ Each request goes through these steps, and the first that answers ends the hands
 ====================  ======  =============================================================
 step                  answer  when
 ====================  ======  =============================================================
+health                200/503 ``GET /healthz``, ``/readyz`` (``health_checks``; an HTTP
+                              route of the application for the same path wins)
 capacity              503     ``max_connections`` connections are open already
 routing               404     no route for the path; an HTTP route answers plain requests
 upgrade validation    426/400 plain HTTP on a WebSocket path / a malformed upgrade
@@ -52,6 +54,7 @@ from ..protocol.http11 import (
 from ..protocol.server import SelectSubprotocol, ServerProtocol
 from .connection import Listener, TurnEnd, WebSocket, format_address, logger
 from .router import Router, WebSocketHandler, text_response
+from .stats import ServerStats
 
 __all__ = [
     "serve",
@@ -61,7 +64,15 @@ __all__ = [
     "ProcessRequest",
     "Authenticate",
     "DEFAULT_MAX_PENDING_HANDSHAKES",
+    "HEALTH_PATH",
+    "READY_PATH",
 ]
+
+HEALTH_PATH = "/healthz"
+"""Liveness: 200 ``ok`` while the process serves requests at all."""
+READY_PATH = "/readyz"
+"""Readiness: 200 ``ready``, or 503 with the reason (shutting down, at capacity, a
+``ready_checks`` function's answer such as an unreachable Redis)."""
 
 DEFAULT_MAX_PENDING_HANDSHAKES = 2048
 """Connections a server keeps in the opening handshake at once; past it, the oldest is dropped.
@@ -84,7 +95,7 @@ class ServerConnection(WebSocket):
         user: what ``authenticate`` returned for this connection (None without it).
     """
 
-    __slots__ = ("server", "user", "handler", "handler_task")
+    __slots__ = ("server", "user", "handler", "handler_task", "route")
 
     protocol: ServerProtocol
 
@@ -102,6 +113,7 @@ class ServerConnection(WebSocket):
         self.user: Any = None
         self.handler: WebSocketHandler | None = None
         self.handler_task: asyncio.Task[None] | None = None
+        self.route = ""  # the route that took it: its path, or "*" (see Server.route_websocket)
 
     # -- the opening handshake -----------------------------------------------------------------
 
@@ -127,6 +139,7 @@ class ServerConnection(WebSocket):
         logger.info("event=drop remote=%s reason=too-many-handshakes pending=%d",
                     format_address(self.remote_address), pending)
         server = self.server
+        server.stats.handshakes["dropped", 0] += 1
         del server.handshakes[self]
         server.connections.discard(self)
         if self.transport is not None:
@@ -144,6 +157,7 @@ class ServerConnection(WebSocket):
         # A client that never finishes its request (slowloris) is dropped.
         logger.info("event=timeout remote=%s reason=handshake", format_address(
             self.remote_address))
+        self.server.stats.handshakes["timeout", 0] += 1
         assert self.transport is not None
         self.transport.abort()
 
@@ -154,7 +168,9 @@ class ServerConnection(WebSocket):
             protocol.receive_data(data)
             if protocol.handshake_error is not None:  # unparseable request, answered
                 self._write(protocol.data_to_send())
-                self._log_rejected(protocol.handshake_error.status_hint)
+                status = protocol.handshake_error.status_hint
+                self.server.stats.handshakes["refused", status] += 1
+                self._log_rejected(status)
                 return
             # Before the response, the only event is the request.
             for event in protocol.events_received():
@@ -177,6 +193,11 @@ class ServerConnection(WebSocket):
         answer, or None with ``self.handler`` set to go on with the upgrade (or unset when an
         HTTP route took the request)."""
         server = self.server
+        if (server.health_checks and request.path in (HEALTH_PATH, READY_PATH)
+                and not self._upgrade_requested()
+                and (server.router is None or server.router.resolve_http(request) is None)):
+            # Before the capacity check: a full server is alive, and says it is not ready.
+            return server.health_response(request)
         max_connections = server.max_connections
         # Only connections past their handshake count (this one is still in it).
         if max_connections is not None and (
@@ -184,7 +205,7 @@ class ServerConnection(WebSocket):
         ):
             return text_response(503, "server at capacity; try again later",
                                  Headers([("Retry-After", "5")]))
-        handler = server.route_websocket(request.path)
+        handler, self.route = server.route_websocket_of(request.path)
         if handler is None or "upgrade" not in request.headers._lookup():
             http_handler = server.router.resolve_http(request) if server.router else None
             if http_handler is not None:
@@ -284,6 +305,13 @@ class ServerConnection(WebSocket):
     def _respond(self, response: Response) -> None:
         self.protocol.send_response(response)
         self.response = response
+        stats = self.server.stats
+        if response.status == 101:
+            stats.handshakes["upgraded", 101] += 1
+        elif self.handler is None and not self._upgrade_requested():
+            stats.http_requests[response.status] += 1  # a page, a health check, a 404
+        else:
+            stats.handshakes["refused", response.status] += 1
         # Frames pipelined after the request were parsed by send_response().
         events = self.protocol.events_received()
         self._write(self.protocol.data_to_send())
@@ -323,6 +351,10 @@ class ServerConnection(WebSocket):
                 "on" if self.protocol.extension is not None else "off",
             )
 
+    def _upgrade_requested(self) -> bool:
+        request = self.request
+        return request is not None and "upgrade" in request.headers._lookup()
+
     def _log_rejected(self, status: int) -> None:
         if logger.isEnabledFor(logging.INFO):
             error = self.protocol.handshake_error
@@ -339,8 +371,29 @@ class ServerConnection(WebSocket):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        self.server.connections.discard(self)
-        self.server.handshakes.pop(self, None)
+        server = self.server
+        server.connections.discard(self)
+        server.handshakes.pop(self, None)
+        if self.response is not None and self.response.status == 101:
+            self._count_closed(server.stats)
+
+    def _count_closed(self, stats: ServerStats) -> None:
+        """Add this connection's counts to its server's, now that it is closed."""
+        protocol = self.protocol
+        if protocol.close_rcvd_then_sent is None:
+            initiator = "none"
+        else:
+            initiator = "client" if protocol.close_rcvd_then_sent else "server"
+        stats.count_close(self.close_code or 1006, initiator)
+        stats.messages_received += self.messages_received
+        stats.messages_sent += self.messages_sent
+        stats.bytes_received += self.bytes_received
+        stats.bytes_sent += self.bytes_sent
+        if self.cut_off_by is not None:
+            stats.slow_consumers[self.cut_off_by] += 1
+
+    def _pong_received(self, latency: float) -> None:
+        self.server.stats.ping_rtt.observe(latency)
 
     def _start_handler(self) -> None:
         """Run the coroutine handler as the connection's task: the handler's own coroutine, with
@@ -412,6 +465,7 @@ class Server:
         close_timeout: float = 10.0,
         backlog: int = 1024,
         reuse_port: bool = False,
+        health_checks: bool = True,
     ) -> None:
         if compression not in ("deflate", None):
             raise ValueError(f"unsupported compression {compression!r}: use 'deflate' or None")
@@ -450,6 +504,11 @@ class Server:
         self.close_timeout = close_timeout
         self.backlog = backlog
         self.reuse_port = reuse_port
+        self.health_checks = health_checks
+        self.draining = False  # set before a graceful stop: readiness fails, serving goes on
+        # Functions answering why the server is not ready (e.g. "redis unreachable"), or None.
+        self.ready_checks: list[Callable[[], str | None]] = []
+        self.stats = ServerStats()
         self.connections: set[ServerConnection] = set()
         self.handshakes: dict[ServerConnection, None] = {}  # insertion order: oldest first
         self.closing = False
@@ -481,9 +540,50 @@ class Server:
 
     def route_websocket(self, path: str) -> WebSocketHandler | None:
         """The WebSocket handler for a path: the single handler serves every path."""
-        if self.router is not None:
-            return self.router.websocket_routes.get(path)
-        return self.handler
+        return self.route_websocket_of(path)[0]
+
+    def route_websocket_of(self, path: str) -> tuple[WebSocketHandler | None, str]:
+        """The WebSocket handler for a path, and the route it is counted under in the
+        metrics: the path of an exact route, ``"*"`` for a handler of every path (bounded:
+        never the raw path of a catch-all)."""
+        router = self.router
+        if router is None:
+            return self.handler, "*"
+        handler = router.websocket_routes.get(path)
+        if handler is not None:
+            return handler, path
+        return router.default, "*"
+
+    def not_ready(self) -> str | None:
+        """Why the server should get no new traffic now, or None when it is ready: shutting
+        down, at ``max_connections``, or the first ``ready_checks`` function that answers."""
+        if self.closing or self.draining:
+            return "shutting down"
+        if self.max_connections is not None and (
+                len(self.connections) - len(self.handshakes) >= self.max_connections):
+            return "at capacity"
+        for check in self.ready_checks:
+            reason = check()
+            if reason:
+                return reason
+        return None
+
+    def health_response(self, request: Request) -> Response:
+        """The answer to ``GET /healthz`` (200 ``ok``) or ``GET /readyz`` (200 ``ready``, or
+        503 and the reason). No token and no Origin check: they say nothing secret, and load
+        balancers and Kubernetes probes send neither."""
+        if request.method not in ("GET", "HEAD"):
+            return text_response(405, "method not allowed", Headers([("Allow", "GET, HEAD")]))
+        if request.path == HEALTH_PATH:
+            response = text_response(200, "ok\n")
+        else:
+            reason = self.not_ready()
+            response = (text_response(200, "ready\n") if reason is None
+                        else text_response(503, f"not ready: {reason}\n"))
+        response.headers.add("Cache-Control", "no-store")
+        if request.method == "HEAD":
+            response.body = b""
+        return response
 
     def _make_connection(self) -> ServerConnection:
         if self._turn_end is None:
@@ -603,7 +703,8 @@ def serve(
     ``max_size``, ``max_request_line`` (414 beyond; 8 KiB), ``max_headers`` (431 beyond; 128),
     ``max_header_bytes`` (431 beyond; 16 KiB), ``max_queue``, ``write_limit``, ``max_connections``,
     ``max_pending_handshakes``, ``ping_interval``, ``ping_timeout``, ``open_timeout``,
-    ``close_timeout``, ``backlog``, ``reuse_port``, ``sock``.
+    ``close_timeout``, ``backlog``, ``reuse_port``, ``sock``, ``health_checks`` (answer
+    ``GET /healthz`` and ``GET /readyz`` on paths no HTTP route takes; on by default).
     """
     return Server(handler, host, port, **options)
 

@@ -258,7 +258,7 @@ class TopicFanout:
             return
         if subscriber.ws.protocol.state is State.OPEN:
             self.stats.closed_for_slowness += 1
-            close_slow(subscriber.ws, self.slow_code)
+            close_slow(subscriber.ws, self.slow_code, policy="hub")
         if subscriber.held is not None:
             subscriber.held.clear()
             subscriber.held_bytes = 0

@@ -266,7 +266,7 @@ class TermSession:
             page.sent += size
             return True
         if written is Written.OVER_BUDGET:
-            close_slow(page.ws)
+            close_slow(page.ws, policy="terminal")
         return False
 
     def _pump(self, page: Page) -> None:
