@@ -435,7 +435,7 @@ def render(results: dict[str, Any], servers: list[str], scenarios: list[str],
                 continue
             vals = [run[field] for run in r["runs"][key]]
             if not vals:
-                row.append("failed")
+                row.append("–" if s == FLOOR and key != "g" else "failed")
                 continue
             med = statistics.median(vals)
             medians[s][key] = med
