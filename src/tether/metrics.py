@@ -122,7 +122,13 @@ class TetherCollector:
         yield info
 
         # One pass over the open connections, for everything that is read off them.
-        by_route: dict[str, int] = {}
+        # Every route shows, open connections or not (a series that vanishes at 0 is hard
+        # to alert on).
+        router = server.router
+        by_route: dict[str, int] = dict.fromkeys(
+            router.websocket_routes if router is not None else (), 0)
+        if router is None or router.default is not None:
+            by_route["*"] = 0
         opening = len(server.handshakes)
         messages_in = stats.messages_received
         messages_out = stats.messages_sent

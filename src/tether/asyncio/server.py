@@ -11,7 +11,8 @@ Each request goes through these steps, and the first that answers ends the hands
 step                  answer  when
 ====================  ======  =============================================================
 health                200/503 ``GET /healthz``, ``/readyz`` (``health_checks``; an HTTP
-                              route of the application for the same path wins)
+                              route of the application for the same path wins, a static
+                              directory does not)
 capacity              503     ``max_connections`` connections are open already
 routing               404     no route for the path; an HTTP route answers plain requests
 upgrade validation    426/400 plain HTTP on a WebSocket path / a malformed upgrade
@@ -195,7 +196,7 @@ class ServerConnection(WebSocket):
         server = self.server
         if (server.health_checks and request.path in (HEALTH_PATH, READY_PATH)
                 and not self._upgrade_requested()
-                and (server.router is None or server.router.resolve_http(request) is None)):
+                and (server.router is None or request.path not in server.router.http_routes)):
             # Before the capacity check: a full server is alive, and says it is not ready.
             return server.health_response(request)
         max_connections = server.max_connections
