@@ -13,19 +13,28 @@ from functools import partial
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import unquote
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Union
 
+from ..auth import OriginPolicy
 from ..protocol.http11 import Headers, Request, Response
 
 if TYPE_CHECKING:
     from .connection import Listener, WebSocket
 
-__all__ = ["Router", "HttpHandler", "WebSocketHandler", "text_response"]
+__all__ = ["Router", "RouteGuards", "HttpHandler", "WebSocketHandler", "text_response"]
 
 WebSocketHandler = Union[Callable[["WebSocket"], Awaitable[None]], "Listener"]
 """A coroutine function run once per connection (``async def handler(ws)``), or a
 :class:`~tether.asyncio.connection.Listener` whose callbacks serve every connection."""
 HttpHandler = Callable[[Request], Union[Response, Awaitable[Response]]]
+
+
+class RouteGuards(NamedTuple):
+    """A WebSocket route's own settings, replacing the server's for that route."""
+
+    authenticate: Callable[[Request], Any] | None
+    origins: OriginPolicy | None
+    subprotocols: tuple[str, ...] | None
 
 
 def text_response(status: int, text: str, headers: Headers | None = None) -> Response:
@@ -50,14 +59,18 @@ class Router:
     def __init__(self, default: WebSocketHandler | None = None) -> None:
         self.default = default
         self.websocket_routes: dict[str, WebSocketHandler] = {}
+        # Routes with their own checks instead of the server's.
+        self.guards: dict[str, RouteGuards] = {}
         self.http_routes: dict[str, HttpHandler] = {}
         self.static_routes: list[tuple[str, Path, str]] = []
 
-    def websocket(self, path: str) -> Callable[[WebSocketHandler], WebSocketHandler]:
-        """Decorator: ``@router.websocket("/chat")`` on ``async def handler(ws)``."""
+    def websocket(self, path: str, **guards: Any
+                  ) -> Callable[[WebSocketHandler], WebSocketHandler]:
+        """Decorator: ``@router.websocket("/chat")`` on ``async def handler(ws)``; takes
+        :meth:`add_websocket`'s ``authenticate``, ``allowed_origins`` and ``subprotocols``."""
 
         def register(handler: WebSocketHandler) -> WebSocketHandler:
-            self.add_websocket(path, handler)
+            self.add_websocket(path, handler, **guards)
             return handler
 
         return register
@@ -71,8 +84,32 @@ class Router:
 
         return register
 
-    def add_websocket(self, path: str, handler: WebSocketHandler) -> None:
-        self.websocket_routes[_check_path(path)] = handler
+    def add_websocket(
+        self,
+        path: str,
+        handler: WebSocketHandler,
+        *,
+        authenticate: Callable[[Request], Any] | None = None,
+        allowed_origins: Iterable[str] | OriginPolicy | None = None,
+        subprotocols: Iterable[str] | None = None,
+    ) -> None:
+        """Route ``path`` to ``handler``.
+
+        With ``authenticate``, ``allowed_origins`` or ``subprotocols``, this route uses them
+        *instead of* the server's own (all three: a route with its own token and no Origin
+        policy has none): an admin socket with its own token, same-origin policy and
+        subprotocol on a server whose other routes take other tokens, or none.
+        """
+        path = _check_path(path)
+        self.websocket_routes[path] = handler
+        if authenticate is not None or allowed_origins is not None or subprotocols is not None:
+            origins = (allowed_origins if allowed_origins is None
+                       or isinstance(allowed_origins, OriginPolicy)
+                       else OriginPolicy(allowed_origins))
+            self.guards[path] = RouteGuards(
+                authenticate, origins, None if subprotocols is None else tuple(subprotocols))
+        else:
+            self.guards.pop(path, None)
 
     def add_http(self, path: str, handler: HttpHandler) -> None:
         self.http_routes[_check_path(path)] = handler

@@ -54,7 +54,7 @@ from ..protocol.http11 import (
 )
 from ..protocol.server import SelectSubprotocol, ServerProtocol
 from .connection import Listener, TurnEnd, WebSocket, format_address, logger
-from .router import Router, WebSocketHandler, text_response
+from .router import RouteGuards, Router, WebSocketHandler, text_response
 from .stats import ServerStats
 
 __all__ = [
@@ -218,7 +218,10 @@ class ServerConnection(WebSocket):
         invalid = self.protocol.validate(request)
         if invalid is not None:
             return invalid
-        origin_policy = server.origin_policy
+        guards = server.guards(self.route)
+        if guards.subprotocols is not None:
+            self.protocol.subprotocols = guards.subprotocols
+        origin_policy = guards.origins
         if origin_policy is not None:
             refusal = origin_policy.check(request)
             if refusal is not None:
@@ -244,7 +247,7 @@ class ServerConnection(WebSocket):
         case, no hook or sync hooks, completes here without a task."""
         try:
             server = self.server
-            if server.authenticate is None and server.process_request is None:
+            if server.guards(self.route)[0] is None and server.process_request is None:
                 self._respond(self.protocol.accept(request))
             else:
                 self._run_hooks_sync(request)
@@ -254,8 +257,9 @@ class ServerConnection(WebSocket):
 
     def _run_hooks_sync(self, request: Request) -> None:
         server = self.server
-        if server.authenticate is not None:
-            user = server.authenticate(request)
+        authenticate = server.guards(self.route)[0]
+        if authenticate is not None:
+            user = authenticate(request)
             if inspect.isawaitable(user):
                 self.loop.create_task(self._run_hooks_later(request, user))
                 return
@@ -554,6 +558,16 @@ class Server:
         if handler is not None:
             return handler, path
         return router.default, "*"
+
+    def guards(self, route: str) -> RouteGuards:
+        """The authentication, origin policy and subprotocols of a route: its own (see
+        ``Router.add_websocket``), else the server's."""
+        router = self.router
+        if router is not None and router.guards:
+            guards = router.guards.get(route)
+            if guards is not None:
+                return guards
+        return RouteGuards(self.authenticate, self.origin_policy, None)
 
     def not_ready(self) -> str | None:
         """Why the server should get no new traffic now, or None when it is ready: shutting

@@ -132,6 +132,7 @@ class TopicFanout:
         self.subscribers: dict[Subscriber, None] = {}
         self.lock = asyncio.Lock()  # serializes listen/unlisten with the backend
         self.listening = False
+        self.published = 0  # messages of this topic seen live here (the admin page's rate)
         self._pending: list[tuple[int, bytes]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._compressors: dict[CompressionGroup, zlib._Compress] = {}
@@ -153,6 +154,7 @@ class TopicFanout:
 
     def __call__(self, event: Envelope | PresenceEvent) -> None:
         if type(event) is Envelope:
+            self.published += 1
             self.deliver(event.seq, text_frame(protocol.encode(protocol.message(event))))
         elif isinstance(event, PresenceEvent):
             self.deliver(0, text_frame(protocol.encode(protocol.presence(event))))
