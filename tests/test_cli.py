@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -529,6 +530,131 @@ class TestScaleOut:
         assert result.returncode == 1
         assert b"cannot reach Redis" in result.stderr
         assert b"Traceback" not in result.stderr
+
+    @pytest.mark.parametrize("command", ["chat", "broadcast"])
+    def test_redis_unreachable_is_one_line_without_warnings(
+        self, command: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Issue 14, finding 2: no warning from redis-py around the one-line error."""
+        port = free_port()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a warning fails the start instead of printing
+            code = main([command, "--port", str(free_port()), "--redis",
+                         f"redis://127.0.0.1:{port}/0"])
+        assert code == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"tether {command}: cannot reach Redis at "
+                              f"redis://127.0.0.1:{port}/0: "), err
+        assert err.count("\n") == 1 and err.endswith("\n"), err
+
+    @pytest.mark.parametrize("command", ["chat", "broadcast"])
+    def test_redis_without_the_extra_says_what_to_install(
+        self, command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Issue 14, finding 1: a plain `pip install tether` has no redis package."""
+        for name in list(sys.modules):  # forget redis-py and the backend that imports it
+            if name == "tether.hub.redis" or name.startswith("redis."):
+                monkeypatch.delitem(sys.modules, name)
+        monkeypatch.setitem(sys.modules, "redis", None)  # `import redis` fails
+        code = main([command, "--port", str(free_port()), "--redis", "redis://127.0.0.1:6379/0"])
+        assert code == 1  # as every other failure to start
+        assert capsys.readouterr().err == (
+            f"tether {command}: --redis needs the redis extra: pip install 'tether[redis]'\n")
+
+    def test_presence_ttl_reaches_the_backend(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from tether.hub import BackendUnavailable
+        from tether.hub import redis as redis_backend
+
+        made: list[float] = []
+
+        class Recording(redis_backend.RedisBackend):
+            async def connect(self) -> None:
+                made.append(self.presence_ttl)
+                raise BackendUnavailable("not this time")
+
+        monkeypatch.setattr(redis_backend, "RedisBackend", Recording)
+        url = "redis://127.0.0.1:6379/0"
+        assert main(["chat", "--port", str(free_port()), "--redis", url]) == 1
+        assert main(["chat", "--port", str(free_port()), "--redis", url,
+                     "--presence-ttl", "1.5"]) == 1
+        assert made == [redis_backend.DEFAULT_PRESENCE_TTL, 1.5]
+        assert capsys.readouterr().err == "tether chat: not this time\n" * 2
+        for bad in ("0", "-1", "inf", "nan", "soon"):
+            with pytest.raises(SystemExit) as info:
+                main(["chat", "--redis", url, "--presence-ttl", bad])
+            assert info.value.code == 2
+        assert "--presence-ttl" in capsys.readouterr().err
+
+    def test_presence_ttl_needs_redis(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert main(["chat", "--port", str(free_port()), "--presence-ttl", "5"]) == 2
+        assert capsys.readouterr().err == ("tether chat: --presence-ttl needs --redis (one "
+                                           "node's members leave when their connections "
+                                           "close)\n")
+
+    def test_workers_without_the_extra_say_it_once(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.setitem(sys.modules, "redis", None)
+        code = main(["chat", "--port", str(free_port()), "--workers", "3", "--redis",
+                     "redis://127.0.0.1:6379/0"])
+        assert code == 1  # before any worker starts: one line, not one per worker
+        assert capsys.readouterr().err == (
+            "tether chat: --redis needs the redis extra: pip install 'tether[redis]'\n")
+
+    def test_presence_ttl_only_where_there_is_presence(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        for command, listed in (("chat", True), ("broadcast", False)):
+            with pytest.raises(SystemExit):
+                main([command, "--help"])
+            out = capsys.readouterr().out
+            assert ("--presence-ttl" in out) is listed
+            assert "tether[redis]" in out
+
+    def test_a_killed_node_leaves_within_the_presence_ttl(self, tmp_path: Path) -> None:
+        """Issue 14, finding 4, end to end: two chat nodes, one killed with SIGKILL; the
+        other announces its member as left at most --presence-ttl after the kill."""
+        from .hub.conftest import redis_running
+
+        ttl = 20 * UNIT
+        slack = 2 * UNIT  # the sweep's Redis call, the delivery, a busy test machine
+        (tmp_path / "redis").mkdir()
+        with redis_running(tmp_path / "redis") as redis, \
+                server_process("chat", "--redis", redis.url, "--presence-ttl", str(ttl)
+                               ) as (node_a, port_a), \
+                server_process("chat", "--redis", redis.url, "--presence-ttl", str(ttl)
+                               ) as (node_b, port_b):
+
+            async def frame(ws: tether.WebSocket, kind: str) -> dict[str, object]:
+                while True:
+                    got = json.loads(await ws.recv())
+                    if got["type"] == kind:
+                        return dict(got)
+
+            async def scenario() -> float:
+                bob = await tether.connect(f"ws://127.0.0.1:{port_b}/ws?name=bob",
+                                           origin=f"http://127.0.0.1:{port_b}")
+                await bob.send('{"type": "subscribe", "topic": "lobby"}')
+                await frame(bob, "presence")
+                alice = await tether.connect(f"ws://127.0.0.1:{port_a}/ws?name=alice",
+                                             origin=f"http://127.0.0.1:{port_a}")
+                await alice.send('{"type": "subscribe", "topic": "lobby"}')
+                assert (await frame(bob, "presence")).get("joined") == "alice"
+                await asyncio.sleep(ttl)  # node A refreshes alice meanwhile: still there
+                node_a.send_signal(signal.SIGKILL)  # no leave
+                killed = time.monotonic()
+                alice.transport.abort()
+                left = await asyncio.wait_for(frame(bob, "presence"), 3 * ttl)
+                assert left.get("left") == "alice" and left["members"] == ["bob"], left
+                await bob.close()
+                return time.monotonic() - killed
+
+            took = asyncio.run(asyncio.wait_for(scenario(), 200 * UNIT))
+            assert took <= ttl + slack, f"left after {took:.2f} s"
+            node_b.send_signal(signal.SIGTERM)
+            assert node_b.wait(100 * UNIT) == 0
 
     def test_workers_need_redis(self) -> None:
         result = subprocess.run(TETHER + ["chat", "--port", str(free_port()), "--workers", "2"],

@@ -204,3 +204,52 @@ class TestJsonLogs:
         assert events["http"]["status"] == "400"
         # urllib says "Connection: close"; the quoted reason comes out whole, unquoted.
         assert events["http"]["reason"] == "Connection header must include Upgrade"
+
+
+class TestReadyWithRedis:
+    @pytest.mark.parametrize("command", ["chat", "broadcast"])
+    def test_not_ready_while_redis_is_down(self, command: str, tmp_path: Path) -> None:
+        """A --redis node answers /readyz 503 while its Redis is unreachable, even with no
+        client at all, and 200 again once it is back (on the same port)."""
+        from .hub.conftest import redis_running
+
+        def wait_ready(port: int, status: int) -> tuple[int, str]:
+            deadline = time.monotonic() + 100 * UNIT
+            while True:
+                got = http_get(port, "/readyz")
+                if got[0] == status or time.monotonic() > deadline:
+                    return got
+                time.sleep(UNIT / 2)
+
+        (tmp_path / "redis").mkdir()
+        with redis_running(tmp_path / "redis") as redis, \
+                server_process(command, "--redis", redis.url) as (server, port):
+            assert http_get(port, "/readyz") == (200, "ready\n")
+            redis.stop(signal.SIGKILL)
+            assert wait_ready(port, 503) == (503, "not ready: redis unreachable\n")
+            assert http_get(port, "/healthz") == (200, "ok\n")  # alive all along
+            redis.start()
+            assert wait_ready(port, 200) == (200, "ready\n")
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(100 * UNIT) == 0
+
+
+class TestChatFindings:
+    def test_auth_check_and_the_limit_the_page_is_told(self) -> None:
+        """Issue 14, findings 6 and 7, as `tether chat` wires them: /auth-check answers with
+        the server's own token check; the welcome's max_frame is the smaller of the hub's
+        limit and --max-size."""
+        with server_process("chat", "--data", "-", "--token", "s3cret", "--max-size", "1000"
+                            ) as (_, port):
+            assert http_get(port, "/auth-check")[0] == 401
+            assert http_get(port, "/auth-check", {"Authorization": "Bearer nope"})[0] == 401
+            assert http_get(port, "/auth-check", {"Authorization": "Bearer s3cret"})[0] == 204
+
+            async def scenario() -> None:
+                async with tether.connect(f"ws://127.0.0.1:{port}/ws?name=x",
+                                          headers=[("Authorization", "Bearer s3cret")],
+                                          origin=f"http://127.0.0.1:{port}") as ws:
+                    welcome = json.loads(await ws.recv())
+                    assert welcome["data"]["max_frame"] == 1000
+
+            asyncio.run(asyncio.wait_for(scenario(), 100 * UNIT))

@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--data", metavar="DIR", default=None,
                       help="folder for the chat history (default: ./tether-data); "
                       "'-' keeps history in memory only")
-    _add_scale_options(chat)
+    _add_scale_options(chat, presence=True)
     _add_budget_option(chat)
     _add_server_options(chat)
 
@@ -173,11 +173,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_scale_options(command: argparse.ArgumentParser) -> None:
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _add_scale_options(command: argparse.ArgumentParser, presence: bool = False) -> None:
     command.add_argument("--redis", metavar="URL",
                          help="share messages (and the chat's history and presence) with every "
                          "other tether node using this Redis, e.g. redis://127.0.0.1:6379/0; "
+                         "needs the redis extra (pip install 'tether[redis]'); "
                          "see docs/scaling.md")
+    if presence:  # the chat's; broadcast has none
+        command.add_argument("--presence-ttl", type=_positive_seconds, default=None,
+                             metavar="SECONDS",
+                             help="with --redis: the other nodes announce the members of a "
+                             "node that stopped (crash, network split) as left at most this "
+                             "long after its last refresh; it refreshes them every third of it "
+                             "(default: 30)")
     command.add_argument("--workers", type=int, default=1, metavar="N",
                          help="run N processes on one port (SO_REUSEPORT), each a node; N > 1 "
                          "needs --redis (default: %(default)s)")
@@ -271,6 +289,12 @@ def _add_server_options(command: argparse.ArgumentParser) -> None:
     operations.add_argument("--metrics-port", type=int, metavar="PORT",
                             help="serve /metrics on this port of --host instead (implies "
                             "--metrics); /healthz and /readyz are there too")
+    operations.add_argument("--admin-token", action="append", default=[], metavar="TOKEN",
+                            help="serve the live admin page at /admin to holders of this "
+                            "token (repeatable; its own token, not one of --token's): "
+                            "open http://HOST:PORT/admin#token=TOKEN")
+    operations.add_argument("--admin-readonly", action="store_true",
+                            help="the admin page shows everything and allows no action")
     operations.add_argument("--log-format", choices=("text", "json"), default="text",
                             help="text: key=value lines; json: one JSON object per line, "
                             "same fields (default: %(default)s)")
@@ -359,6 +383,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in _SERVERS:
         _configure_logging(args.quiet, args.log_format)
+        if getattr(args, "presence_ttl", None) is not None and not args.redis:
+            print(f"tether {args.command}: --presence-ttl needs --redis (one node's "
+                  "members leave when their connections close)", file=sys.stderr)
+            return 2
+        if getattr(args, "redis", None) and not _redis_installed():
+            print(f"tether {args.command}: --redis needs the redis extra: "
+                  "pip install 'tether[redis]'", file=sys.stderr)
+            return 1
         if getattr(args, "workers", 1) > 1:
             return _supervise(args, list(sys.argv[1:] if argv is None else argv))
         return _run(_serve(args), args.loop)
@@ -477,21 +509,27 @@ async def _serve(args: argparse.Namespace) -> int:
         from .apps.chat.server import make_router as make_chat_router
         from .apps.chat.server import open_chat_backend
         from .hub import Hub
+        from .hub.hub import DEFAULT_MAX_FRAME
 
+        # A frame the socket would refuse (1009) is one the hub must call too big first, so
+        # that the page's limit is the one that applies.
+        max_frame = min(DEFAULT_MAX_FRAME, args.max_size)
         if args.redis:
             redis_backend = await _open_redis(args)
             if redis_backend is None:
                 return 1
-            hub = Hub(redis_backend, max_buffered=args.max_buffered)
+            hub = Hub(redis_backend, max_buffered=args.max_buffered, max_frame=max_frame)
         else:
             data = None if args.data == "-" else Path(args.data or "tether-data")
             try:
-                hub = Hub(open_chat_backend(data), max_buffered=args.max_buffered)
+                hub = Hub(open_chat_backend(data), max_buffered=args.max_buffered,
+                          max_frame=max_frame)
             except (OSError, ValueError) as exc:
                 print(f"tether chat: cannot open the history in {data}: {exc}",
                       file=sys.stderr)
                 return 1
-        handler = make_chat_router(hub)
+        # The same check as the handshake's, for the page's /auth-check.
+        handler = make_chat_router(hub, authenticate=options.get("authenticate"))
     if args.command in _OWN_ORIGIN:
         # Their own pages, plus any --allow-origin: a page elsewhere cannot open the socket
         # (CSWSH). See OriginPolicy.same_origin for wildcard and named binds.
@@ -509,6 +547,13 @@ async def _serve(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"tether exec: cannot start {exec_app.command[0]}: {exc}", file=sys.stderr)
             return 1
+    admin = None
+    if args.admin_token or args.admin_readonly:
+        try:
+            admin = _admin(args, handler, hub, tls="ssl" in options)
+        except _UsageError as exc:
+            print(f"tether {args.command}: {exc}", file=sys.stderr)
+            return 2
     metrics = None
     if args.metrics or args.metrics_port is not None:
         try:
@@ -527,6 +572,12 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"tether {args.command}: cannot listen on {args.host}:{args.port}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         return 1
+    if hub is not None:
+        server.ready_checks.append(hub.not_ready)
+    elif broadcast_app is not None and broadcast_app.backend is not None:
+        server.ready_checks.append(broadcast_app.backend.not_ready)
+    if admin is not None:
+        admin.attach(server)
     if metrics is not None:
         try:
             await metrics.start(server, hub)
@@ -566,6 +617,8 @@ async def _serve(args: argparse.Namespace) -> int:
         logger.info("event=draining seconds=%g", args.shutdown_delay)
         await _wait_or(stop, args.shutdown_delay)
     logger.info("event=shutdown connections=%d code=1001", len(server.connections))
+    if admin is not None:
+        await admin.close()
     if terminal is not None:
         await terminal.close()
     await server.close(1001, "server shutting down", timeout=args.shutdown_timeout)
@@ -587,6 +640,23 @@ async def _wait_or(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
     except asyncio.TimeoutError:
         pass
+
+
+def _admin(args: argparse.Namespace, router: Any, hub: Any, tls: bool) -> Any:
+    """``--admin-token``: the admin page on the server's router."""
+    from .apps.admin import Admin
+
+    if not args.admin_token:
+        raise _UsageError("--admin-readonly needs --admin-token")
+    if any(not token for token in args.admin_token):
+        raise _UsageError("--admin-token is empty")
+    if set(args.admin_token) & set(args.token):
+        raise _UsageError("--admin-token must not be one of the --token tokens: anyone "
+                          "allowed to connect would get the admin page")
+    admin = Admin(args.admin_token, hub=hub, readonly=args.admin_readonly)
+    admin.mount(router, "/admin", host=args.host, port=args.port, tls=tls,
+                also=args.allow_origin)
+    return admin
 
 
 class _Metrics:
@@ -716,13 +786,32 @@ def _requiring_origin(allowed: Sequence[str] | OriginPolicy) -> OriginPolicy:
     return policy
 
 
+def _redis_installed() -> bool:
+    """Whether redis-py can be imported (checked once, before any worker starts)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("redis") is not None
+    except (ImportError, ValueError):  # sys.modules["redis"] = None, a broken install
+        return False
+
+
 async def _open_redis(args: argparse.Namespace) -> Any:
     """A connected RedisBackend, or None after printing why not (exit code 1)."""
     from .exceptions import BackendUnavailable
-    from .hub.redis import RedisBackend
 
     try:
-        backend = RedisBackend(args.redis)
+        from .hub.redis import DEFAULT_PRESENCE_TTL, RedisBackend
+    except ModuleNotFoundError as exc:  # a plain `pip install tether`, or a redis-py too old
+        if exc.name is None or exc.name.partition(".")[0] != "redis":
+            raise
+        print(f"tether {args.command}: --redis needs the redis extra: "
+              "pip install 'tether[redis]'", file=sys.stderr)
+        return None
+    ttl = getattr(args, "presence_ttl", None)  # chat only: broadcast has no presence
+    try:
+        backend = RedisBackend(
+            args.redis, presence_ttl=DEFAULT_PRESENCE_TTL if ttl is None else ttl)
         await backend.connect()
     except (BackendUnavailable, ValueError) as exc:
         print(f"tether {args.command}: {exc}", file=sys.stderr)

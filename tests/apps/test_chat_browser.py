@@ -276,14 +276,16 @@ def test_chat_with_a_token(token_server: ChatServer, pages: Pages) -> None:
     expect(carol.locator("[data-testid=message][data-seq='2']")).to_have_class("message mine")
     expect(bob.locator("[data-testid=message][data-seq='2']")).to_have_class("message")
 
-    # eve has no token: refused (401), never online, never a member.
+    # eve has no token: refused (401), never online, never a member; the page asks her for
+    # a token (test_chat_browser_token_prompt.py) instead of reconnecting in silence.
     eve = pages.new_page()
     eve.goto(f"{token_server.url}/#general")
     eve.get_by_test_id("name-input").fill("eve")
     eve.get_by_test_id("name-submit").click()
-    expect_state(eve, "reconnecting")
+    expect_state(eve, "token-needed")
+    expect(eve.get_by_test_id("token-prompt")).to_be_visible()
     eve.wait_for_timeout(1500)
-    expect_state(eve, "reconnecting")
+    expect_state(eve, "token-needed")
     expect_members(alice, "alice", "bob", "carol")
 
     # The token is remembered: a reload goes straight back online, as alice.

@@ -28,8 +28,9 @@ from .conftest import ChatServer, free_port
 from ..asyncio.test_server import raw_request
 
 
-def get(path: str, method: str = "GET") -> bytes:
-    return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+def get(path: str, method: str = "GET", *headers: str) -> bytes:
+    extra = "".join(f"{header}\r\n" for header in headers)
+    return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode()
 
 
 @pytest.fixture
@@ -164,6 +165,95 @@ class TestRoutes:
         run(main())
 
 
+class TestAuthCheck:
+    """``GET /auth-check``: what the page asks when its socket closed without opening. The
+    server's own ``authenticate`` answers, so it says exactly what the handshake would."""
+
+    def test_answers_with_the_servers_authenticate(self, static: Path, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+        tokens = tmp_path / "tokens"
+        tokens.write_text("t-named dave\n")
+        from_file = tether.TokenAuth.from_file(tokens)
+        bare = tether.TokenAuth(["s3cret"])
+        calls: list[str] = []
+
+        def authenticate(request: Any) -> Any:
+            calls.append(request.path)
+            return from_file(request) or bare(request)
+
+        async def main() -> None:
+            hub = Hub()
+            router = make_router(hub, static, authenticate=authenticate)
+            async with tether.serve(router, "127.0.0.1", 0, authenticate=authenticate) as server:
+                port = server.port_number
+                for token in ("s3cret", "t-named"):
+                    status, headers, body = await raw_request(port, get(
+                        "/auth-check", "GET", f"Authorization: Bearer {token}"))
+                    assert (status, body) == (204, b""), token
+                    assert headers["cache-control"] == "no-store"
+                for headers_sent in ([], ["Authorization: Bearer s3cre"],
+                                     ["Authorization: Bearer s3cret-and-more"],
+                                     ["Authorization: Basic s3cret"]):
+                    status, headers, body = await raw_request(port, get(
+                        "/auth-check", "GET", *headers_sent))
+                    assert status == 401, headers_sent
+                    assert headers["www-authenticate"] == "Bearer"
+                    assert headers["cache-control"] == "no-store"
+                    assert b"s3cre" not in body
+                # What the handshake answers to the same tokens.
+                ws_url = f"ws://127.0.0.1:{port}/ws"
+                async with tether.connect(ws_url, headers={"Authorization": "Bearer s3cret"}):
+                    pass
+                with pytest.raises(tether.InvalidStatus) as refused:
+                    await tether.connect(ws_url, headers={"Authorization": "Bearer s3cre"})
+                assert refused.value.response.status == 401
+                # GET and HEAD only: a cross-site fetch() with an Authorization header needs a
+                # preflight (OPTIONS), which fails here, so it is never sent.
+                for method in ("OPTIONS", "POST"):
+                    status, headers, _ = await raw_request(port, get("/auth-check", method))
+                    assert status == 405 and headers["allow"] == "GET, HEAD"
+                    assert "access-control-allow-origin" not in headers
+                status, _, body = await raw_request(port, get(
+                    "/auth-check", "HEAD", "Authorization: Bearer s3cret"))
+                assert (status, body) == (204, b"")
+            await hub.close()
+
+        with caplog.at_level("DEBUG"):
+            run(main())
+        assert calls.count("/auth-check") == 7 and calls.count("/ws") == 2
+        assert "path=/auth-check status=401" in caplog.text
+        assert "s3cre" not in caplog.text and "t-named" not in caplog.text
+
+    def test_async_authenticate(self, static: Path) -> None:
+        async def authenticate(request: Any) -> Any:
+            await asyncio.sleep(0)
+            return "ok" if request.headers.get("Authorization") == "Bearer good" else None
+
+        async def main() -> None:
+            hub = Hub()
+            router = make_router(hub, static, authenticate=authenticate)
+            async with tether.serve(router, "127.0.0.1", 0, authenticate=authenticate) as server:
+                port = server.port_number
+                good = get("/auth-check", "GET", "Authorization: Bearer good")
+                assert (await raw_request(port, good))[0] == 204
+                assert (await raw_request(port, get("/auth-check")))[0] == 401
+            await hub.close()
+
+        run(main())
+
+    def test_absent_without_authenticate(self, static: Path) -> None:
+        """A router that was not given the server's authenticate cannot tell: no route (the
+        page then guesses from the failed connections)."""
+
+        async def main() -> None:
+            hub = Hub()
+            async with tether.serve(make_router(hub, static), "127.0.0.1", 0) as server:
+                assert (await raw_request(server.port_number, get("/auth-check")))[0] == 404
+            await hub.close()
+
+        run(main())
+
+
 async def frames(ws: tether.WebSocket, count: int) -> list[dict[str, Any]]:
     return [json.loads(await asyncio.wait_for(ws.recv(), 20 * UNIT)) for _ in range(count)]
 
@@ -179,7 +269,8 @@ class TestChatSocket:
                 async with tether.connect(url) as ws:
                     [welcome] = await frames(ws, 1)
                     assert welcome["type"] == "direct" and welcome["sender"] is None
-                    assert welcome["data"] == {"chat": "welcome", "name": "Alice"}
+                    assert welcome["data"] == {"chat": "welcome", "name": "Alice",
+                                               "max_frame": 65536}
                     await ws.send(json.dumps({"type": "subscribe", "topic": "general"}))
                     subscribed, presence = await frames(ws, 2)
                     assert subscribed["type"] == "subscribed"
@@ -205,7 +296,8 @@ class TestChatSocket:
                     await tether.connect(base + "?name=mallory")
                 async with tether.connect(base + "?token=s3cret&name=mallory") as ws:
                     [welcome] = await frames(ws, 1)
-                    assert welcome["data"] == {"chat": "welcome", "name": "carol"}
+                    assert welcome["data"] == {"chat": "welcome", "name": "carol",
+                                               "max_frame": 65536}
                     await ws.send(json.dumps({"type": "subscribe", "topic": "t"}))
                     _, presence = await frames(ws, 2)
                     assert presence["members"] == ["carol"]

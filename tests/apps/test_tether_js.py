@@ -1,6 +1,7 @@
 """tether.js under Node, against a scripted fake WebSocket (tether_js_cases.mjs): recovering
 from the hub's `gap` notice (drop policy) without skipping or reordering seqs, resending a
-publish with its id, the token option, `direct` frames. The browser tests cover the rest."""
+publish with its id, publishes too big for the hub, the token option and setToken(), `direct`
+frames. The browser tests cover the rest."""
 
 from __future__ import annotations
 
@@ -82,6 +83,38 @@ class TestPublish:
         assert out["otherId"].rpartition("-")[0] != prefix  # each client its own prefix
 
 
+class TestTooBig:
+    """A publish the hub refuses as too_big fails with that code and is never sent again."""
+
+    def test_the_hub_echoes_the_id(self, results: dict[str, Any]) -> None:
+        out = results["tooBigWithItsId"]
+        assert out["keys"] == ["type", "id", "topic", "data"]  # id where the hub looks
+        assert out["refused"] == {"code": "too_big", "tether": True,
+                                  "message": "frame with 70060 bytes exceeds limit of 65536 bytes"}
+        assert out["resent"] == [out["smallId"]]  # only the small one goes again
+        assert out["smallAck"]["seq"] == 4
+
+    def test_an_error_without_id_fails_the_oldest_unanswered(
+            self, results: dict[str, Any]) -> None:
+        out = results["tooBigWithoutAnId"]
+        assert out["refused"] == "too_big"
+        assert out["resent"] == [out["ids"][2]]
+        assert out["afterSeq"] == 5
+
+    def test_max_frame_refuses_before_sending(self, results: dict[str, Any]) -> None:
+        out = results["maxFrameRefusesAtOnce"]
+        assert out["predicted"] == out["actual"] == 158  # UTF-8 bytes of the frame sent
+        assert out["refused"] == "too_big" and out["sentForRefused"] == 0
+        assert out["sentOnceUnknown"] == 1
+        assert out["badData"] == "bad_data"
+
+    def test_close_1009_fails_the_largest(self, results: dict[str, Any]) -> None:
+        out = results["close1009FailsTheLargest"]
+        assert out["refused"] == "too_big"
+        assert out["resent"] == [out["smallId"]]
+        assert out["opened"] == [[1009, True], [1006, False]]
+
+
 class TestToken:
     def test_in_the_query(self, results: dict[str, Any]) -> None:
         out = results["tokenInTheQuery"]
@@ -98,6 +131,13 @@ class TestToken:
         assert out["protocols"] == ["chat", "bearer.s3cret"]
         assert "s3cret" not in json.dumps(out["opens"])
         assert out["refused"] == ["bad_token", "bad_option"]
+
+    def test_set_token_reconnects_now(self, results: dict[str, Any]) -> None:
+        out = results["setTokenReconnectsNow"]
+        assert out["newSocket"]  # at once, not after the minute of backoff
+        assert out["url"] == "ws://127.0.0.1:1/ws?token=n3w+t0ken"
+        assert "token" not in out["keys"] and "t0ken" not in out["json"]
+        assert out["without"] == "ws://127.0.0.1:1/ws"
 
     def test_errors_do_not_show_it(self, results: dict[str, Any]) -> None:
         [error] = results["errorsDoNotShowTheToken"]["errors"]

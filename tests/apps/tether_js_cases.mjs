@@ -29,7 +29,7 @@ class FakeSocket {
   close() { this.readyState = 3; }
   open() { this.readyState = 1; this.onopen({}); }
   receive(frame) { this.onmessage({ data: JSON.stringify(frame) }); }
-  drop() { this.readyState = 3; this.onclose({ code: 1006, reason: "", wasClean: false }); }
+  drop(code = 1006) { this.readyState = 3; this.onclose({ code, reason: "", wasClean: false }); }
 }
 globalThis.WebSocket = FakeSocket;
 
@@ -215,6 +215,104 @@ const cases = {
     for (let i = 0; i < 200 && out.errors.length === 0; i++) await sleep(5);
     client.close();
     return { errors: out.errors };
+  },
+
+  // The hub refuses a publish as too_big, echoing its id: the promise fails with that code,
+  // and the publish is not sent again after a reconnect.
+  async tooBigWithItsId() {
+    const { client, socket } = joined();
+    const big = client.publish("room", "x".repeat(70000));
+    const small = client.publish("room", "fine");
+    const [bigFrame, smallFrame] = socket.sent.filter((f) => f.type === "publish");
+    const keys = Object.keys(bigFrame);
+    socket.receive({ type: "error", code: "too_big", message: "frame with 70060 bytes exceeds limit of 65536 bytes", id: bigFrame.id });
+    const refused = await big.catch((e) => ({ code: e.code, message: e.message, tether: e instanceof TetherError }));
+    socket.drop();
+    const next = await nextSocket(socket);
+    next.open();
+    const resent = next.sent.filter((f) => f.type === "publish").map((f) => f.id);
+    next.receive({ type: "ack", id: smallFrame.id, topic: "room", seq: 4 });
+    const smallAck = await small;
+    client.close();
+    return { keys, refused, resent, smallId: smallFrame.id, smallAck };
+  },
+
+  // An older hub's too_big without an id: the oldest publish waiting for its answer fails.
+  async tooBigWithoutAnId() {
+    const { client, socket } = joined();
+    const first = client.publish("room", "acked");
+    const big = client.publish("room", "y".repeat(70000));
+    const after = client.publish("room", "after");
+    const ids = socket.sent.filter((f) => f.type === "publish").map((f) => f.id);
+    socket.receive({ type: "ack", id: ids[0], topic: "room", seq: 4 });
+    await first;
+    socket.receive({ type: "error", code: "too_big", message: "frame too big" });
+    const refused = await big.catch((e) => e.code);
+    socket.receive({ type: "error", code: "bad_json", message: "not ours" }); // no id: ignored
+    socket.drop();
+    const next = await nextSocket(socket);
+    next.open();
+    const resent = next.sent.filter((f) => f.type === "publish").map((f) => f.id);
+    next.receive({ type: "ack", id: ids[2], topic: "room", seq: 5 });
+    const afterAck = await after;
+    client.close();
+    return { refused, resent, ids, afterSeq: afterAck.seq };
+  },
+
+  // maxFrame known: refused before anything is sent; publishSize() is what the hub counts.
+  async maxFrameRefusesAtOnce() {
+    const { client, socket } = joined({ maxFrame: 200 });
+    const predicted = client.publishSize("room", { text: "é".repeat(40) });
+    client.publish("room", { text: "é".repeat(40) }).catch(() => {});
+    const sentFrame = socket.sent.at(-1);
+    const actual = Buffer.byteLength(JSON.stringify(sentFrame));
+    const sentBefore = socket.sent.length;
+    const refused = await client.publish("room", { text: "é".repeat(100) }).catch((e) => e.code);
+    const sentForRefused = socket.sent.length - sentBefore;
+    client.maxFrame = null; // unknown again: the hub decides
+    client.publish("room", "é".repeat(100)).catch(() => {});
+    const sentOnceUnknown = socket.sent.length - sentBefore;
+    const badData = await client.publish("room", 10n).catch((e) => e.code);
+    client.close();
+    return { predicted, actual, refused, sentForRefused, sentOnceUnknown, badData };
+  },
+
+  // A close with 1009 (the server's WebSocket message limit): the largest publish fails.
+  async close1009FailsTheLargest() {
+    const { client, socket } = joined();
+    const small = client.publish("room", "small");
+    const big = client.publish("room", "z".repeat(5000));
+    const smallId = socket.sent.filter((f) => f.type === "publish")[0].id;
+    const opened = [];
+    client.addEventListener("close", (e) => opened.push([e.detail.code, e.detail.opened]));
+    socket.drop(1009);
+    const refused = await big.catch((e) => e.code);
+    const next = await nextSocket(socket);
+    next.drop(); // never opened
+    const third = await nextSocket(next);
+    third.open();
+    const resent = third.sent.filter((f) => f.type === "publish").map((f) => f.id);
+    third.receive({ type: "ack", id: smallId, topic: "room", seq: 4 });
+    await small;
+    client.close();
+    return { refused, resent, smallId, opened };
+  },
+
+  // setToken(): the next attempt uses the new token, at once.
+  async setTokenReconnectsNow() {
+    const { client, socket } = start({ backoff: { initial: 60000, max: 60000 } });
+    socket.drop(); // refused: the next attempt would be up to a minute away
+    client.setToken("n3w t0ken");
+    const next = FakeSocket.all.at(-1);
+    const result = {
+      newSocket: next !== socket, url: next.url, keys: Object.keys(client),
+      json: JSON.stringify({ ...client, socket: null, openTimer: null, retryTimer: null }),
+    };
+    next.drop();
+    client.setToken(null);
+    result.without = FakeSocket.all.at(-1).url;
+    client.close();
+    return result;
   },
 
   async directFrames() {

@@ -4,6 +4,9 @@ epochs, presence, the protocol's errors, durability, server-side publishing."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -719,6 +722,28 @@ class TestErrors:
 
         run(main())
 
+    def test_too_big_echoes_the_id_and_stores_nothing(self) -> None:
+        """tether.js's publish (``id`` right after ``type``), too big to parse: the error
+        names it, so the client can fail that publish instead of sending it again."""
+
+        async def main() -> None:
+            hub = Hub(max_frame=1000)
+            async with hub_serving(hub) as (_, connect):
+                client = await connect()
+                await client.subscribe("t")
+                await client.ws.send(json.dumps({"type": "publish", "id": "c-7", "topic": "t",
+                                                 "data": {"text": "x" * 1000}}))
+                error = await client.expect("error", code="too_big", id="c-7")
+                assert "exceeds limit of 1000 bytes" in error["message"]
+                await client.ws.send('{"type": "publish", "topic": "t", "data": "'
+                                     + "y" * 1000 + '", "id": "c-8"}')  # id past the window
+                assert "id" not in await client.expect("error", code="too_big")
+                await client.quiet(UNIT)
+                assert (await hub.backend.history("t", 0, None)).messages == ()
+            await hub.close()
+
+        run(main())
+
     def test_closed_with_1008_after_max_errors(self) -> None:
         async def main() -> None:
             hub = Hub()
@@ -756,6 +781,104 @@ class TestErrors:
             await hub.close()
 
         run(main())
+
+    def test_an_outage_is_logged_once_with_its_end(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Issue 14, finding 5: one warning when the backend starts failing, one line when a
+        call succeeds again, with the number of requests answered `unavailable` between."""
+
+        class Outage(WrappedBackend):
+            down = False
+
+            async def publish(self, topic: str, data: Any, sender: str | None = None
+                              ) -> Envelope:
+                if self.down:
+                    raise BackendUnavailable("Redis at redis://127.0.0.1:1/0: connection refused")
+                return await self.inner.publish(topic, data, sender)
+
+            async def join(self, topic: str, member_id: str, name: str) -> None:
+                if self.down:
+                    raise BackendUnavailable("Redis at redis://127.0.0.1:1/0: connection refused")
+                await self.inner.join(topic, member_id, name)
+
+        caplog.set_level(logging.INFO, "tether.hub")
+
+        def lines(event: str) -> list[str]:
+            return [r.getMessage() for r in caplog.records if f"event={event} " in
+                    r.getMessage() + " "]
+
+        async def main() -> None:
+            backend = Outage(MemoryBackend())
+            hub = Hub(backend)
+            async with hub_serving(hub) as (_, connect):
+                client = await connect("c")
+                await client.subscribe("t")
+                for outage in range(2):
+                    backend.down = True
+                    for n in range(30):
+                        await client.send(type="publish", topic="t", data=n, id=f"{outage}.{n}")
+                        await client.expect("error", code="unavailable", id=f"{outage}.{n}")
+                    for topic in ("u", "v"):
+                        await client.send(type="subscribe", topic=topic)
+                        await client.expect("error", code="unavailable")
+                    await client.send(type="ping")  # no backend call: the outage goes on
+                    await client.expect("pong")
+                    assert len(lines("hub_unavailable")) == outage + 1
+                    assert len(lines("hub_recovered")) == outage
+                    backend.down = False
+                    await client.send(type="publish", topic="t", data="back", id=f"{outage}")
+                    await client.message_and_ack()
+                    await client.send(type="publish", topic="t", data="again")
+                    await client.message_and_ack()
+            await hub.close()
+
+        run(main())
+        down, back = lines("hub_unavailable"), lines("hub_recovered")
+        assert down == ['event=hub_unavailable error="Redis at redis://127.0.0.1:1/0: '
+                        'connection refused"'] * 2
+        assert len(back) == 2
+        for line in back:
+            assert re.fullmatch(r"event=hub_recovered failures=32 duration=\d+\.\d{3}s", line)
+        assert all(r.levelno == logging.WARNING for r in caplog.records
+                   if "event=hub_" in r.getMessage())
+
+    def test_a_call_made_before_an_outage_does_not_end_it(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        class Outage(GatedPublish):
+            down = False
+
+            async def join(self, topic: str, member_id: str, name: str) -> None:
+                if self.down:
+                    raise BackendUnavailable("down")
+                await self.inner.join(topic, member_id, name)
+
+        caplog.set_level(logging.WARNING, "tether.hub")
+
+        async def main() -> None:
+            backend = Outage(MemoryBackend())
+            hub = Hub(backend)
+            async with hub_serving(hub) as (_, connect):
+                alice, bob = await connect("alice"), await connect("bob")
+                await alice.subscribe("t")
+                backend.release.clear()
+                await alice.send(type="publish", topic="t", data=1, id="held")
+                await backend.stored.wait()  # stored before the outage, answered after
+                backend.down = True
+                await bob.send(type="subscribe", topic="t")
+                await bob.expect("error", code="unavailable")
+                backend.release.set()
+                await next_frame(alice, "ack")
+                backend.down = False
+                await bob.subscribe("t")
+            await hub.close()
+
+        run(main())
+        events = [r.getMessage().rsplit(" duration=")[0] for r in caplog.records
+                  if "event=hub_" in r.getMessage()]
+        assert events == ['event=hub_unavailable error="down"',
+                          "event=hub_recovered failures=1"]  # after bob's subscribe only
 
 
     def test_failed_resubscribe_unsubscribes(self) -> None:

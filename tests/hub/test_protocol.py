@@ -96,6 +96,49 @@ class TestParseRequest:
         assert "with 2026 bytes" in info.value.message
 
 
+class TestTooBigKeepsTheId:
+    """A frame too big to parse still gets its ``id`` echoed when the top-level ``id`` comes
+    before any object or array, within the first 512 characters: what tether.js sends."""
+
+    BIG = "x" * LIMIT
+
+    def test_publish_from_tether_js(self) -> None:
+        frame = json.dumps({"type": "publish", "id": "k3j9x0q2m4a1-7", "topic": "general",
+                            "data": {"text": self.BIG}})
+        error = error_of(frame)
+        assert (error.code, error.id) == ("too_big", "k3j9x0q2m4a1-7")
+
+    @pytest.mark.parametrize("frame, found", [
+        ('{"type":"publish","id":"a","data":"D"}', "a"),
+        (' \n{ "type" : "publish" , "n" : -1.5e3, "ok": true, "no": null, "id" : "b" , '
+         '"data": "D"}', "b"),
+        ('{"type":"publish","topic":"t","data":"D","id":"after-a-string"}', "after-a-string"),
+        ('{"id":"q\\u00e9\\"\\\\"}', 'qé"\\'),
+        ('{"id":"first","id":"second","data":"D"}', "first"),
+        # Not found: after an object or array, nested, not a string, cut by the window.
+        ('{"type":"publish","data":{"id":"inner"},"id":"late"}', None),
+        ('{"type":"publish","data":["D"],"id":"late"}', None),
+        ('{"type":"publish","id":7,"data":"D"}', None),
+        ('{"type":"publish","pad":"' + "p" * 600 + '","id":"far"}', None),
+        ('["id","x"]', None),
+        ('{"type":"publish","id":"unterminated', None),
+        ('{"type":"publish"}', None),
+        ("{'id': 'single quotes'}", None),
+        ('{"type":"publish","id":"ctl\u0001","data":"D"}', None),  # raw control character
+    ])
+    def test_leading_id(self, frame: str, found: str | None) -> None:
+        assert protocol.leading_id(frame) == found
+        if len(frame) < 2000:
+            padded = frame + " " * LIMIT  # too big: the same id, or none
+            assert error_of(padded).id == found
+
+    def test_reads_only_the_window(self) -> None:
+        """A pathological frame costs the window, not its size."""
+        for frame in ('{"a":"' + "\\" * 1_000_000, '{"a":' + "1" * 1_000_000,
+                      " " * 1_000_000 + '{"id":"x"}'):
+            assert protocol.leading_id(frame) is None
+
+
 class TestServerFrames:
     def test_message_and_presence(self) -> None:
         envelope = Envelope("t", 3, "e", {"x": [1]}, None, 1234)

@@ -128,6 +128,11 @@ class Backend(abc.ABC):
     history_size: int = DEFAULT_HISTORY_SIZE
     history_age: float = DEFAULT_HISTORY_AGE
 
+    def not_ready(self) -> str | None:
+        """Why this backend cannot serve now (its server is unreachable), or None. Read by
+        the server's ``/readyz``; never waits."""
+        return None
+
     @abc.abstractmethod
     async def publish(self, topic: str, data: Any, sender: str | None = None) -> Envelope:
         """Store a message under the topic's next ``seq``, trim the history to its bounds,

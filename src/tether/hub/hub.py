@@ -16,6 +16,13 @@ Subscribing, step by step (this order is what makes a resume exact):
    connection to drain when needed; live frames are still held meanwhile);
 6. flush the held frames whose ``seq`` the history did not cover, and go live.
 
+Backend outages: the first request that fails because of the backend logs
+``event=hub_unavailable`` (a warning, with the error); the requests that fail after it are only
+counted. The first request (or :meth:`Hub.publish`) begun during the outage that succeeds ends
+it, logging ``event=hub_recovered failures=N duration=S``: N requests answered ``unavailable``,
+S seconds from the first failure to that success. One begun before the outage that returns
+during it does not end it.
+
 Publishing: a publish with an ``id`` is remembered (:class:`~tether.hub.dedup.PublishLog`)
 under its sender's name, its ``id`` and its data; the same publish again, as a client sends it
 after a reconnect when the ``ack`` was lost, gets the first ``ack`` and is not stored twice.
@@ -125,6 +132,9 @@ class Hub:
         self._hub_id = secrets.token_hex(4)
         self._member_ids = itertools.count(1)
         self._closed = False
+        self._outages = 0  # backend outages so far (the current one included)
+        self._outage_start: float | None = None  # monotonic time of the outage's first failure
+        self._outage_failures = 0  # requests answered `unavailable` since then
 
     # -- public API ----------------------------------------------------------------------
 
@@ -170,7 +180,10 @@ class Hub:
         protocol.encode(data)  # JSON or nothing: the fan-out must not fail on it
         if sender is not None:
             sender = sender.encode("utf-8", "replace").decode()
-        return await self.backend.publish(topic, data, sender)
+        outages = self._outages
+        envelope = await self.backend.publish(topic, data, sender)
+        self._backend_answered(outages)
+        return envelope
 
     def send_to(self, target: WebSocket | str, data: Any, sender: str | None = None) -> int:
         """Publish to one connection, or to every connection of one member (by name),
@@ -205,9 +218,48 @@ class Hub:
             )
         await self.backend.close()
 
+    def not_ready(self) -> str | None:
+        """Why this hub cannot serve now (its backend is unreachable, or its requests fail
+        with ``unavailable``), or None: a ``Server.ready_checks`` function."""
+        reason = self.backend.not_ready()
+        if reason is None and self._outage_start is not None:
+            reason = "backend unavailable"
+        return reason
+
     def topics(self) -> dict[str, int]:
         """Topics with local subscribers, and how many each has."""
         return {topic: len(fan.subscribers) for topic, fan in self._topics.items()}
+
+    def topic_info(self) -> dict[str, dict[str, Any]]:
+        """Per topic with local subscribers: ``subscribers`` (how many), ``members`` (their
+        names, sorted, each once) and ``published`` (messages seen live here so far)."""
+        names: dict[str, set[str]] = {topic: set() for topic in self._topics}
+        for session in self._sessions:
+            for topic in session.subscriptions:
+                if topic in names:
+                    names[topic].add(session.name)
+        return {topic: {"subscribers": len(fan.subscribers),
+                        "members": sorted(names[topic]), "published": fan.published}
+                for topic, fan in self._topics.items()}
+
+    async def kick(self, topic: str, name: str, reason: str = "kicked") -> int:
+        """Remove the member ``name`` from ``topic`` on this hub: each of its connections
+        subscribed here leaves the topic (the others get its ``left``) and is sent
+        ``{"type": "unsubscribed", "topic": ..., "reason": ...}``; it stays connected and may
+        subscribe again (a kick is not a ban). Returns how many connections were removed."""
+        kicked = 0
+        for session in list(self._sessions):
+            subscriber = session.subscriptions.get(topic)
+            if session.name != name or subscriber is None:
+                continue
+            await self._drop_subscription(session, topic, subscriber, leave=True)
+            kicked += 1
+            try:
+                await self._send(session, {"type": "unsubscribed", "topic": topic,
+                                           "reason": reason})
+            except ConnectionClosed:
+                pass
+        return kicked
 
     # -- requests --------------------------------------------------------------------------
 
@@ -236,10 +288,29 @@ class Hub:
         except RequestError as exc:
             await self._fail(session, exc)
         except BackendUnavailable as exc:
-            logger.warning("event=hub_unavailable error=\"%s\"", exc)
+            self._backend_failed(exc)
             request_id = request.id if isinstance(request, (Publish, Ping)) else None
             await self._send(session, protocol.error(
                 protocol.UNAVAILABLE, "the backend is unavailable; retry later", request_id))
+
+    def _backend_failed(self, exc: BackendUnavailable) -> None:
+        """A request failed for the backend: log the outage once, when it starts."""
+        if self._outage_start is None:
+            self._outages += 1
+            self._outage_start = time.monotonic()
+            self._outage_failures = 0
+            logger.warning("event=hub_unavailable error=\"%s\"", exc)
+        self._outage_failures += 1
+
+    def _backend_answered(self, outages: int) -> None:
+        """A backend call made when ``self._outages`` was ``outages`` succeeded: the end of
+        the outage, if it was made during it (one made before could have been answered
+        before the outage and only return now)."""
+        if self._outage_start is not None and outages == self._outages:
+            duration = time.monotonic() - self._outage_start
+            self._outage_start = None
+            logger.warning("event=hub_recovered failures=%d duration=%.3fs",
+                           self._outage_failures, duration)
 
     async def _fail(self, session: _Session, exc: RequestError) -> None:
         session.errors += 1
@@ -254,8 +325,10 @@ class Hub:
                                "publishing to it", request.id)
         topic = request.topic
         log = self.publishes
+        outages = self._outages
         if log is None or request.id is None:
             envelope = await self.backend.publish(topic, request.data, session.name)
+            self._backend_answered(outages)
             await self._ack(session, request, envelope.seq)
             return
         key: Key = (session.name, request.id, _digest(request.data))
@@ -279,6 +352,7 @@ class Hub:
             raise
         log.settle(topic, key, pending, envelope.seq)
         pending.set_result(envelope.seq)
+        self._backend_answered(outages)
         await self._ack(session, request, envelope.seq)
 
     async def _ack(self, session: _Session, request: Publish, seq: int) -> None:
@@ -299,6 +373,7 @@ class Hub:
         subscriber = Subscriber(session.ws)
         fan.add(subscriber)  # 1. from here, live frames are held for it
         session.subscriptions[topic] = subscriber
+        outages = self._outages
         try:
             await self._listen(fan)
             if previous is None:
@@ -313,6 +388,7 @@ class Hub:
                 since = 0  # reset meanwhile
                 history = await self.backend.history(topic, since, None)
             members = await self.backend.members(topic)  # 4.
+            self._backend_answered(outages)
         except BaseException:  # not subscribed after all (and no longer, if it was)
             await self._drop_subscription(session, topic, subscriber, leave=True)
             raise
@@ -339,7 +415,9 @@ class Hub:
         subscriber = session.subscriptions.get(request.topic)
         if subscriber is None:
             raise RequestError(protocol.NOT_SUBSCRIBED, "not subscribed to this topic")
+        outages = self._outages
         await self._drop_subscription(session, request.topic, subscriber, leave=True)
+        self._backend_answered(outages)
 
     # -- topics ----------------------------------------------------------------------------
 

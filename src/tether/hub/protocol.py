@@ -37,6 +37,7 @@ __all__ = [
     "encode",
     "error",
     "gap",
+    "leading_id",
     "message",
     "parse_request",
     "presence",
@@ -118,7 +119,7 @@ def parse_request(frame: Data, max_frame: int) -> Request:
             "utf-8", "surrogatepass")) > max_frame):
         size = len(frame.encode("utf-8", "surrogatepass"))
         raise RequestError(TOO_BIG, f"frame with {size} bytes exceeds limit of {max_frame} "
-                           "bytes")
+                           "bytes", leading_id(frame))
     try:
         obj = json.loads(frame, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
@@ -154,6 +155,44 @@ def parse_request(frame: Data, max_frame: int) -> Request:
         return Unsubscribe(_topic_field(obj, request_id))
     raise RequestError(UNKNOWN_TYPE, "unknown type: expected subscribe, unsubscribe, publish "
                        "or ping", request_id)
+
+
+# A JSON string, and a JSON scalar (string, number, true, false, null). The alternatives of
+# each repetition are disjoint, so matching is linear in the input.
+_STRING = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
+_SCALAR = _STRING + r"|-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null"
+_OPEN = re.compile(r"[ \t\n\r]*\{")
+_MEMBER = re.compile(
+    rf"[ \t\n\r]*({_STRING})[ \t\n\r]*:[ \t\n\r]*({_SCALAR})[ \t\n\r]*([,}}])")
+LEADING_ID_WINDOW = 512
+"""Characters at the start of a frame too big to parse that :func:`leading_id` reads."""
+
+
+def leading_id(frame: str) -> str | None:
+    """The ``id`` of a frame too big to parse, when it is cheap and safe to find: a string
+    value of the top-level object's ``id`` member, among the members that come before any
+    object or array value, within the first :data:`LEADING_ID_WINDOW` characters. tether.js
+    puts ``id`` second, right after ``type``. Anything else (an ``id`` after an object or
+    array value, nested, cut by the window, not a string) gives None: the error then goes
+    without an ``id``.
+
+    Reads at most the window, whatever the frame's size; never parses the rest, so an
+    ``"id"`` inside ``data`` is never taken for the request's.
+    """
+    head = frame[:LEADING_ID_WINDOW]
+    match = _OPEN.match(head)
+    if match is None:
+        return None
+    position = match.end()
+    while (member := _MEMBER.match(head, position)) is not None:
+        key, value, separator = member.groups()
+        if json.loads(key) == "id":
+            found = json.loads(value)
+            return found if isinstance(found, str) else None
+        if separator == "}":
+            return None
+        position = member.end()
+    return None
 
 
 def _topic_field(obj: dict[str, Any], request_id: str | None) -> str:

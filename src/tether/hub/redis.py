@@ -20,9 +20,13 @@ does not depend on the nodes' clocks.
 
 A node SUBSCRIBEs to a topic's channel while it has local listeners, and UNSUBSCRIBEs after
 the last one leaves. Presence is shared: each node re-joins its own members every
-``presence_ttl / 3`` seconds; the entries of a node that stopped (crash, partition) expire
-after ``presence_ttl``, and whichever node sees them expired first (its refresh, a join, a
-leave, ``members()``) removes them and publishes the ``left`` changes.
+``presence_ttl / 3`` seconds, each time with an expiry ``presence_ttl * 4/5`` ahead, and
+sweeps every topic it listens to or has members in every ``presence_ttl / 5`` seconds. The
+entries of a node that stopped (crash, partition) therefore expire at most ``presence_ttl *
+4/5`` after its last refresh, and whichever node sees them expired first (its sweep, a join, a
+leave, ``members()``) removes them and publishes the ``left`` changes: at most
+``presence_ttl`` after the node's last refresh, so after it stopped, plus the milliseconds
+of one sweep.
 
 What is guaranteed:
 
@@ -51,6 +55,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import secrets
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -59,9 +64,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.retry import Retry  # the asyncio one: a redis.retry.Retry here warns
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from .base import (
     check_history_bounds,
@@ -86,6 +91,9 @@ DEFAULT_PRESENCE_TTL = 30.0
 DEFAULT_MAX_CONNECTIONS = 50
 """Connections a node opens to Redis for its calls (the pub/sub connection is one of them);
 further calls wait for one to be free."""
+IDLE_CHECK_INTERVAL = 2.0
+"""Seconds between PINGs while no topic is listened to (nothing else would notice an outage
+then, and ``/readyz`` must)."""
 HEALTH_INTERVAL = 15.0
 """Seconds of silence on the pub/sub connection after which it is PINGed; twice that without
 an answer and it is considered dead."""
@@ -279,8 +287,10 @@ class _Channel:
 
 @dataclass(eq=False)
 class _Waiter:
-    """A call waiting until the reader delivered what it published (``expected`` payloads)."""
+    """A call waiting until the reader delivered what it published (``expected`` payloads)
+    to the listeners of ``channel``."""
 
+    channel: _Channel
     done: asyncio.Event = field(default_factory=asyncio.Event)
     seen: int = 0
     expected: int | None = None
@@ -301,7 +311,10 @@ class RedisBackend(Backend):
         history_size: messages kept per topic (default 1000).
         history_age: seconds a message is kept (default 24 h).
         key_prefix: prefix of every key and channel name.
-        presence_ttl: seconds a member lasts unless its node refreshes it (every third of it).
+        presence_ttl: the longest a member of a node that stopped (crash, partition) stays
+            listed: the other nodes publish its ``left`` at most this many seconds after its
+            node last refreshed it (plus the milliseconds of one sweep). A node refreshes its
+            members every ``presence_ttl / 3``; each refresh lasts ``presence_ttl * 4/5``.
         timeout: seconds to connect, to wait for a reply, and for a SUBSCRIBE to be
             confirmed (longer while the live feed is connected without an outage: slow is
             not down).
@@ -329,7 +342,7 @@ class RedisBackend(Backend):
         clock: Callable[[], float] | None = None,
     ) -> None:
         check_history_bounds(history_size, history_age)
-        if presence_ttl <= 0 or timeout <= 0 or max_retry_delay <= 0:
+        if not 0 < presence_ttl < math.inf or timeout <= 0 or max_retry_delay <= 0:
             raise ValueError("presence_ttl, timeout and max_retry_delay must be positive")
         if max_connections < 2:  # the pub/sub connection holds one for good
             raise ValueError("max_connections must be at least 2")
@@ -338,6 +351,11 @@ class RedisBackend(Backend):
         self.history_age = history_age
         self.key_prefix = key_prefix
         self.presence_ttl = presence_ttl
+        # A stopped node's member expires at most `_lifetime` after its last refresh, and a
+        # sweep finds it at most `_sweep_interval` later: presence_ttl in all.
+        self._sweep_interval = presence_ttl / 5
+        self._lifetime = presence_ttl - self._sweep_interval
+        self._refresh_interval = presence_ttl / 3  # renewed well before its lifetime is up
         self.timeout = timeout
         self.max_retry_delay = max_retry_delay
         self.max_connections = max_connections
@@ -463,7 +481,7 @@ class RedisBackend(Backend):
         channel = self._channels.get(topic)
         waiter = None
         if channel is not None and channel.confirmed and self._live:
-            waiter = self._waiters[token] = _Waiter()
+            waiter = self._waiters[token] = _Waiter(channel)
         try:
             result = await self._run(script, keys, [*args, token, *more])
             if waiter is not None:
@@ -519,7 +537,7 @@ class RedisBackend(Backend):
     async def join(self, topic: str, member_id: str, name: str) -> None:
         keys, args = self._presence_args(topic)
         await self._published(topic, "join", keys, args,
-                              [member_id, name, int(self.presence_ttl * 1000)])
+                              [member_id, name, int(self._lifetime * 1000)])
         self._local.setdefault(topic, {})[member_id] = name
 
     async def leave(self, topic: str, member_id: str) -> None:
@@ -537,20 +555,37 @@ class RedisBackend(Backend):
         return sorted(name.decode() for name in names)
 
     async def _refresh_forever(self) -> None:
-        """Re-join this node's members (so that they do not expire) and expire the members
-        of nodes that stopped, on every topic this node has members in or listens to."""
+        """Every ``_refresh_interval``, re-join this node's members so that they do not
+        expire; every ``_sweep_interval``, expire the members of nodes that stopped on every
+        topic this node has members in or listens to (a re-join expires them too). On a
+        fixed schedule: a slow round does not push the next one back."""
+        loop = asyncio.get_running_loop()
+        next_refresh = loop.time() + self._refresh_interval
+        next_sweep = loop.time() + self._sweep_interval
         while not self._closed:
-            await asyncio.sleep(self.presence_ttl / 3)
-            ttl = int(self.presence_ttl * 1000)
+            await asyncio.sleep(max(0.0, min(next_refresh, next_sweep) - loop.time()))
+            now = loop.time()
+            swept: set[str] = set()
             try:
-                for topic, members in list(self._local.items()):
-                    for member_id, name in list(members.items()):
-                        keys, args = self._presence_args(topic)
-                        await self._run("join", keys, [*args, f"{self._node}:0", member_id,
-                                                       name, ttl])
-                for topic in list(self._channels):
-                    if topic not in self._local:
-                        await self.members(topic)
+                if now >= next_refresh:
+                    next_refresh += self._refresh_interval
+                    if next_refresh <= now:  # a whole round late: start again from now
+                        next_refresh = now + self._refresh_interval
+                    lifetime = int(self._lifetime * 1000)
+                    for topic, members in list(self._local.items()):
+                        for member_id, name in list(members.items()):
+                            keys, args = self._presence_args(topic)
+                            await self._run("join", keys, [*args, f"{self._node}:0",
+                                                           member_id, name, lifetime])
+                        swept.add(topic)
+                if now >= next_sweep:
+                    next_sweep += self._sweep_interval
+                    if next_sweep <= now:
+                        next_sweep = now + self._sweep_interval
+                    for topic in [*self._channels, *self._local]:
+                        if topic not in swept:
+                            swept.add(topic)
+                            await self.members(topic)
             except BackendUnavailable as exc:
                 logger.debug("event=redis_refresh_failed error=\"%s\"", exc)
 
@@ -604,6 +639,13 @@ class RedisBackend(Backend):
         del self._channels[channel.topic]
         if not channel.ready.done():
             channel.ready.cancel()
+        # The reader skips what still arrives on a channel it no longer knows: a call
+        # waiting for its own echo there (the other leavers, when a node's clients leave a
+        # topic together) would wait `timeout` for nothing. No listener is left to hand it
+        # to, so it is done.
+        for waiter in self._waiters.values():
+            if waiter.channel is channel:
+                waiter.done.set()
         assert self._sub_lock is not None
         async with self._sub_lock:
             if self._live:
@@ -681,7 +723,12 @@ class RedisBackend(Backend):
         while not self._closed:
             if not self._channels:
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), IDLE_CHECK_INTERVAL)
+                except asyncio.TimeoutError:
+                    if not await self._ping_idle():
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, self.max_retry_delay)
                 continue
             try:
                 await self._read_session()
@@ -696,6 +743,22 @@ class RedisBackend(Backend):
                 delay = min(delay * 2, self.max_retry_delay)
             else:
                 delay = 0.05
+
+    async def _ping_idle(self) -> bool:
+        """PING Redis while nothing is subscribed; whether it answered (an outage and its end
+        are logged as the reader logs them)."""
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            self._lost(exc)
+            return False
+        if self._down and not self._channels:
+            self._down = False
+            logger.warning("event=redis_reconnected url=%s", _safe_url(self.url))
+        return True
+
+    def not_ready(self) -> str | None:
+        return "redis unreachable" if self._down else None
 
     def _lost(self, exc: BaseException) -> None:
         self._live = False
@@ -763,7 +826,7 @@ class RedisBackend(Backend):
             try:
                 await asyncio.wait_for(self._leave_all(local), self.timeout)
             except (BackendUnavailable, asyncio.TimeoutError):
-                pass  # they expire after presence_ttl
+                pass  # the other nodes publish their `left` within presence_ttl
         self._closed = True
         for task in (self._reader, self._refresher):
             if task is not None:

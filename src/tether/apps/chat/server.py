@@ -8,33 +8,43 @@ name ("token-1", see :func:`~tether.auth.is_generated_principal`) lets its holde
 nothing about who they are. Either way the name is sanitised: control characters removed,
 stripped, at most 32 characters, ``anonymous`` when empty.
 
-The first frame on the socket tells the page the name it got, as the hub protocol's ``direct``
-frame: ``{"type": "direct", "data": {"chat": "welcome", "name": "carol"}, "sender": null,
-"time": …}``.
+The first frame on the socket tells the page the name it got and the largest frame the hub
+accepts (its ``max_frame``, in UTF-8 bytes of the whole ``publish`` frame), as the hub
+protocol's ``direct`` frame: ``{"type": "direct", "data": {"chat": "welcome", "name": "carol",
+"max_frame": 65536}, "sender": null, "time": …}``.
+
+A browser never learns why a WebSocket failed to open (a 401 looks like a server that is
+down), so a server that requires a token tells the page at ``GET /auth-check``: 204 when the
+request's token is accepted, 401 when it is missing or wrong. The check is the server's own
+``authenticate`` (the same callable as the handshake's, given to :func:`make_router`): no
+second token list, no second comparison.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 import unicodedata
 from pathlib import Path
 
 from ...asyncio.connection import WebSocket
 from ...asyncio.router import Router, text_response
-from ...asyncio.server import ServerConnection
+from ...asyncio.server import Authenticate, ServerConnection
 from ...auth import is_generated_principal
 from ...hub import Backend, BackendUnavailable, Hub, MemoryBackend
 from ...hub.protocol import dumps
 from ...protocol.http11 import Headers, Request, Response
 
 __all__ = ["make_router", "open_chat_backend", "member_name", "chat_member", "page_url",
-           "STATIC_DIR", "MAX_NAME"]
+           "STATIC_DIR", "MAX_NAME", "AUTH_CHECK_PATH"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 """The page, tether.js and their assets."""
 MAX_NAME = 32
 """Longest member name, in characters."""
 DEFAULT_NAME = "anonymous"
+AUTH_CHECK_PATH = "/auth-check"
+"""Where the page asks whether its token is accepted (only with ``authenticate``)."""
 
 _PAGE_POLICY = (
     "default-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -100,10 +110,15 @@ def open_chat_backend(data_dir: Path | None) -> Backend:
         raise OSError(str(exc)) from exc
 
 
-def make_router(hub: Hub, static_dir: Path | None = None) -> Router:
+def make_router(
+    hub: Hub, static_dir: Path | None = None, *, authenticate: Authenticate | None = None
+) -> Router:
     """Routes of the chat server.
 
     - ``/ws``: WebSocket, the hub's JSON protocol (plain HTTP gets 426);
+    - ``/auth-check`` (with ``authenticate``): ``GET`` answers 204 when the request carries a
+      token ``authenticate`` accepts (``Authorization: Bearer …``, as the page sends it), 401
+      otherwise; ``Cache-Control: no-store``, nothing else in the answer;
     - ``/``: ``index.html`` of the static folder; ``/tether.js``: ``tether.js``;
     - any other file of the static folder at its own path.
 
@@ -112,6 +127,9 @@ def make_router(hub: Hub, static_dir: Path | None = None) -> Router:
     Args:
         hub: the hub every connection is served by.
         static_dir: the folder of the page (default: the package's ``static/``).
+        authenticate: the server's ``authenticate``, the very callable given to
+            ``serve()``, for ``/auth-check``; None: no ``/auth-check`` (404), and the page
+            guesses from failed connections instead.
     """
     root = (static_dir or STATIC_DIR).resolve()
     router = Router()
@@ -119,14 +137,33 @@ def make_router(hub: Hub, static_dir: Path | None = None) -> Router:
     @router.websocket("/ws")
     async def chat(ws: WebSocket) -> None:
         name = chat_member(ws)
-        await ws.send(dumps({"type": "direct", "data": {"chat": "welcome", "name": name},
-                             "sender": None, "time": int(time.time() * 1000)}))
+        welcome = {"chat": "welcome", "name": name, "max_frame": hub.max_frame}
+        await ws.send(dumps({"type": "direct", "data": welcome, "sender": None,
+                             "time": int(time.time() * 1000)}))
         await hub.serve(ws, name)
 
     @router.http("/ws")
     def upgrade_required(request: Request) -> Response:
         return text_response(426, "this is the chat's WebSocket: connect with "
                              "new WebSocket(url)", Headers([("Upgrade", "websocket")]))
+
+    if authenticate is not None:
+        check = authenticate
+
+        @router.http(AUTH_CHECK_PATH)
+        async def auth_check(request: Request) -> Response:
+            # The handshake's own check on the same request: what costs a guess here costs
+            # it there too, and the answer says no more than a 101 or a 401 does.
+            if request.method not in ("GET", "HEAD"):
+                return text_response(405, "method not allowed",
+                                     Headers([("Allow", "GET, HEAD")]))
+            principal = check(request)
+            if inspect.isawaitable(principal):
+                principal = await principal
+            if principal is None:
+                return text_response(401, "missing or invalid token", Headers([
+                    ("WWW-Authenticate", "Bearer"), ("Cache-Control", "no-store")]))
+            return Response(204, Headers([("Cache-Control", "no-store")]), b"")
 
     @router.http("/")
     def index(request: Request) -> Response:

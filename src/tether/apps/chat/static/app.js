@@ -6,6 +6,16 @@
 // removed from the address bar at once) or the name dialog's field; it is remembered in this
 // browser like the name. The name shown is the server's: the one picked here, unless the
 // server's token file names the token's holder.
+//
+// A browser never learns why a WebSocket did not open (401 and "server down" look the same).
+// When one closes without opening, the page asks the server's /auth-check, with the token it
+// has in an Authorization header: 401 means the token is missing or refused, and the page
+// asks for one (a server without /auth-check: the page guesses so after a few such closes
+// while the server answers HTTP). The token is never logged or shown.
+//
+// Messages may be as long as the hub accepts: the server's welcome frame says how many bytes
+// a publish frame may have; a counter shows the size near the limit, and a longer message is
+// refused here, kept in the input, never cut.
 
 import { TetherClient, isValidTopic } from "./tether.js";
 
@@ -21,7 +31,12 @@ const STATE_TEXT = {
   online: "online",
   reconnecting: "reconnecting…",
   closed: "offline",
+  "token-needed": "token needed",
+  "token-refused": "token refused",
 };
+const AUTH_CHECK = "/auth-check";
+const GUESS_AFTER = 2;          // closes without open before guessing "token" without /auth-check
+const LIMIT_SHOWN_FROM = 0.8;   // the size counter shows from this share of the limit on
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -41,6 +56,11 @@ const ui = {
   nameForm: $("name-form"),
   nameInput: $("name-input"),
   tokenInput: $("token-input"),
+  tokenPrompt: $("token-prompt"),
+  tokenPromptText: $("token-prompt-text"),
+  tokenPromptInput: $("token-prompt-input"),
+  tokenPromptSubmit: $("token-prompt-submit"),
+  messageLimit: $("message-limit"),
 };
 
 const storage = {
@@ -85,6 +105,9 @@ let client = null;
 let current = null;             // the room on screen
 const rooms = new Map();        // name -> {messages, seqs, pending, members, unread}
 let nextLocalId = 1;
+let authProblem = null;         // null, "needed" or "refused": why the socket does not open
+let closesWithoutOpen = 0;      // in a row
+let diagnosing = false;
 
 // ---- rooms ------------------------------------------------------------------------------
 
@@ -143,6 +166,7 @@ function switchRoom(name) {
   document.title = `#${name} · tether chat`;
   ui.roomTitle.textContent = name;
   ui.messageInput.placeholder = `Message #${name}`;
+  showLimit();
   document.body.classList.remove("show-rooms", "show-members");
   renderRooms();
   renderMessages();
@@ -315,6 +339,7 @@ function removePending(name, pending) {
 }
 
 function showState(state, delay) {
+  if (authProblem !== null && state !== "online") state = `token-${authProblem}`;
   ui.state.hidden = false;
   ui.state.dataset.state = state;
   ui.state.textContent = STATE_TEXT[state] || state;
@@ -337,6 +362,17 @@ function connect() {
   client.addEventListener("statechange", (event) => {
     showState(event.detail.state, event.detail.delay);
     refreshPending();
+  });
+
+  client.addEventListener("open", () => {
+    closesWithoutOpen = 0;
+    hideTokenPrompt();
+  });
+
+  client.addEventListener("close", (event) => {
+    if (event.detail.opened) return;
+    closesWithoutOpen += 1;
+    if (authProblem === null) diagnose();
   });
 
   client.addEventListener("subscribed", (event) => {
@@ -374,8 +410,12 @@ function connect() {
 
   client.addEventListener("direct", (event) => {
     const data = event.detail.data;
-    if (!data || data.chat !== "welcome" || typeof data.name !== "string") return;
-    if (data.name === me) return;
+    if (!data || data.chat !== "welcome") return;
+    if (Number.isInteger(data.max_frame) && data.max_frame > 0) {
+      client.maxFrame = data.max_frame; // the hub's limit: publish() refuses beyond it
+      showLimit();
+    }
+    if (typeof data.name !== "string" || data.name === me) return;
     me = data.name; // the server's token file names us
     ui.myName.textContent = me;
     renderMessages();
@@ -410,6 +450,126 @@ function send(text) {
     },
   );
 }
+
+// ---- the token ----------------------------------------------------------------------------
+
+/** What the server's /auth-check says of `candidate` (null: no token): "ok", "refused",
+ * "unknown" (no /auth-check there, or a token no header can carry) or "unreachable". */
+async function checkToken(candidate) {
+  const headers = new Headers();
+  try {
+    if (candidate) headers.set("Authorization", `Bearer ${candidate}`);
+  } catch {
+    return "unknown"; // characters a header cannot hold: the socket alone will tell
+  }
+  let response;
+  try {
+    response = await fetch(AUTH_CHECK, { headers, cache: "no-store" });
+  } catch {
+    return "unreachable";
+  }
+  if (response.ok) return "ok";
+  return response.status === 401 ? "refused" : "unknown";
+}
+
+/** A socket closed without opening: find out whether the token is the reason. */
+async function diagnose() {
+  if (diagnosing) return;
+  diagnosing = true;
+  try {
+    const verdict = await checkToken(token);
+    if (client.state === "online" || authProblem !== null) return;
+    const problem = token ? "refused" : "needed";
+    if (verdict === "refused") {
+      showTokenPrompt(problem, false);
+    } else if (verdict === "unknown" && closesWithoutOpen >= GUESS_AFTER) {
+      showTokenPrompt(problem, true);
+    }
+  } finally {
+    diagnosing = false;
+  }
+}
+
+/** Ask for a token: none was given (`problem` "needed"), or the one given was ("refused").
+ * `guessed`: the server has no /auth-check, so this is the likely reason, not a sure one. */
+function showTokenPrompt(problem, guessed) {
+  authProblem = problem;
+  let text;
+  if (authProblem === "needed") {
+    text = guessed
+      ? "The server refuses the connection: it probably needs an access token. Enter it to connect."
+      : "This server needs an access token. Enter it to connect.";
+  } else {
+    text = guessed
+      ? "Token refused, it seems: the server refuses the connection. Check the token and try again."
+      : "Token refused: the server does not accept this token. Check it and try again.";
+  }
+  ui.tokenPromptText.textContent = text;
+  ui.tokenPrompt.dataset.problem = authProblem;
+  ui.tokenPrompt.hidden = false;
+  showState(client.state);
+  ui.tokenPromptInput.focus();
+}
+
+function hideTokenPrompt() {
+  authProblem = null;
+  ui.tokenPrompt.hidden = true;
+  ui.tokenPromptText.textContent = "";
+  delete ui.tokenPrompt.dataset.problem;
+}
+
+ui.tokenPrompt.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const candidate = ui.tokenPromptInput.value.trim();
+  if (!candidate) {
+    ui.tokenPromptInput.focus();
+    return;
+  }
+  ui.tokenPromptSubmit.disabled = true;
+  let verdict;
+  try {
+    verdict = await checkToken(candidate);
+  } finally {
+    ui.tokenPromptSubmit.disabled = false;
+  }
+  if (verdict === "refused") {
+    showTokenPrompt("refused", false); // at once; the token in use stays what it was
+    ui.tokenPromptInput.select();
+    return;
+  }
+  token = candidate;
+  storage.set(KEYS.token, token);
+  ui.tokenPromptInput.value = "";
+  hideTokenPrompt();
+  closesWithoutOpen = 0;
+  showState(client.state);
+  client.setToken(token);
+  ui.messageInput.focus();
+});
+
+// ---- the size of a message ----------------------------------------------------------------
+
+/** Whether the message in the input may be sent; shows its size near the hub's limit and
+ * an error beyond it. */
+function showLimit() {
+  const text = ui.messageInput.value.trim();
+  const limit = client?.maxFrame;
+  if (!limit || !text || !current) {
+    ui.messageLimit.hidden = true;
+    return true;
+  }
+  const size = client.publishSize(current, { text });
+  const over = size > limit;
+  const number = (n) => n.toLocaleString("en-US");
+  ui.messageLimit.hidden = !over && size < limit * LIMIT_SHOWN_FROM;
+  ui.messageLimit.classList.toggle("over", over);
+  ui.messageLimit.textContent = over
+    ? `Too long to send: ${number(size)} bytes, the limit is ${number(limit)}.`
+    : `${number(size)} / ${number(limit)} bytes`;
+  return !over;
+}
+
+ui.messageInput.addEventListener("input", showLimit);
 
 // ---- the name ---------------------------------------------------------------------------
 
@@ -453,7 +613,12 @@ ui.composer.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = ui.messageInput.value.trim();
   if (!text || !client) return;
+  if (!showLimit()) {
+    ui.messageInput.focus(); // too long: kept as typed, with the error above it
+    return;
+  }
   ui.messageInput.value = "";
+  showLimit();
   send(text);
 });
 

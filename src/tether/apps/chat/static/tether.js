@@ -28,7 +28,10 @@
  * Events (all are CustomEvents; what they carry is in `event.detail`):
  * - "statechange" {state, previous, delay}: `state` is "connecting" | "online" |
  *   "reconnecting" | "closed"; `delay` is the wait in ms before the next attempt.
- * - "open" {url, protocol}, "close" {code, reason, wasClean}: the browser WebSocket's own.
+ * - "open" {url, protocol}, "close" {code, reason, wasClean, opened}: the browser
+ *   WebSocket's own; `opened` is false for a socket that closed without ever opening (the
+ *   server refused the upgrade, e.g. 401 for a missing token, or could not be reached: a
+ *   browser is not told which).
  * - "rawmessage" {data}: every frame as received (the browser WebSocket's "message" event,
  *   renamed because "message" means a topic message here).
  * - "message" {topic, seq, epoch, data, sender, time}: a topic message, in seq order, once.
@@ -46,6 +49,15 @@
  * Delivery: a publish that was sent but not yet acknowledged when the connection dropped is
  * sent again after the reconnect, with the same id; the hub answers the repeat with its first
  * ack rather than storing it twice (docs/hub-protocol.md, "Resending a publish").
+ *
+ * Size: a publish larger than the hub accepts fails with code "too_big" and is never sent
+ * again. With `maxFrame` known (an option, or set later), `publish()` refuses it before
+ * sending; `publishSize()` tells what a publish would weigh. Otherwise the hub's `too_big`
+ * error fails it: the hub echoes its `id` (tether.js puts `id` right after `type`, where the
+ * hub finds it without parsing the frame); an older hub's error without `id` fails the oldest
+ * publish still waiting for its answer (the hub answers a connection's requests in order).
+ * A server closing with 1009 (past its WebSocket message limit) fails the largest publish
+ * that was waiting for an answer.
  *
  * Slow-subscriber "drop" policy: after the hub's `gap` notice the client asks for the topic
  * again from the last seq it has, holds the live messages that arrive meanwhile, and emits
@@ -88,6 +100,9 @@ export class TetherClient extends EventTarget {
    * @param {{initial?: number, max?: number}} [options.backoff] reconnect delays in ms:
    *   attempt n waits a random time in [0, min(max, initial * 2^n)] (full jitter).
    * @param {number} [options.queueLimit] most publishes waiting while offline (default 100).
+   * @param {number} [options.maxFrame] the hub's frame limit in bytes (UTF-8 of the whole
+   *   publish frame), when known: larger publishes are refused at once with "too_big". Also a
+   *   plain property, for a limit learned later (the chat's welcome frame carries it).
    * @param {number} [options.openTimeout] ms to wait for a connection to open (default 10000).
    * @param {number} [options.pingInterval] ms between application pings that find a dead
    *   connection (default 25000; 0 turns them off).
@@ -109,11 +124,11 @@ export class TetherClient extends EventTarget {
         && !SUBPROTOCOL_PATTERN.test(options.token)) {
       throw new TetherError("bad_token", "this token cannot be sent as a subprotocol");
     }
-    // Kept out of the object's enumerable properties, so that logging the client shows none.
-    Object.defineProperty(this, "token", { value: options.token || null, enumerable: false });
+    this.setTokenProperty(options.token);
     this.protocols = options.protocols;
     this.backoff = { initial: 500, max: 15000, ...(options.backoff || {}) };
     this.queueLimit = options.queueLimit ?? 100;
+    this.maxFrame = options.maxFrame ?? null;
     this.openTimeout = options.openTimeout ?? 10000;
     this.pingInterval = options.pingInterval ?? 25000;
     this.pingTimeout = options.pingTimeout ?? 10000;
@@ -123,7 +138,7 @@ export class TetherClient extends EventTarget {
     this.socket = null;
     this.attempt = 0;           // failed attempts since the last successful open
     this.topics = new Map();    // topic -> {since, epoch, recovery}
-    this.pending = new Map();   // publish id -> {frame, resolve, reject, sent}
+    this.pending = new Map();   // publish id -> {frame, size, resolve, reject, sent}
     this.nextId = 1;
     this.idPrefix = randomId(); // makes this client's publish ids its own (idempotent resend)
     this.retryTimer = null;
@@ -170,7 +185,8 @@ export class TetherClient extends EventTarget {
   /**
    * Publish `data` (any JSON value) to `topic`, which must be subscribed.
    * @returns {Promise<{id: string, topic: string, seq: number}>} resolved by the server's ack;
-   *   rejected with a TetherError (the hub's error code, "queue_full" or "closed").
+   *   rejected with a TetherError (the hub's error code, "too_big", "bad_data" for what JSON
+   *   cannot hold, "queue_full" or "closed").
    */
   publish(topic, data) {
     if (this.state === "closed") {
@@ -180,13 +196,40 @@ export class TetherClient extends EventTarget {
     if (this.state !== "online" && waiting >= this.queueLimit) {
       return Promise.reject(new TetherError("queue_full", "too many messages waiting to be sent"));
     }
-    const id = `${this.idPrefix}-${this.nextId++}`;
-    const frame = { type: "publish", topic, data, id };
+    const frame = this.publishFrame(topic, data, `${this.idPrefix}-${this.nextId}`);
+    let size;
+    try {
+      size = utf8Length(JSON.stringify(frame));
+    } catch (error) {
+      return Promise.reject(new TetherError("bad_data", `not a JSON value: ${error.message}`));
+    }
+    if (this.maxFrame && size > this.maxFrame) {
+      return Promise.reject(tooBig(size, this.maxFrame));
+    }
+    this.nextId += 1;
     return new Promise((resolve, reject) => {
-      const entry = { frame, resolve, reject, sent: false };
-      this.pending.set(id, entry);
+      const entry = { frame, size, resolve, reject, sent: false };
+      this.pending.set(frame.id, entry);
       if (this.state === "online") this.sendPublish(entry);
     });
+  }
+
+  /** The size in bytes (UTF-8) of the frame `publish(topic, data)` would send now: what the
+   * hub compares with its limit (`maxFrame`). */
+  publishSize(topic, data) {
+    const frame = this.publishFrame(topic, data, `${this.idPrefix}-${this.nextId}`);
+    return utf8Length(JSON.stringify(frame));
+  }
+
+  /** Use `token` (null: none) from the next connection attempt on, and make that attempt now
+   * if the client is waiting to reconnect: for a token the user typed after a refusal. */
+  setToken(token) {
+    if (token && this.tokenIn === "subprotocol" && !SUBPROTOCOL_PATTERN.test(token)) {
+      throw new TetherError("bad_token", "this token cannot be sent as a subprotocol");
+    }
+    this.setTokenProperty(token);
+    this.attempt = 0;
+    this.reconnectNow();
   }
 
   /** Skip the backoff wait and try to connect now (when reconnecting and not already
@@ -248,18 +291,35 @@ export class TetherClient extends EventTarget {
   }
 
   handleClose(event) {
-    this.emit("close", { code: event.code, reason: event.reason, wasClean: event.wasClean });
+    const opened = this.state === "online";
+    const { code, reason, wasClean } = event;
+    this.emit("close", { code, reason, wasClean, opened });
     if (this.state === "closed") return;
+    if (code === 1009) this.failLargestSent(); // RFC 6455 §7.4.1: a message too big
     this.dropSocket();
     this.scheduleReconnect();
   }
 
   /** Give up `socket` without waiting for its closing handshake, then reconnect. */
   lose(socket) {
+    const opened = this.state === "online";
     this.dropSocket();
     socket.close();
-    this.emit("close", { code: 1006, reason: "no answer", wasClean: false });
+    this.emit("close", { code: 1006, reason: "no answer", wasClean: false, opened });
     this.scheduleReconnect();
+  }
+
+  /** The server closed the connection for a message over its limit: the largest publish
+   * sent and not answered is the one; it fails instead of going again after the reconnect. */
+  failLargestSent() {
+    let largest = null;
+    for (const [id, entry] of this.pending) {
+      if (entry.sent && (largest === null || entry.size > largest[1].size)) largest = [id, entry];
+    }
+    if (largest === null) return;
+    this.pending.delete(largest[0]);
+    largest[1].reject(new TetherError("too_big",
+      `a message of ${largest[1].size} bytes is over the server's limit`));
   }
 
   /** Detach the current socket: no more events from it. */
@@ -465,9 +525,16 @@ export class TetherClient extends EventTarget {
 
   onError(frame) {
     this.emit("error", { source: "server", code: frame.code, message: frame.message, id: frame.id });
-    const entry = frame.id !== undefined ? this.pending.get(frame.id) : undefined;
+    let id = frame.id;
+    if ((id === undefined || id === null) && frame.code === "too_big") {
+      // A hub that could not tell the frame's id. It answers a connection's requests in
+      // order, and a publish is the only frame of ours that can be that big: the oldest
+      // publish sent and not yet answered is the one.
+      id = [...this.pending].find(([, entry]) => entry.sent)?.[0];
+    }
+    const entry = id !== undefined && id !== null ? this.pending.get(id) : undefined;
     if (!entry) return;
-    this.pending.delete(frame.id);
+    this.pending.delete(id);
     entry.reject(new TetherError(frame.code, frame.message));
   }
 
@@ -519,6 +586,19 @@ export class TetherClient extends EventTarget {
 
   // ---- helpers ----------------------------------------------------------------------------
 
+  /** A publish frame: `id` right after `type`, where the hub looks for it in a frame too big
+   * to parse. */
+  publishFrame(topic, data, id) {
+    return { type: "publish", id, topic, data };
+  }
+
+  setTokenProperty(token) {
+    // Kept out of the object's enumerable properties, so that logging the client shows none.
+    Object.defineProperty(this, "token", {
+      value: token || null, enumerable: false, writable: false, configurable: true,
+    });
+  }
+
   setState(state, delay) {
     const previous = this.state;
     this.state = state;
@@ -530,6 +610,16 @@ export class TetherClient extends EventTarget {
   emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+/** How many bytes `text` takes in UTF-8 (what the hub counts). */
+function utf8Length(text) {
+  return new TextEncoder().encode(text).length;
+}
+
+function tooBig(size, limit) {
+  return new TetherError("too_big",
+    `message of ${size} bytes exceeds the server's limit of ${limit} bytes`);
 }
 
 /** A random id for this client's publish ids: 16 hex digits from the platform's CSPRNG. */
