@@ -56,6 +56,8 @@ def test_numbers_move_kick_and_disconnect(admin_chat: ChatServer, pages: Pages) 
 
     admin.locator("#topics .member button").click()
     expect(admin.locator("#result")).to_have_text("alice removed from general (1 connection)")
+    expect(alice.get_by_test_id("notice")).to_have_text(
+        "An administrator removed you from this room. Select it again to rejoin.")
     expect(admin.locator("#topics tbody tr")).to_have_count(0)
 
     admin.fill("#close-code", "4001")

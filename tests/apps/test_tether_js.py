@@ -145,6 +145,16 @@ class TestToken:
         assert "s3cret" not in error["message"] and "***" in error["message"]
 
 
+def test_kicked_is_not_resubscribed(results: dict[str, Any]) -> None:
+    out = results["kickedIsNotResubscribed"]
+    assert out["events"] == [{"topic": "room", "reason": "kicked"}]
+    assert out["failed"] == "not_subscribed"
+    assert out["topics"] == []
+    assert out["resubscribed"] == []  # the reconnect does not undo the kick
+    assert out["resent"] == 0
+    assert out["rejoined"] == ["room"]  # an explicit subscribe() does
+
+
 def test_direct_frames(results: dict[str, Any]) -> None:
     assert results["directFrames"] == [
         {"data": {"chat": "welcome", "name": "carol"}, "sender": None, "time": 5}]

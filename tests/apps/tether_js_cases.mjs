@@ -315,6 +315,29 @@ const cases = {
     return result;
   },
 
+  // Kicked: an `unsubscribed` frame forgets the topic (no resubscribe after a reconnect);
+  // a publish already sent gets the hub's answer; subscribe() again joins it again.
+  async kickedIsNotResubscribed() {
+    const { client, socket } = joined();
+    const events = [];
+    client.addEventListener("unsubscribed", (e) => events.push(e.detail));
+    const inFlight = client.publish("room", "racing the kick").catch((e) => e.code);
+    const [sent] = socket.sent.filter((f) => f.type === "publish");
+    socket.receive({ type: "unsubscribed", topic: "room", reason: "kicked" });
+    socket.receive({ type: "error", code: "not_subscribed", message: "not subscribed", id: sent.id });
+    const failed = await inFlight;
+    const topics = client.subscriptions();
+    socket.drop();
+    const next = await nextSocket(socket);
+    next.open();
+    const resubscribed = next.sent.filter((f) => f.type === "subscribe").map((f) => f.topic);
+    const resent = next.sent.filter((f) => f.type === "publish").length;
+    client.subscribe("room");
+    const rejoined = next.sent.filter((f) => f.type === "subscribe").map((f) => f.topic);
+    client.close();
+    return { events, failed, topics, resubscribed, resent, rejoined };
+  },
+
   async directFrames() {
     const { client, out, socket } = start();
     socket.open();

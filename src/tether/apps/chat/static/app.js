@@ -408,6 +408,17 @@ function connect() {
     if (topic === current) renderMembers();
   });
 
+  client.addEventListener("unsubscribed", (event) => {
+    const { topic, reason } = event.detail;
+    room(topic).members = [];
+    if (topic === current) renderMembers();
+    addRecord(topic, {
+      notice: reason === "kicked"
+        ? "An administrator removed you from this room. Select it again to rejoin."
+        : "The server removed you from this room.",
+    });
+  });
+
   client.addEventListener("direct", (event) => {
     const data = event.detail.data;
     if (!data || data.chat !== "welcome") return;

@@ -164,17 +164,24 @@ export class TetherClient extends EventTarget {
 
   /** Leave `topic`; its queued publishes are rejected. */
   unsubscribe(topic) {
+    if (!this.forget(topic)) return;
+    if (this.state === "online") this.send({ type: "unsubscribe", topic });
+  }
+
+  /** Drop `topic` from the subscriptions (not resubscribed after a reconnect) and reject
+   * its queued publishes; whether it was subscribed. */
+  forget(topic) {
     const entry = this.topics.get(topic);
-    if (!entry) return;
+    if (!entry) return false;
     this.endRecovery(entry);
     this.topics.delete(topic);
-    if (this.state === "online") this.send({ type: "unsubscribe", topic });
     for (const [id, entry] of this.pending) {
       if (entry.frame.topic === topic && !entry.sent) {
         this.pending.delete(id);
         entry.reject(new TetherError("not_subscribed", `unsubscribed from ${topic}`));
       }
     }
+    return true;
   }
 
   /** The topics joined, in the order they were joined. */
@@ -435,6 +442,10 @@ export class TetherClient extends EventTarget {
       case "ack": return this.onAck(frame);
       case "error": return this.onError(frame);
       case "gap": return this.onGap(frame);
+      case "unsubscribed":
+        // The server removed us (an administrator's kick): not resubscribed by itself.
+        if (!this.forget(frame.topic)) return;
+        return this.emit("unsubscribed", { topic: frame.topic, reason: frame.reason ?? null });
       case "direct": return this.emit("direct", {
         data: frame.data, sender: frame.sender ?? null, time: frame.time,
       });
