@@ -4,6 +4,7 @@ cut off; read through prometheus_client's own text parser, as Prometheus would."
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import sys
@@ -268,6 +269,72 @@ class TestHub:
                     await until(delivered, what="deliveries")
                     assert value(samples, "tether_hub_topics") == 1
                     assert value(samples, "tether_hub_subscribers") == 2
+            await hub.close()
+
+        run(main())
+
+
+class TestHubCounters:
+    def test_publishes_dedup_resumes_and_backend_calls(self) -> None:
+        from tether.hub import BackendUnavailable
+
+        async def main() -> None:
+            backend = MemoryBackend()
+            backend.history_size = 3  # a resume from seq 1 after 5 messages has a gap
+            hub = Hub(backend)
+            router = Router()
+
+            @router.websocket("/ws")
+            async def serve_hub(ws: tether.WebSocket) -> None:
+                await hub.serve(ws, "pat")
+
+            async with tether.serve(router, "127.0.0.1", 0) as server:
+                registry = registry_for(server, hub=hub)
+                url = f"ws://127.0.0.1:{server.port_number}/ws"
+
+                async def frame(ws: tether.WebSocket, kind: str) -> dict[str, Any]:
+                    while True:
+                        got = json.loads(await ws.recv())
+                        if got["type"] == kind:
+                            return dict(got)
+
+                async with tether.connect(url) as ws:
+                    await ws.send('{"type": "subscribe", "topic": "t"}')
+                    epoch = (await frame(ws, "subscribed"))["epoch"]
+                    for i in range(5):
+                        await ws.send(json.dumps({"type": "publish", "topic": "t",
+                                                  "id": f"p{i}", "data": i}))
+                        await frame(ws, "ack")
+                    # The same publish again: acknowledged, not stored twice.
+                    await ws.send('{"type": "publish", "topic": "t", "id": "p4", "data": 4}')
+                    await frame(ws, "ack")
+                    for since, ep in ((5, epoch), (1, epoch), (2, "another-epoch")):
+                        await ws.send(json.dumps({"type": "subscribe", "topic": "t",
+                                                  "since": since, "epoch": ep}))
+                        await frame(ws, "subscribed")
+                    samples = scrape(registry)
+                    assert value(samples, "tether_hub_publishes_total") == 5
+                    assert value(samples, "tether_hub_dedup_hits_total") == 1
+                    for outcome in ("exact", "gap", "reset"):
+                        assert value(samples, "tether_hub_resumes_total",
+                                     outcome=outcome) == 1, outcome
+                    assert value(samples, "tether_hub_backend_seconds_count",
+                                 call="publish") == 5
+                    assert value(samples, "tether_hub_backend_seconds_bucket", call="history",
+                                 le="+Inf") >= 4
+                    assert value(samples, "tether_hub_backend_errors_total",
+                                 call="publish") == 0
+
+                    async def down(*args: Any, **kwargs: Any) -> Any:
+                        raise BackendUnavailable("down for the test")
+
+                    backend.publish = down  # type: ignore[method-assign]
+                    await ws.send('{"type": "publish", "topic": "t", "id": "x", "data": 0}')
+                    assert (await frame(ws, "error"))["code"] == "unavailable"
+                    samples = scrape(registry)
+                    assert value(samples, "tether_hub_backend_errors_total",
+                                 call="publish") == 1
+                    assert value(samples, "tether_hub_publishes_total") == 5
             await hub.close()
 
         run(main())

@@ -239,6 +239,31 @@ class TetherCollector:
         yield core.CounterMetricFamily("tether_hub_dropped",
                                        "Messages skipped for slow subscribers (drop policy)",
                                        value=stats.dropped)
+        yield core.CounterMetricFamily("tether_hub_publishes",
+                                       "Messages stored by this hub", value=stats.publishes)
+        yield core.CounterMetricFamily("tether_hub_dedup_hits",
+                                       "Publishes recognised as repeats (a resend after a "
+                                       "lost ack) and not stored again",
+                                       value=stats.dedup_hits)
+        counter = core.CounterMetricFamily(
+            "tether_hub_resumes", "Subscribes that resumed from a seq, by outcome: exact, "
+            "gap (some messages no longer kept), reset (another epoch)", labels=["outcome"])
+        for outcome in ("exact", "gap", "reset"):
+            counter.add_metric([outcome], stats.resumes.get(outcome, 0))
+        yield counter
+        counter = core.CounterMetricFamily(
+            "tether_hub_backend_errors", "Backend calls that failed (backend unavailable), "
+            "by call", labels=["call"])
+        for call, n in sorted(stats.backend_errors.items()):
+            counter.add_metric([call], n)
+        yield counter
+        family = core.HistogramMetricFamily(
+            "tether_hub_backend_seconds", "How long backend calls took, by call",
+            labels=["call"])
+        for call, histogram in sorted(stats.backend_seconds.items()):
+            family.add_metric([call], [(_le(bound), n) for bound, n in histogram.cumulative()],
+                              histogram.sum)
+        yield family
 
 
 def _le(bound: float) -> str:

@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from ..asyncio.broadcast import Written, close_slow, text_frame, write_frame
 from ..asyncio.connection import WebSocket
+from ..asyncio.stats import Histogram
 from ..protocol.connection import State
 from ..protocol.extensions.permessage_deflate import EMPTY_UNCOMPRESSED_BLOCK, PerMessageDeflate
 from ..protocol.frames import Opcode, serialize_header
@@ -49,17 +51,35 @@ GAP_POLL_INTERVAL = 0.05
 
 @dataclass(slots=True)
 class HubStats:
-    """Counters of live delivery, for monitoring.
+    """The hub's counters, plain numbers read at scrape time (see :mod:`tether.metrics`).
 
     Attributes:
         delivered: message frames handed to subscribers (live, held then flushed, replayed).
         dropped: messages skipped for a slow subscriber (drop policy).
         closed_for_slowness: subscribers closed for being too slow (close policy).
+        publishes: messages stored by this hub (from clients and from ``Hub.publish``).
+        dedup_hits: publishes recognised as repeats and acknowledged without storing.
+        resumes: subscribes with ``since``, by outcome: ``exact`` (every message after it),
+            ``gap`` (some were no longer kept), ``reset`` (another epoch: started over).
+        backend_errors: backend calls that failed (``BackendUnavailable``), by call.
+        backend_seconds: how long backend calls took, by call (publish, history, join...).
     """
 
     delivered: int = 0
     dropped: int = 0
     closed_for_slowness: int = 0
+    publishes: int = 0
+    dedup_hits: int = 0
+    resumes: Counter[str] = field(default_factory=Counter)
+    backend_errors: Counter[str] = field(default_factory=Counter)
+    backend_seconds: dict[str, Histogram] = field(default_factory=dict)
+
+    def timed(self, call: str) -> Histogram:
+        """The latency histogram of one kind of backend call."""
+        histogram = self.backend_seconds.get(call)
+        if histogram is None:
+            histogram = self.backend_seconds[call] = Histogram()
+        return histogram
 
 
 class Subscriber:

@@ -36,8 +36,8 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
 
 from ..asyncio.broadcast import DEFAULT_MAX_BUFFERED, broadcast
 from ..asyncio.connection import WebSocket
@@ -54,6 +54,8 @@ from .protocol import Ping, Publish, RequestError, Subscribe, Unsubscribe
 __all__ = ["Hub", "DEFAULT_HISTORY_LIMIT", "DEFAULT_MAX_FRAME", "DEFAULT_MAX_ERRORS"]
 
 logger = logging.getLogger("tether.hub")
+
+T = TypeVar("T")
 
 DEFAULT_HISTORY_LIMIT = 50
 """Messages replayed to a ``subscribe`` without ``since``."""
@@ -181,8 +183,9 @@ class Hub:
         if sender is not None:
             sender = sender.encode("utf-8", "replace").decode()
         outages = self._outages
-        envelope = await self.backend.publish(topic, data, sender)
+        envelope = await self._call("publish", self.backend.publish(topic, data, sender))
         self._backend_answered(outages)
+        self.stats.publishes += 1
         return envelope
 
     def send_to(self, target: WebSocket | str, data: Any, sender: str | None = None) -> int:
@@ -312,6 +315,18 @@ class Hub:
             logger.warning("event=hub_recovered failures=%d duration=%.3fs",
                            self._outage_failures, duration)
 
+    async def _call(self, call: str, pending: Awaitable[T]) -> T:
+        """Await a backend call, timed and counted (``stats.backend_seconds``,
+        ``stats.backend_errors``) under its name."""
+        start = time.perf_counter()
+        try:
+            return await pending
+        except BackendUnavailable:
+            self.stats.backend_errors[call] += 1
+            raise
+        finally:
+            self.stats.timed(call).observe(time.perf_counter() - start)
+
     async def _fail(self, session: _Session, exc: RequestError) -> None:
         session.errors += 1
         await self._send(session, protocol.error(exc.code, exc.message, exc.id))
@@ -327,17 +342,21 @@ class Hub:
         log = self.publishes
         outages = self._outages
         if log is None or request.id is None:
-            envelope = await self.backend.publish(topic, request.data, session.name)
+            envelope = await self._call("publish", self.backend.publish(
+                topic, request.data, session.name))
             self._backend_answered(outages)
+            self.stats.publishes += 1
             await self._ack(session, request, envelope.seq)
             return
         key: Key = (session.name, request.id, _digest(request.data))
         while (known := log.get(topic, key)) is not None:
             if isinstance(known, int):
+                self.stats.dedup_hits += 1
                 await self._ack(session, request, known)  # a repeat: stored already
                 return
             seq = await asyncio.shield(known)  # a repeat of a publish being stored now
             if seq is not None:
+                self.stats.dedup_hits += 1
                 await self._ack(session, request, seq)
                 return
             # That attempt failed and was forgotten: this one stores it (or waits for
@@ -345,7 +364,8 @@ class Hub:
         pending: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         log.put(topic, key, pending)
         try:
-            envelope = await self.backend.publish(topic, request.data, session.name)
+            envelope = await self._call("publish", self.backend.publish(
+                topic, request.data, session.name))
         except BaseException:
             log.settle(topic, key, pending, None)
             pending.set_result(None)
@@ -353,6 +373,7 @@ class Hub:
         log.settle(topic, key, pending, envelope.seq)
         pending.set_result(envelope.seq)
         self._backend_answered(outages)
+        self.stats.publishes += 1
         await self._ack(session, request, envelope.seq)
 
     async def _ack(self, session: _Session, request: Publish, seq: int) -> None:
@@ -377,22 +398,28 @@ class Hub:
         try:
             await self._listen(fan)
             if previous is None:
-                await self.backend.join(topic, session.member_id, session.name)  # 2.
+                await self._call("join", self.backend.join(
+                    topic, session.member_id, session.name))  # 2.
             since = request.since
+            reset = False
             if since is not None and request.epoch is not None:
-                if await self.backend.epoch(topic) != request.epoch:
+                if await self._call("epoch", self.backend.epoch(topic)) != request.epoch:
                     since = 0  # another life of the topic: everything it has is new
+                    reset = True
             limit = self.history_limit if since is None else None
-            history = await self.backend.history(topic, since, limit)  # 3.
+            history = await self._call("history", self.backend.history(topic, since, limit))  # 3.
             if since and request.epoch is not None and history.epoch != request.epoch:
                 since = 0  # reset meanwhile
-                history = await self.backend.history(topic, since, None)
-            members = await self.backend.members(topic)  # 4.
+                reset = True
+                history = await self._call("history", self.backend.history(topic, since, None))
+            members = await self._call("members", self.backend.members(topic))  # 4.
             self._backend_answered(outages)
         except BaseException:  # not subscribed after all (and no longer, if it was)
             await self._drop_subscription(session, topic, subscriber, leave=True)
             raise
         fan.snapshot_taken(subscriber)
+        if request.since is not None:
+            self.stats.resumes["reset" if reset else "gap" if history.gap else "exact"] += 1
         reply: dict[str, Any] = {
             "type": "subscribed",
             "topic": topic,
@@ -424,7 +451,7 @@ class Hub:
     async def _listen(self, fan: TopicFanout) -> None:
         async with fan.lock:
             if not fan.listening:
-                await self.backend.listen(fan.topic, fan)
+                await self._call("listen", self.backend.listen(fan.topic, fan))
                 fan.listening = True
 
     async def _drop_subscription(
@@ -438,13 +465,13 @@ class Hub:
         fan.remove(subscriber)
         try:
             if leave:
-                await self.backend.leave(topic, session.member_id)
+                await self._call("leave", self.backend.leave(topic, session.member_id))
         finally:
             if not fan.subscribers:
                 async with fan.lock:
                     if not fan.subscribers and fan.listening:
                         fan.listening = False
-                        await self.backend.unlisten(topic, fan)
+                        await self._call("unlisten", self.backend.unlisten(topic, fan))
                     if not fan.subscribers and self._topics.get(topic) is fan:
                         del self._topics[topic]
 
