@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--data", metavar="DIR", default=None,
                       help="folder for the chat history (default: ./tether-data); "
                       "'-' keeps history in memory only")
+    chat.add_argument("--no-presence", action="store_true",
+                      help="rooms keep no member list: joins cost nothing beyond the "
+                      "subscription (for rooms of many watchers: tickers, live events)")
     _add_scale_options(chat, presence=True)
     _add_budget_option(chat)
     _add_server_options(chat)
@@ -518,12 +521,13 @@ async def _serve(args: argparse.Namespace) -> int:
             redis_backend = await _open_redis(args)
             if redis_backend is None:
                 return 1
-            hub = Hub(redis_backend, max_buffered=args.max_buffered, max_frame=max_frame)
+            hub = Hub(redis_backend, max_buffered=args.max_buffered, max_frame=max_frame,
+                      presence=not args.no_presence)
         else:
             data = None if args.data == "-" else Path(args.data or "tether-data")
             try:
                 hub = Hub(open_chat_backend(data), max_buffered=args.max_buffered,
-                          max_frame=max_frame)
+                          max_frame=max_frame, presence=not args.no_presence)
             except (OSError, ValueError) as exc:
                 print(f"tether chat: cannot open the history in {data}: {exc}",
                       file=sys.stderr)

@@ -145,6 +145,20 @@ class TestToken:
         assert "s3cret" not in error["message"] and "***" in error["message"]
 
 
+def test_presence_keeps_the_list(results: dict[str, Any]) -> None:
+    out = results["presenceKeepsTheList"]
+    assert out["events"] == [
+        [["a", "b", "me"], 3, False, ["b", "a"], []],
+        [["b", "me"], 2, False, ["me"], ["a"]],
+        [["b", "c", "me"], 3, False, ["c"], []],
+        [["a", "b"], 5, True, [], []],  # a snapshot starts over
+        [["a", "b", "c", "d", "e"], 5, False, [], []],  # the next page
+    ]
+    assert out["asked"] is True and out["notMore"] is False
+    assert out["request"] == {"type": "members", "topic": "room", "after": "b"}
+    assert out["known"] == {"members": ["a", "b", "c", "d", "e"], "count": 5, "more": False}
+
+
 def test_kicked_is_not_resubscribed(results: dict[str, Any]) -> None:
     out = results["kickedIsNotResubscribed"]
     assert out["events"] == [{"topic": "room", "reason": "kicked"}]

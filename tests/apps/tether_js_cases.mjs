@@ -338,6 +338,28 @@ const cases = {
     return { events, failed, topics, resubscribed, resent, rejoined };
   },
 
+  // Presence as a snapshot then changes (issue 17): the list is kept here, and each event
+  // carries all of it; a large room's snapshot pages in on request.
+  async presenceKeepsTheList() {
+    const { client, socket } = joined();
+    const events = [];
+    client.addEventListener("presence", (e) => events.push(e.detail));
+    socket.receive({ type: "presence", topic: "room", joined: ["b", "a"] });
+    socket.receive({ type: "presence", topic: "room", left: ["a"], joined: ["me"] }); // a repeat
+    socket.receive({ type: "presence", topic: "room", joined: "c" }); // an older hub's form
+    socket.receive({ type: "presence", topic: "room", members: ["a", "b"], count: 5, more: true });
+    const asked = client.loadMoreMembers("room");
+    const request = socket.sent[socket.sent.length - 1];
+    socket.receive({ type: "members", topic: "room", members: ["c", "d", "e"], count: 5 });
+    const known = client.members("room");
+    const notMore = client.loadMoreMembers("room");
+    client.close();
+    return {
+      events: events.map((e) => [e.members, e.count, e.more, e.joined, e.left]),
+      asked, request, known, notMore,
+    };
+  },
+
   async directFrames() {
     const { client, out, socket } = start();
     socket.open();

@@ -214,6 +214,20 @@ class HubClient:
     async def messages(self, count: int) -> list[dict[str, Any]]:
         return [await self.expect("message") for _ in range(count)]
 
+    async def drain(self, kind: str = "presence", duration: float = 2 * UNIT
+                    ) -> list[dict[str, Any]]:
+        """Every frame that arrives until nothing has for ``duration``; all of type
+        ``kind`` (presence changes go out once per window, so how many frames they take
+        depends on timing)."""
+        frames = []
+        while True:
+            try:
+                frame = await self.recv(duration)
+            except asyncio.TimeoutError:
+                return frames
+            assert frame["type"] == kind, frame
+            frames.append(frame)
+
     async def quiet(self, duration: float = 2 * UNIT) -> None:
         """Nothing arrives for a while."""
         with pytest.raises(asyncio.TimeoutError):

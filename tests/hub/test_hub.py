@@ -21,6 +21,7 @@ from tether.hub import (
     Hub,
     MemoryBackend,
 )
+from tether.hub.fanout import PRESENCE_WINDOW
 from tether.hub.sqlite import SQLiteBackend
 
 from .conftest import UNIT, BackendKind, HubClient, WrappedBackend, hub_serving, run
@@ -68,7 +69,8 @@ class TestSubscribeAndPublish:
                     "type": "subscribed", "topic": "news", "epoch": subscribed["epoch"],
                     "seq": 5, "replayed": 3, "gap": False,
                 }
-                assert presence == {"type": "presence", "topic": "news", "members": ["alice"]}
+                assert presence == {"type": "presence", "topic": "news", "members": ["alice"],
+                                    "count": 1}
                 assert seqs(replayed) == [3, 4, 5]
                 assert replayed[0]["data"] == {"n": 2} and replayed[0]["sender"] is None
                 await alice.send(type="publish", topic="news", data="hi", id="p1")
@@ -276,8 +278,12 @@ class TestResume:
                 assert seqs(replayed) == list(range(1, 18)) and subscribed["seq"] == 17
                 assert seqs(await other.messages(4)) == [18, 19, 20, 21]
                 await other.quiet()
-                await client.expect("presence", joined="d")
-                assert seqs(await client.messages(7)) == list(range(15, 22))
+                # Presence changes go out once per window: after or among the messages.
+                frames = [await client.recv() for _ in range(8)]
+                assert [f for f in frames if f["type"] == "presence"] == [
+                    {"type": "presence", "topic": "t", "joined": ["d"]}]
+                assert seqs([f for f in frames if f["type"] == "message"]) == list(
+                    range(15, 22))
             await hub.close()
 
         run(main(), timeout=200 * UNIT)
@@ -430,7 +436,7 @@ class TestResume:
                 a, b = await connect("a"), await connect("b")
                 subscribed, _, _ = await a.subscribe("t")
                 await b.subscribe("t")
-                await a.expect("presence", joined="b")
+                await a.expect("presence", joined=["b"])
                 for n in range(5):
                     await hub.publish("t", n)
                 assert seqs(await a.messages(5)) == [1, 2, 3, 4, 5]
@@ -549,7 +555,7 @@ class TestIdempotentPublish:
                 await alice.subscribe("t")
                 await alice.subscribe("u")
                 await bob.subscribe("t")
-                await alice.expect("presence", joined="bob")
+                await alice.expect("presence", joined=["bob"])
                 acks = []
                 for client, frame in [
                     (alice, dict(topic="t", data="a", id="1")),
@@ -636,19 +642,19 @@ class TestPresence:
                 bob = await connect("bob")
                 _, snapshot, _ = await bob.subscribe("room")
                 assert snapshot["members"] == ["alice", "bob"]
-                await alice.expect("presence", members=["alice", "bob"], joined="bob")
+                await alice.expect("presence", joined=["bob"])
                 bob_again = await connect("bob")  # a second tab: no change for others
                 _, snapshot, _ = await bob_again.subscribe("room")
                 assert snapshot["members"] == ["alice", "bob"]
                 await bob_again.close()
                 await alice.quiet()
                 await bob.send(type="unsubscribe", topic="room")
-                await alice.expect("presence", members=["alice"], left="bob")
+                await alice.expect("presence", left=["bob"])
                 await bob.subscribe("room")
-                await alice.expect("presence", members=["alice", "bob"], joined="bob")
+                await alice.expect("presence", joined=["bob"])
                 await bob.subscribe("lobby")
                 await bob.close()  # leaves every topic
-                await alice.expect("presence", members=["alice"], left="bob")
+                await alice.expect("presence", left=["bob"])
                 assert await hub.backend.members("lobby") == []
                 await alice.quiet()
             await hub.close()
@@ -662,10 +668,140 @@ class TestPresence:
                 alice, bob = await connect("alice"), await connect("bob")
                 await alice.subscribe("room")
                 await bob.subscribe("room")
-                await alice.expect("presence", joined="bob")
+                await alice.expect("presence", joined=["bob"])
                 assert bob.ws.transport is not None
                 bob.ws.transport.abort()
-                await alice.expect("presence", members=["alice"], left="bob")
+                await alice.expect("presence", left=["bob"])
+            await hub.close()
+
+        run(main())
+
+
+class TestPresenceAtScale:
+    """Issue 17: presence as a snapshot, then changes; a join storm costs each subscriber a
+    frame per window and each name about once, not a list per join."""
+
+    @staticmethod
+    def apply(members: set[str], frame: dict[str, Any]) -> int:
+        """Apply a presence frame as a client does; return how many names it carried."""
+        if "members" in frame:
+            members.clear()
+            members.update(frame["members"])
+            return len(frame["members"])
+        members.update(frame.get("joined", []))
+        members.difference_update(frame.get("left", []))
+        return len(frame.get("joined", [])) + len(frame.get("left", []))
+
+    def test_a_join_storm_of_1000(self, backend_kind: BackendKind) -> None:
+        n, at_once = 1000, 50
+
+        async def main() -> None:
+            hub = Hub(backend_kind.open())
+            async with hub_serving(hub, compression=None) as (server, connect):
+                clients: list[HubClient] = []
+                sem = asyncio.Semaphore(at_once)
+
+                async def join(i: int) -> None:
+                    async with sem:
+                        client = await connect(f"m{i:04d}", compression=None)
+                        await client.send(type="subscribe", topic="storm")
+                        clients.append(client)
+
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                await asyncio.gather(*(join(i) for i in range(n)))
+                expected = {f"m{i:04d}" for i in range(n)}
+                frames_per_client: list[int] = []
+                names_per_client: list[int] = []
+                bytes_per_client: list[int] = []
+                for client in clients:
+                    members: set[str] = set()
+                    frames = names = size = 0
+                    while members != expected:
+                        try:
+                            raw = await asyncio.wait_for(client.ws.recv(), 100 * UNIT)
+                        except asyncio.TimeoutError:
+                            raise AssertionError(f"missing {sorted(expected - members)[:10]} "
+                                                 f"extra {sorted(members - expected)[:10]} "
+                                                 f"after {frames} frames") from None
+                        frame = json.loads(raw)
+                        if frame["type"] == "presence":
+                            frames += 1
+                            size += len(raw)
+                            names += self.apply(members, frame)
+                    frames_per_client.append(frames)
+                    names_per_client.append(names)
+                    bytes_per_client.append(size)
+                # Every list is exact, and costs about one mention of each name: before issue
+                # 17 the k-th joiner got the full list again at each later join (about n²/2
+                # names for the first joiners).
+                assert max(names_per_client) <= 2 * n, max(names_per_client)
+                assert max(bytes_per_client) <= 2 * n * len('"m0000",'), max(bytes_per_client)
+                # A frame per window at most (and the snapshot), not one per join.
+                windows = (loop.time() - started) / PRESENCE_WINDOW
+                assert max(frames_per_client) <= windows + 2, (max(frames_per_client), windows)
+                assert max(frames_per_client) < n / 4, max(frames_per_client)
+                print(f"storm of {n}: presence frames per subscriber max "
+                      f"{max(frames_per_client)}, names max {max(names_per_client)}, bytes max "
+                      f"{max(bytes_per_client)}")
+                assert len(await hub.backend.members("storm")) == n
+            await hub.close()
+
+        run(main(), timeout=600 * UNIT)
+
+    def test_presence_off(self) -> None:
+        async def main() -> None:
+            calls: list[str] = []
+
+            class Counting(WrappedBackend):
+                async def join(self, topic: str, member_id: str, name: str) -> None:
+                    calls.append(f"join {topic}")
+                    await super().join(topic, member_id, name)
+
+            hub = Hub(Counting(MemoryBackend()), presence=lambda topic: topic != "ticker")
+            async with hub_serving(hub) as (_, connect):
+                a, b = await connect("a"), await connect("b")
+                await a.send(type="subscribe", topic="ticker")
+                subscribed = await a.expect("subscribed", topic="ticker")
+                assert subscribed["presence"] is False
+                await b.send(type="subscribe", topic="ticker")
+                await b.expect("subscribed", presence=False)
+                await hub.publish("ticker", 1)
+                await a.expect("message", seq=1)  # no presence frame before it, or after
+                await b.expect("message", seq=1)
+                await b.close()
+                await a.quiet()
+                await a.send(type="members", topic="ticker", id="m")
+                assert (await a.expect("error", id="m"))["code"] == "bad_topic"
+                _, snapshot, _ = await a.subscribe("room")  # presence where it is on
+                assert snapshot["members"] == ["a"]
+                assert calls == ["join room"]
+            await hub.close()
+
+        run(main())
+
+    def test_a_capped_snapshot_and_pages(self) -> None:
+        async def main() -> None:
+            hub = Hub(presence_snapshot=3)
+            async with hub_serving(hub) as (_, connect):
+                names = [f"u{i}" for i in range(8)]
+                for name in names:
+                    client = await connect(name)
+                    await client.subscribe("big")
+                viewer = await connect("viewer")
+                _, snapshot, _ = await viewer.subscribe("big")
+                assert snapshot == {"type": "presence", "topic": "big",
+                                    "members": ["u0", "u1", "u2"], "count": 9, "more": True}
+                seen = list(snapshot["members"])
+                while True:
+                    await viewer.send(type="members", topic="big", after=seen[-1], id="p")
+                    page = await viewer.expect("members", topic="big", id="p", count=9)
+                    seen += page["members"]
+                    if not page.get("more"):
+                        break
+                assert seen == sorted(names + ["viewer"])
+                await viewer.send(type="members", topic="elsewhere")
+                assert (await viewer.expect("error"))["code"] == "not_subscribed"
             await hub.close()
 
         run(main())
@@ -696,7 +832,7 @@ class TestErrors:
                 bad, good = await connect("bad"), await connect("good")
                 await bad.subscribe("t")
                 await good.subscribe("t")
-                await bad.expect("presence", joined="good")
+                await bad.expect("presence", joined=["good"])
                 await bad.ws.send(frame)
                 error = await bad.expect("error", code=code)
                 assert isinstance(error["message"], str) and error["message"]
@@ -937,7 +1073,7 @@ class TestLifecycle:
                 _, _, replayed = await resumed.subscribe(
                     "room", since=2, epoch=subscribed["epoch"])
                 assert seqs(replayed) == [3]
-                await bob.expect("presence", joined="alice")
+                await bob.expect("presence", joined=["alice"])
                 await bob.send(type="publish", topic="room", data="after restart")
                 message, _ = await bob.message_and_ack()
                 assert message["seq"] == 4

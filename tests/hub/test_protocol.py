@@ -145,10 +145,14 @@ class TestServerFrames:
         assert protocol.encode(protocol.message(envelope)) == (
             b'{"type":"message","topic":"t","seq":3,"epoch":"e","data":{"x":[1]},'
             b'"sender":null,"time":1234}')
-        assert protocol.presence(PresenceEvent("t", ("a", "b"), joined="b")) == {
-            "type": "presence", "topic": "t", "members": ["a", "b"], "joined": "b"}
-        assert protocol.presence(PresenceEvent("t", (), left="a")) == {
-            "type": "presence", "topic": "t", "members": [], "left": "a"}
+        assert protocol.snapshot("t", ["a", "b"], 2) == {
+            "type": "presence", "topic": "t", "members": ["a", "b"], "count": 2}
+        assert protocol.snapshot("t", ["a"], 5) == {
+            "type": "presence", "topic": "t", "members": ["a"], "count": 5, "more": True}
+        assert protocol.changes("t", ["b", "c"], []) == {
+            "type": "presence", "topic": "t", "joined": ["b", "c"]}
+        assert protocol.changes("t", [], ["a"]) == {
+            "type": "presence", "topic": "t", "left": ["a"]}
         assert protocol.gap("t", 4, 9) == {"type": "gap", "topic": "t", "from": 4, "to": 9}
         assert protocol.error("bad_json", "m") == {
             "type": "error", "code": "bad_json", "message": "m"}

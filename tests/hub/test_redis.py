@@ -338,9 +338,9 @@ class TestPresence:
                 node_a.kill()
                 node_a.wait()
             assert events == [
-                PresenceEvent("room", ("bob",), joined="bob"),
-                PresenceEvent("room", ("alice", "bob"), joined="alice"),
-                PresenceEvent("room", ("bob",), left="alice"),
+                PresenceEvent("room", joined="bob"),
+                PresenceEvent("room", joined="alice"),
+                PresenceEvent("room", left="alice"),
             ]
             await b.close()
 

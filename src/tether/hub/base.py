@@ -21,6 +21,7 @@ Rules every backend keeps, and the hub relies on for "no gap, no duplicate" on r
 from __future__ import annotations
 
 import abc
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Union
@@ -35,6 +36,7 @@ __all__ = [
     "HubError",
     "Listener",
     "PresenceEvent",
+    "Roster",
     "DEFAULT_HISTORY_SIZE",
     "DEFAULT_HISTORY_AGE",
     "check_history_bounds",
@@ -98,19 +100,37 @@ class HistoryResult:
 
 @dataclass(frozen=True, slots=True)
 class PresenceEvent:
-    """The members of a topic changed: a name appeared or disappeared.
+    """The members of a topic changed: one name appeared or disappeared (a change), or the
+    listener must start its list over (a snapshot, after the backend lost track: a Redis
+    reconnection).
+
+    A change costs the same whatever the number of members: a backend never lists every
+    member to announce one (issue 17: a join storm would cost O(n²)).
 
     Attributes:
         topic: the topic.
-        members: every member's name after the change, sorted, each once.
         joined: the name that appeared, or ``None``.
         left: the name that disappeared, or ``None``.
+        members: ``None`` for a change; for a snapshot, every member's name, sorted.
     """
 
     topic: str
-    members: tuple[str, ...]
     joined: str | None = None
     left: str | None = None
+    members: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """A page of a topic's members (see :meth:`Backend.roster`).
+
+    Attributes:
+        names: member names in sorted order (by code point), each once.
+        count: how many members the topic has in all.
+    """
+
+    names: list[str]
+    count: int
 
 
 Listener = Callable[[Union[Envelope, PresenceEvent]], None]
@@ -192,6 +212,17 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def members(self, topic: str) -> list[str]:
         """The names of the topic's members, sorted, each once."""
+
+    async def roster(self, topic: str, after: str | None = None,
+                     limit: int | None = None) -> Roster:
+        """The member names after ``after`` (all when None), sorted, at most ``limit`` of
+        them, and how many members there are: a snapshot of a large topic costs ``limit``
+        names, not all of them. Backends override this with a cheaper read; this default
+        reads every member."""
+        names = await self.members(topic)
+        start = 0 if after is None else bisect.bisect_right(names, after)
+        end = len(names) if limit is None else start + limit
+        return Roster(names[start:end], len(names))
 
     @abc.abstractmethod
     async def close(self) -> None:

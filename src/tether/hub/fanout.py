@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..asyncio.broadcast import Written, close_slow, text_frame, write_frame
@@ -47,6 +48,11 @@ __all__ = ["HubStats", "Subscriber", "TopicFanout", "GAP_POLL_INTERVAL"]
 
 GAP_POLL_INTERVAL = 0.05
 """Seconds between checks of a dropping subscriber's backlog (drop policy only)."""
+RECENT_CHANGES = 4096
+"""Presence changes remembered after they went out (see TopicFanout.snapshot_taken)."""
+PRESENCE_WINDOW = 0.05
+"""Seconds presence changes are gathered before they go out as one frame: a storm of joins
+costs each subscriber a frame per window, not one per join."""
 
 
 @dataclass(slots=True)
@@ -90,9 +96,13 @@ class Subscriber:
         held: frames kept back while the history is replayed, as (seq, frame), seq 0 for a
             presence frame; None once live.
         gap_from, gap_to: the ``seq`` range skipped so far (drop policy); 0 when none.
+        presence_stale: a presence change was skipped (drop policy): the subscriber gets a
+            new snapshot once it catches up.
+        presence_since: the number of the last presence change its snapshot covers.
     """
 
-    __slots__ = ("ws", "held", "held_bytes", "gap_from", "gap_to", "timer", "active", "group")
+    __slots__ = ("ws", "held", "held_bytes", "gap_from", "gap_to", "timer", "active", "group",
+                 "presence_stale", "presence_since")
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
@@ -103,6 +113,8 @@ class Subscriber:
         self.gap_to = 0
         self.timer: asyncio.TimerHandle | None = None
         self.active = True
+        self.presence_stale = False
+        self.presence_since = 0
 
 
 CompressionGroup = tuple[int, int, int]
@@ -119,6 +131,29 @@ def compression_group(ws: WebSocket) -> CompressionGroup | None:
     ):
         return (extension.local_max_window_bits, extension.compress_level, extension.mem_level)
     return None
+
+
+def _own_batch(subscriber: Subscriber, batch: list[tuple[int, bytes]],
+               substitutes: list[tuple[bytes, dict[Subscriber, bytes | None]]]
+               ) -> list[tuple[int, bytes]]:
+    """The batch as this subscriber gets it: ``batch`` itself, or a copy where presence
+    frames have its own form (or are left out)."""
+    mine = [(frame, own[subscriber]) for frame, own in substitutes if subscriber in own]
+    if not mine:
+        return batch
+    out = []
+    for seq, frame in batch:
+        if not seq:
+            for original, replacement in mine:
+                if frame is original:
+                    if replacement is not None:
+                        out.append((0, replacement))
+                    break
+            else:
+                out.append((seq, frame))
+        else:
+            out.append((seq, frame))
+    return out
 
 
 def _payload(frame: bytes) -> bytes:
@@ -142,7 +177,9 @@ class TopicFanout:
     """
 
     def __init__(
-        self, topic: str, stats: HubStats, *, max_buffered: int, drop: bool, slow_code: int
+        self, topic: str, stats: HubStats, *, max_buffered: int, drop: bool, slow_code: int,
+        snapshot_limit: int | None = None,
+        resync: Callable[[TopicFanout, Subscriber], None] | None = None,
     ) -> None:
         self.topic = topic
         self.stats = stats
@@ -153,8 +190,22 @@ class TopicFanout:
         self.lock = asyncio.Lock()  # serializes listen/unlisten with the backend
         self.listening = False
         self.published = 0  # messages of this topic seen live here (the admin page's rate)
+        self.snapshot_limit = snapshot_limit
+        self.resync = resync  # sends a subscriber whose presence is stale a new snapshot
         self._pending: list[tuple[int, bytes]] = []
         self._flush_handle: asyncio.Handle | None = None
+        # This window's changes: name -> (+1 joined or -1 left: its last change, the one
+        # that decides, and that change's number). Numbered so that a subscriber whose
+        # snapshot was read during the window gets only what the snapshot missed.
+        self._changes: dict[str, tuple[int, int]] = {}
+        self._change_no = 0
+        # The changes sent lately, (number, name, +1/-1), for a subscriber whose snapshot
+        # was read while they arrived (see snapshot_taken).
+        self._recent: deque[tuple[int, str, int]] = deque(maxlen=RECENT_CHANGES)
+        self._changes_handle: asyncio.TimerHandle | None = None
+        # Frames of this turn's batch that some subscribers get in another form:
+        # (frame, {subscriber: its own frame, or None for nothing}).
+        self._substitutes: list[tuple[bytes, dict[Subscriber, bytes | None]]] = []
         self._compressors: dict[CompressionGroup, zlib._Compress] = {}
 
     # -- membership ------------------------------------------------------------------------
@@ -169,6 +220,10 @@ class TopicFanout:
             subscriber.timer.cancel()
             subscriber.timer = None
         self.subscribers.pop(subscriber, None)
+        if not self.subscribers and self._changes_handle is not None:
+            self._changes_handle.cancel()  # nobody left to tell
+            self._changes_handle = None
+            self._changes.clear()
 
     # -- live delivery ---------------------------------------------------------------------
 
@@ -177,7 +232,52 @@ class TopicFanout:
             self.published += 1
             self.deliver(event.seq, text_frame(protocol.encode(protocol.message(event))))
         elif isinstance(event, PresenceEvent):
-            self.deliver(0, text_frame(protocol.encode(protocol.presence(event))))
+            if event.members is not None:  # start over: what was gathered is superseded
+                self._changes.clear()
+                names = list(event.members)
+                page = names if self.snapshot_limit is None else names[:self.snapshot_limit]
+                self.deliver(0, text_frame(protocol.encode(
+                    protocol.snapshot(self.topic, page, len(names)))))
+                return
+            changes = self._changes
+            for name, step in ((event.left, -1), (event.joined, 1)):
+                if name is not None:
+                    # The last change of a name decides (set semantics): applied to a
+                    # snapshot read at any point of the window, the frame gives the right list.
+                    self._change_no += 1
+                    changes[name] = (step, self._change_no)
+            if changes and self._changes_handle is None:
+                self._changes_handle = asyncio.get_running_loop().call_later(
+                    PRESENCE_WINDOW, self.flush_changes)
+
+    def flush_changes(self) -> None:
+        """Send the presence changes gathered in this window as one frame; a subscriber
+        whose snapshot was read during the window gets only the changes after it."""
+        if self._changes_handle is not None:
+            self._changes_handle.cancel()
+            self._changes_handle = None
+        changes, self._changes = self._changes, {}
+        if not changes:
+            return
+        self._recent.extend(sorted((number, name, step)
+                                   for name, (step, number) in changes.items()))
+        frame = self._changes_frame(changes, 0)
+        assert frame is not None
+        first = min(number for _, number in changes.values())
+        own = {subscriber: self._changes_frame(changes, subscriber.presence_since)
+               for subscriber in self.subscribers if subscriber.presence_since >= first}
+        if own:
+            self._substitutes.append((frame, own))
+        self.deliver(0, frame)
+
+    def _changes_frame(self, changes: dict[str, tuple[int, int]], after: int) -> bytes | None:
+        joined = sorted(name for name, (step, number) in changes.items()
+                        if step > 0 and number > after)
+        left = sorted(name for name, (step, number) in changes.items()
+                      if step < 0 and number > after)
+        if not joined and not left:
+            return None
+        return text_frame(protocol.encode(protocol.changes(self.topic, joined, left)))
 
     def deliver(self, seq: int, frame: bytes) -> None:
         """Queue one frame for every subscriber: a message (``seq`` > 0) or a presence
@@ -195,6 +295,7 @@ class TopicFanout:
             self._flush_handle.cancel()
             self._flush_handle = None
         batch, self._pending = self._pending, []
+        substitutes, self._substitutes = self._substitutes, []
         if not batch:
             return
         blob = batch[0][1] if len(batch) == 1 else b"".join([frame for _, frame in batch])
@@ -203,11 +304,25 @@ class TopicFanout:
         max_buffered = self.max_buffered
         delivered = 0
         for subscriber in self.subscribers:
+            if substitutes:
+                own = _own_batch(subscriber, batch, substitutes)
+                if own is not batch:  # a presence change in another form: frame by frame
+                    if subscriber.held is not None:
+                        for seq, frame in own:
+                            self._hold(subscriber, seq, frame)
+                    elif (subscriber.gap_from or subscriber.presence_stale) and \
+                            not self._end_gap(subscriber):
+                        for seq, _ in own:
+                            self._drop(subscriber, seq)
+                    else:
+                        delivered += self._write_each(subscriber, own)
+                    continue
             if subscriber.held is not None:
                 for seq, frame in batch:
                     self._hold(subscriber, seq, frame)
                 continue
-            if subscriber.gap_from and not self._end_gap(subscriber):
+            if (subscriber.gap_from or subscriber.presence_stale) and \
+                    not self._end_gap(subscriber):
                 for seq, _ in batch:
                     self._drop(subscriber, seq)
                 continue
@@ -287,7 +402,12 @@ class TopicFanout:
 
     def _drop(self, subscriber: Subscriber, seq: int) -> None:
         if not seq:
-            return  # a presence change: the next one carries every member anyway
+            # A presence change: once it catches up, the subscriber gets a new snapshot.
+            if not subscriber.presence_stale:
+                subscriber.presence_stale = True
+                if subscriber.held is None:
+                    self._watch_gap(subscriber)
+            return
         self.stats.dropped += 1
         if subscriber.gap_from:
             subscriber.gap_from = min(subscriber.gap_from, seq)
@@ -298,13 +418,19 @@ class TopicFanout:
             self._watch_gap(subscriber)
 
     def _end_gap(self, subscriber: Subscriber) -> bool:
-        """Send the gap notice if the subscriber caught up; return whether it did."""
+        """Send the gap notice (and ask for a presence snapshot, if changes were skipped)
+        if the subscriber caught up; return whether it did."""
         ws = subscriber.ws
         if ws.protocol.state is not State.OPEN or ws.buffered_amount > self.max_buffered // 2:
             return False
-        notice = protocol.gap(self.topic, subscriber.gap_from, subscriber.gap_to)
-        write_frame(ws, text_frame(protocol.encode(notice)), self.max_buffered)
+        if subscriber.gap_from:
+            notice = protocol.gap(self.topic, subscriber.gap_from, subscriber.gap_to)
+            write_frame(ws, text_frame(protocol.encode(notice)), self.max_buffered)
         subscriber.gap_from = subscriber.gap_to = 0
+        if subscriber.presence_stale:
+            subscriber.presence_stale = False
+            if self.resync is not None:
+                self.resync(self, subscriber)
         if subscriber.timer is not None:
             subscriber.timer.cancel()
             subscriber.timer = None
@@ -317,7 +443,7 @@ class TopicFanout:
 
     def _check_gap(self, subscriber: Subscriber) -> None:
         subscriber.timer = None
-        if not subscriber.active or not subscriber.gap_from:
+        if not subscriber.active or not (subscriber.gap_from or subscriber.presence_stale):
             return
         if subscriber.ws.protocol.state is not State.OPEN:
             return
@@ -326,13 +452,34 @@ class TopicFanout:
 
     # -- replay ----------------------------------------------------------------------------
 
-    def snapshot_taken(self, subscriber: Subscriber) -> None:
-        """The subscriber's presence snapshot was just read: presence changes held so far
-        are older than it and would repeat it."""
+    def presence_mark(self) -> int:
+        """The number of the last presence change seen here: take it before reading a
+        snapshot, and hand it to :meth:`snapshot_taken` after."""
+        return self._change_no
+
+    def snapshot_taken(self, subscriber: Subscriber, mark: int) -> None:
+        """The subscriber's presence snapshot was just read, after ``mark``: it covers the
+        changes up to ``mark``. Those after it may or may not be in it (a networked
+        backend's change can arrive here before or after the read's answer): they are sent
+        again, which is harmless (a change is applied as a set operation). Held presence
+        frames are replaced by exactly those changes."""
+        subscriber.presence_since = mark
         self.flush()
-        if subscriber.held:
-            subscriber.held = [item for item in subscriber.held if item[0]]
-            subscriber.held_bytes = sum(len(frame) for _, frame in subscriber.held)
+        held = subscriber.held
+        if not held or all(seq for seq, _ in held):
+            return
+        recent = self._recent
+        if recent and recent[0][0] > mark + 1:
+            return  # older than what is remembered: keep what was held (repeats are harmless)
+        missed: dict[str, tuple[int, int]] = {}
+        for number, name, step in recent:
+            if number > mark:
+                missed[name] = (step, number)
+        subscriber.held = [item for item in held if item[0]]
+        frame = self._changes_frame(missed, mark) if missed else None
+        if frame is not None:
+            subscriber.held.append((0, frame))
+        subscriber.held_bytes = sum(len(frame) for _, frame in subscriber.held)
 
     def finish_replay(self, subscriber: Subscriber, last_seq: int) -> None:
         """The history up to ``last_seq`` was sent: flush the held frames after it, in
@@ -349,5 +496,6 @@ class TopicFanout:
                 subscriber.gap_from = max(subscriber.gap_from, last_seq + 1)
         fresh = [(seq, frame) for seq, frame in held if not seq or seq > last_seq]
         self.stats.delivered += self._write_each(subscriber, fresh)
-        if subscriber.gap_from and not self._end_gap(subscriber):
+        if (subscriber.gap_from or subscriber.presence_stale) and \
+                not self._end_gap(subscriber):
             self._watch_gap(subscriber)

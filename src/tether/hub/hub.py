@@ -36,10 +36,10 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
-from ..asyncio.broadcast import DEFAULT_MAX_BUFFERED, broadcast
+from ..asyncio.broadcast import DEFAULT_MAX_BUFFERED, broadcast, text_frame, write_frame
 from ..asyncio.connection import WebSocket
 from ..exceptions import ConnectionClosed
 from ..protocol.connection import State
@@ -49,9 +49,10 @@ from .base import Backend, BackendUnavailable, Envelope
 from .dedup import DEFAULT_DEDUP_AGE, DEFAULT_DEDUP_SIZE, Key, PublishLog
 from .fanout import HubStats, Subscriber, TopicFanout
 from .memory import MemoryBackend
-from .protocol import Ping, Publish, RequestError, Subscribe, Unsubscribe
+from .protocol import Members, Ping, Publish, RequestError, Subscribe, Unsubscribe
 
-__all__ = ["Hub", "DEFAULT_HISTORY_LIMIT", "DEFAULT_MAX_FRAME", "DEFAULT_MAX_ERRORS"]
+__all__ = ["Hub", "DEFAULT_HISTORY_LIMIT", "DEFAULT_MAX_FRAME", "DEFAULT_MAX_ERRORS",
+           "DEFAULT_PRESENCE_SNAPSHOT"]
 
 logger = logging.getLogger("tether.hub")
 
@@ -63,6 +64,8 @@ DEFAULT_MAX_FRAME = 64 * 1024
 """Largest client frame the hub parses (bytes); larger ones get ``too_big``."""
 DEFAULT_MAX_ERRORS = 20
 """Errors after which a connection is closed with 1008."""
+DEFAULT_PRESENCE_SNAPSHOT = 1000
+"""Names in a subscriber's presence snapshot; the ``members`` request pages through more."""
 
 
 class _Session:
@@ -94,6 +97,11 @@ class Hub:
         dedup_size: publishes with an ``id`` remembered per topic, so that one sent again is
             answered with its first ``ack`` rather than stored twice; 0 turns this off.
         dedup_age: seconds such a publish is remembered.
+        presence: whether topics keep presence (members, joined, left): True, False, or a
+            function of the topic. Without it a subscription costs no backend call for its
+            membership and no frame to anyone (tickers, dashboards).
+        presence_snapshot: names in the snapshot a subscriber gets (sorted; ``count`` says
+            how many there are, and the ``members`` request pages through the rest).
 
     Attributes:
         stats: :class:`~tether.hub.HubStats` counters (delivered, dropped,
@@ -112,6 +120,8 @@ class Hub:
         max_errors: int = DEFAULT_MAX_ERRORS,
         dedup_size: int = DEFAULT_DEDUP_SIZE,
         dedup_age: float = DEFAULT_DEDUP_AGE,
+        presence: bool | Callable[[str], bool] = True,
+        presence_snapshot: int = DEFAULT_PRESENCE_SNAPSHOT,
     ) -> None:
         if slow_policy not in ("close", "drop"):
             raise ValueError(f"unknown slow_policy {slow_policy!r}: use 'close' or 'drop'")
@@ -120,6 +130,8 @@ class Hub:
                              "max_errors >= 1")
         if dedup_size < 0 or dedup_age <= 0:
             raise ValueError("dedup_size must be >= 0 and dedup_age > 0")
+        if presence_snapshot < 1:
+            raise ValueError("presence_snapshot must be >= 1")
         self.backend: Backend = backend if backend is not None else MemoryBackend()
         self.history_limit = history_limit
         self.max_buffered = max_buffered
@@ -127,6 +139,8 @@ class Hub:
         self.slow_code = slow_code
         self.max_frame = max_frame
         self.max_errors = max_errors
+        self.presence = presence
+        self.presence_snapshot = presence_snapshot
         self.stats = HubStats()
         self.publishes = PublishLog(dedup_size, dedup_age) if dedup_size else None
         self._topics: dict[str, TopicFanout] = {}
@@ -280,6 +294,8 @@ class Hub:
                 await self._publish(session, request)
             elif isinstance(request, Subscribe):
                 await self._subscribe(session, request)
+            elif isinstance(request, Members):
+                await self._members(session, request)
             elif isinstance(request, Unsubscribe):
                 await self._unsubscribe(session, request)
             else:
@@ -388,7 +404,9 @@ class Hub:
             fan = self._topics[topic] = TopicFanout(
                 topic, self.stats, max_buffered=self.max_buffered,
                 drop=self.slow_policy == "drop", slow_code=self.slow_code,
+                snapshot_limit=self.presence_snapshot, resync=self._resync,
             )
+        presence = self.has_presence(topic)
         if previous is not None:  # subscribing again: a new replay replaces the old state
             fan.remove(previous)
         subscriber = Subscriber(session.ws)
@@ -397,7 +415,7 @@ class Hub:
         outages = self._outages
         try:
             await self._listen(fan)
-            if previous is None:
+            if previous is None and presence:
                 await self._call("join", self.backend.join(
                     topic, session.member_id, session.name))  # 2.
             since = request.since
@@ -412,12 +430,14 @@ class Hub:
                 since = 0  # reset meanwhile
                 reset = True
                 history = await self._call("history", self.backend.history(topic, since, None))
-            members = await self._call("members", self.backend.members(topic))  # 4.
+            mark = fan.presence_mark()
+            roster = await self._call("roster", self.backend.roster(
+                topic, None, self.presence_snapshot)) if presence else None  # 4.
             self._backend_answered(outages)
         except BaseException:  # not subscribed after all (and no longer, if it was)
             await self._drop_subscription(session, topic, subscriber, leave=True)
             raise
-        fan.snapshot_taken(subscriber)
+        fan.snapshot_taken(subscriber, mark)
         if request.since is not None:
             self.stats.resumes["reset" if reset else "gap" if history.gap else "exact"] += 1
         reply: dict[str, Any] = {
@@ -430,13 +450,55 @@ class Hub:
         }
         if history.gap:
             reply["first"] = history.first
+        if roster is None:
+            reply["presence"] = False
         await self._send(session, reply)  # 5.
-        await self._send(session, {"type": "presence", "topic": topic, "members": members})
+        if roster is not None:
+            await self._send(session, protocol.snapshot(topic, roster.names, roster.count))
         for envelope in history.messages:
             await self._send(session, protocol.message(envelope))
         self.stats.delivered += len(history.messages)
         if subscriber.active:
             fan.finish_replay(subscriber, history.last_seq)  # 6.
+
+    async def _members(self, session: _Session, request: Members) -> None:
+        if request.topic not in session.subscriptions:
+            raise RequestError(protocol.NOT_SUBSCRIBED, "subscribe to the topic before "
+                               "asking for its members", request.id)
+        if not self.has_presence(request.topic):
+            raise RequestError(protocol.BAD_TOPIC, "this topic keeps no presence", request.id)
+        limit = self.presence_snapshot
+        roster = await self._call("roster", self.backend.roster(
+            request.topic, request.after, limit + 1))  # one more: is there a next page?
+        reply: dict[str, Any] = {"type": "members", "topic": request.topic,
+                                 "members": roster.names[:limit], "count": roster.count}
+        if len(roster.names) > limit:
+            reply["more"] = True
+        if request.after is not None:
+            reply["after"] = request.after
+        if request.id is not None:
+            reply["id"] = request.id
+        await self._send(session, reply)
+
+    def has_presence(self, topic: str) -> bool:
+        """Whether ``topic`` keeps presence (see the ``presence`` argument)."""
+        presence = self.presence
+        return presence(topic) if callable(presence) else bool(presence)
+
+    def _resync(self, fan: TopicFanout, subscriber: Subscriber) -> None:
+        """A subscriber skipped presence changes (drop policy): send it a new snapshot."""
+        asyncio.get_running_loop().create_task(self._send_snapshot(fan, subscriber))
+
+    async def _send_snapshot(self, fan: TopicFanout, subscriber: Subscriber) -> None:
+        try:
+            roster = await self._call("roster", self.backend.roster(
+                fan.topic, None, self.presence_snapshot))
+        except BackendUnavailable:
+            subscriber.presence_stale = True  # tried again when it next catches up
+            return
+        if subscriber.active:
+            frame = protocol.snapshot(fan.topic, roster.names, roster.count)
+            write_frame(subscriber.ws, text_frame(protocol.encode(frame)), self.max_buffered)
 
     async def _unsubscribe(self, session: _Session, request: Unsubscribe) -> None:
         subscriber = session.subscriptions.get(request.topic)
@@ -464,7 +526,7 @@ class Hub:
             return
         fan.remove(subscriber)
         try:
-            if leave:
+            if leave and self.has_presence(topic):
                 await self._call("leave", self.backend.leave(topic, session.member_id))
         finally:
             if not fan.subscribers:

@@ -7,6 +7,7 @@ presence within one process) is shared with the SQLite backend.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import secrets
 import time
@@ -25,6 +26,7 @@ from .base import (
     HistoryResult,
     Listener,
     PresenceEvent,
+    Roster,
 )
 
 __all__ = ["LocalFeed", "MemoryBackend", "new_epoch"]
@@ -45,6 +47,7 @@ class LocalFeed:
         self._listeners: dict[str, list[Listener]] = {}
         self._members: dict[str, dict[str, str]] = {}  # topic -> member_id -> name
         self._names: dict[str, dict[str, int]] = {}  # topic -> name -> how many members
+        self._sorted: dict[str, list[str]] = {}  # topic -> its names, sorted (the roster)
         self._closed = False
 
     def _check_open(self) -> None:
@@ -85,7 +88,8 @@ class LocalFeed:
         names = self._names.setdefault(topic, {})
         names[name] = names.get(name, 0) + 1
         if names[name] == 1:
-            self.notify(topic, PresenceEvent(topic, tuple(sorted(names)), joined=name))
+            bisect.insort(self._sorted.setdefault(topic, []), name)
+            self.notify(topic, PresenceEvent(topic, joined=name))
 
     async def leave(self, topic: str, member_id: str) -> None:
         members = self._members.get(topic)
@@ -96,20 +100,32 @@ class LocalFeed:
         names[name] -= 1
         if names[name] == 0:
             del names[name]
-            self.notify(topic, PresenceEvent(topic, tuple(sorted(names)), left=name))
+            roster = self._sorted[topic]
+            del roster[bisect.bisect_left(roster, name)]
+            self.notify(topic, PresenceEvent(topic, left=name))
         if not members:
             del self._members[topic]
             del self._names[topic]
+            del self._sorted[topic]
 
     async def members(self, topic: str) -> list[str]:
         self._check_open()
-        return sorted(self._names.get(topic, ()))
+        return list(self._sorted.get(topic, ()))
+
+    async def roster(self, topic: str, after: str | None = None,
+                     limit: int | None = None) -> Roster:
+        self._check_open()
+        names = self._sorted.get(topic, [])
+        start = 0 if after is None else bisect.bisect_right(names, after)
+        end = len(names) if limit is None else start + limit
+        return Roster(names[start:end], len(names))
 
     def _close_feed(self) -> None:
         self._closed = True
         self._listeners.clear()
         self._members.clear()
         self._names.clear()
+        self._sorted.clear()
 
 
 class _Topic:

@@ -29,6 +29,7 @@ __all__ = [
     "Ping",
     "Publish",
     "Request",
+    "Members",
     "RequestError",
     "Subscribe",
     "Unsubscribe",
@@ -40,7 +41,8 @@ __all__ = [
     "leading_id",
     "message",
     "parse_request",
-    "presence",
+    "snapshot",
+    "changes",
 ]
 
 BAD_JSON = "bad_json"
@@ -97,7 +99,16 @@ class Ping:
     id: Any = None
 
 
-Request = Union[Subscribe, Unsubscribe, Publish, Ping]
+@dataclass(frozen=True, slots=True)
+class Members:
+    """A page of a topic's members past the snapshot: the names after ``after``."""
+
+    topic: str
+    after: str | None = None
+    id: str | None = None
+
+
+Request = Union[Subscribe, Unsubscribe, Publish, Ping, Members]
 
 
 def _reject_constant(name: str) -> Any:
@@ -153,8 +164,14 @@ def parse_request(frame: Data, max_frame: int) -> Request:
         return Subscribe(topic, since, epoch)
     if kind == "unsubscribe":
         return Unsubscribe(_topic_field(obj, request_id))
-    raise RequestError(UNKNOWN_TYPE, "unknown type: expected subscribe, unsubscribe, publish "
-                       "or ping", request_id)
+    if kind == "members":
+        topic = _topic_field(obj, request_id)
+        after = obj.get("after")
+        if after is not None and not isinstance(after, str):
+            raise RequestError(BAD_FIELD, "field \"after\" must be a string", request_id)
+        return Members(topic, after, request_id)
+    raise RequestError(UNKNOWN_TYPE, "unknown type: expected subscribe, unsubscribe, publish, "
+                       "members or ping", request_id)
 
 
 # A JSON string, and a JSON scalar (string, number, true, false, null). The alternatives of
@@ -259,15 +276,23 @@ def message(envelope: Envelope) -> dict[str, Any]:
     }
 
 
-def presence(event: PresenceEvent) -> dict[str, Any]:
-    """The ``presence`` frame of a change."""
-    frame: dict[str, Any] = {
-        "type": "presence", "topic": event.topic, "members": list(event.members)
-    }
-    if event.joined is not None:
-        frame["joined"] = event.joined
-    if event.left is not None:
-        frame["left"] = event.left
+def snapshot(topic: str, names: list[str], count: int) -> dict[str, Any]:
+    """The ``presence`` snapshot: the members (the first page of them, sorted) and how many
+    there are; ``more`` when the page is not all of them."""
+    frame: dict[str, Any] = {"type": "presence", "topic": topic, "members": names,
+                             "count": count}
+    if len(names) < count:
+        frame["more"] = True
+    return frame
+
+
+def changes(topic: str, joined: list[str], left: list[str]) -> dict[str, Any]:
+    """A ``presence`` change: the names that joined and left since the last frame."""
+    frame: dict[str, Any] = {"type": "presence", "topic": topic}
+    if joined:
+        frame["joined"] = joined
+    if left:
+        frame["left"] = left
     return frame
 
 

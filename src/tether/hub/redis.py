@@ -78,6 +78,7 @@ from .base import (
     HistoryResult,
     Listener,
     PresenceEvent,
+    Roster,
 )
 from .memory import new_epoch
 
@@ -195,12 +196,9 @@ return ARGV[1]
 
 _LUA_PRESENCE = _LUA_COMMON + """
 local function announce(channel, kind, name, token)
-  local names = redis.call('HKEYS', KEYS[2])
-  table.sort(names)
-  local members = '[]'
-  if #names > 0 then members = cjson.encode(names) end
-  redis.call('PUBLISH', channel, '{"members":' .. members .. ',"' .. kind .. '":'
-    .. cjson.encode(name) .. ',"token":"' .. token .. '"}')
+  -- The change alone: never the member list (a join storm would cost O(n^2)).
+  redis.call('PUBLISH', channel, '{"' .. kind .. '":' .. cjson.encode(name)
+    .. ',"token":"' .. token .. '"}')
   return 1
 end
 local function remove(id, channel, token)
@@ -210,6 +208,7 @@ local function remove(id, channel, token)
   redis.call('ZREM', KEYS[3], id)
   if redis.call('HINCRBY', KEYS[2], name, -1) <= 0 then
     redis.call('HDEL', KEYS[2], name)
+    redis.call('ZREM', KEYS[4], name)
     return announce(channel, 'left', name, token)
   end
   return 0
@@ -224,29 +223,42 @@ local now = now_ms(ARGV[1])
 local n = expire(now, ARGV[2], ARGV[3])
 """
 
-# KEYS: members, names, expiry. ARGV: now, channel, token, member id, name, ttl (ms).
+# KEYS: members (id -> name), names (name -> count), expiry (id by deadline), roster (names,
+# sorted: a sorted set with every score 0 is in byte order, which for UTF-8 is code point
+# order, as Python sorts). ARGV: now, channel, token, member id, name, ttl (ms).
 _JOIN = _LUA_PRESENCE + """
 local id, name = ARGV[4], ARGV[5]
 local expiry = string.format('%d', now + tonumber(ARGV[6]))
 local previous = redis.call('HGET', KEYS[1], id)
 if previous == name then
   redis.call('ZADD', KEYS[3], expiry, id)
+  redis.call('ZADD', KEYS[4], 0, name)  -- a refresh also fills a roster older than the key
   return n
 end
 if previous then n = n + remove(id, ARGV[2], ARGV[3]) end
 redis.call('HSET', KEYS[1], id, name)
 redis.call('ZADD', KEYS[3], expiry, id)
 if redis.call('HINCRBY', KEYS[2], name, 1) == 1 then
+  redis.call('ZADD', KEYS[4], 0, name)
   n = n + announce(ARGV[2], 'joined', name, ARGV[3])
 end
 return n
 """
 
-# KEYS: members, names, expiry. ARGV: now, channel, token, member id.
+# KEYS: members, names, expiry, roster. ARGV: now, channel, token, member id.
 _LEAVE = _LUA_PRESENCE + "return n + remove(ARGV[4], ARGV[2], ARGV[3])"
 
-# KEYS: members, names, expiry. ARGV: now, channel, token.
-_MEMBERS = _LUA_PRESENCE + "return redis.call('HKEYS', KEYS[2])"
+# KEYS: members, names, expiry, roster. ARGV: now, channel, token.
+_MEMBERS = _LUA_PRESENCE + "return redis.call('ZRANGE', KEYS[4], 0, -1)"
+
+# KEYS: members, names, expiry, roster. ARGV: now, channel, token, after ('' for the start),
+# limit (-1 for all). Returns {count, names}.
+_ROSTER = _LUA_PRESENCE + """
+local low = '-'
+if ARGV[4] ~= '' then low = '(' .. string.sub(ARGV[4], 2) end
+return {redis.call('ZCARD', KEYS[4]),
+        redis.call('ZRANGEBYLEX', KEYS[4], low, '+', 'LIMIT', 0, tonumber(ARGV[5]))}
+"""
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _encode_ascii = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
@@ -439,7 +451,8 @@ class RedisBackend(Backend):
             name: client.register_script(source)
             for name, source in (("publish", _PUBLISH), ("history", _HISTORY),
                                  ("epoch", _EPOCH), ("reset", _RESET), ("join", _JOIN),
-                                 ("leave", _LEAVE), ("members", _MEMBERS))
+                                 ("leave", _LEAVE), ("members", _MEMBERS),
+                                 ("roster", _ROSTER))
         }
         self._sub_lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
@@ -531,7 +544,7 @@ class RedisBackend(Backend):
     # -- presence ---------------------------------------------------------------------------
 
     def _presence_args(self, topic: str) -> tuple[list[str], list[Any]]:
-        return (self._keys(topic, "members", "names", "expiry"),
+        return (self._keys(topic, "members", "names", "expiry", "roster"),
                 [self._now_arg(), self._channel_name(topic)])
 
     async def join(self, topic: str, member_id: str, name: str) -> None:
@@ -552,7 +565,16 @@ class RedisBackend(Backend):
     async def members(self, topic: str) -> list[str]:
         keys, args = self._presence_args(topic)
         names = await self._run("members", keys, [*args, f"{self._node}:0"])
-        return sorted(name.decode() for name in names)
+        return [name.decode() for name in names]  # sorted by Redis
+
+    async def roster(self, topic: str, after: str | None = None,
+                     limit: int | None = None) -> Roster:
+        keys, args = self._presence_args(topic)
+        # "=" + name, so that an empty name is not the start ('').
+        count, names = await self._run("roster", keys, [
+            *args, f"{self._node}:0", "" if after is None else "=" + after,
+            -1 if limit is None else limit])
+        return Roster([name.decode() for name in names], int(count))
 
     async def _refresh_forever(self) -> None:
         """Every ``_refresh_interval``, re-join this node's members so that they do not
@@ -690,8 +712,8 @@ class RedisBackend(Backend):
             channel.delivered = int(seq or 0)
         else:  # resubscribed after an outage: what was missed meanwhile, then live
             await self._catch_up(channel)
-            members = await self.members(channel.topic)
-            self._notify(channel, PresenceEvent(channel.topic, tuple(members)))
+            members = await self.members(channel.topic)  # the changes missed: start over
+            self._notify(channel, PresenceEvent(channel.topic, members=tuple(members)))
         channel.confirmed = True
         if not channel.ready.done():
             channel.ready.set_result(None)
@@ -709,8 +731,7 @@ class RedisBackend(Backend):
             self._deliver(channel, envelope)
         else:
             self._notify(channel, PresenceEvent(
-                channel.topic, tuple(sorted(message["members"])),
-                joined=message.get("joined"), left=message.get("left")))
+                channel.topic, joined=message.get("joined"), left=message.get("left")))
         waiter = self._waiters.get(message["token"])
         if waiter is not None:
             waiter.seen += 1

@@ -131,7 +131,8 @@ function roomNames() {
 function room(name) {
   let entry = rooms.get(name);
   if (!entry) {
-    entry = { messages: [], seqs: new Set(), pending: [], members: [], unread: 0 };
+    entry = { messages: [], seqs: new Set(), pending: [], members: [], memberTotal: 0,
+      moreMembers: false, unread: 0 };
     rooms.set(name, entry);
   }
   return entry;
@@ -291,18 +292,30 @@ function refreshPending() {
 }
 
 function renderMembers() {
-  const members = room(current).members;
-  ui.memberList.replaceChildren(
-    ...members.map((name) => {
-      const li = document.createElement("li");
-      li.dataset.testid = "member";
-      li.dataset.name = name;
-      li.textContent = name;
-      if (name === me) li.classList.add("me-member");
-      return li;
-    }),
-  );
-  ui.memberCount.textContent = String(members.length);
+  const entry = room(current);
+  const members = entry.members;
+  const items = members.map((name) => {
+    const li = document.createElement("li");
+    li.dataset.testid = "member";
+    li.dataset.name = name;
+    li.textContent = name;
+    if (name === me) li.classList.add("me-member");
+    return li;
+  });
+  if (entry.moreMembers) {
+    // A large room: the server sent the first names; the rest page in on demand.
+    const li = document.createElement("li");
+    li.className = "more-members";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.testid = "more-members";
+    button.textContent = `${(entry.memberTotal - members.length).toLocaleString("en")} more…`;
+    button.onclick = () => client.loadMoreMembers(current);
+    li.append(button);
+    items.push(li);
+  }
+  ui.memberList.replaceChildren(...items);
+  ui.memberCount.textContent = String(Math.max(entry.memberTotal ?? 0, members.length));
 }
 
 function nearBottom() {
@@ -403,14 +416,17 @@ function connect() {
   });
 
   client.addEventListener("presence", (event) => {
-    const { topic, members } = event.detail;
-    room(topic).members = [...members];
+    const { topic, members, count, more } = event.detail;
+    const entry = room(topic);
+    entry.members = [...members];
+    entry.memberTotal = Number.isInteger(count) ? count : members.length;
+    entry.moreMembers = more === true;
     if (topic === current) renderMembers();
   });
 
   client.addEventListener("unsubscribed", (event) => {
     const { topic, reason } = event.detail;
-    room(topic).members = [];
+    Object.assign(room(topic), { members: [], memberTotal: 0, moreMembers: false });
     if (topic === current) renderMembers();
     addRecord(topic, {
       notice: reason === "kicked"

@@ -38,7 +38,9 @@
  * - "subscribed" {topic, epoch, seq, replayed, gap, first, resumed, reset}: `resumed` when
  *   the subscription continued from a known seq; `reset` when the server's history for the
  *   topic was reset (new epoch): seqs start over and what follows is new.
- * - "presence" {topic, members, joined, left}.
+ * - "presence" {topic, members, count, more, joined, left}: members is the whole list known
+ *   here (sorted), kept from the server's snapshot and changes; joined and left are the
+ *   names of this change (empty for a snapshot).
  * - "gap" {topic, from, to}: messages from..to (inclusive) are lost to this client: too old
  *   for the server's history when it resumed. (Messages the server skipped for a slow client
  *   come back from the history first: only those it no longer has make a "gap".)
@@ -79,6 +81,9 @@ export function isValidTopic(topic) {
 }
 
 /** An Error with the hub's error `code` ("not_subscribed", "queue_full", "closed", ...). */
+/** Names in the server's order (it sorts by code point; close enough for UTF-16 here). */
+const cmp = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
+
 export class TetherError extends Error {
   constructor(code, message) {
     super(message);
@@ -439,6 +444,7 @@ export class TetherClient extends EventTarget {
       case "subscribed": return this.onSubscribed(frame);
       case "message": return this.onMessage(frame);
       case "presence": return this.onPresence(frame);
+      case "members": return this.onMembers(frame);
       case "ack": return this.onAck(frame);
       case "error": return this.onError(frame);
       case "gap": return this.onGap(frame);
@@ -520,11 +526,67 @@ export class TetherClient extends EventTarget {
     });
   }
 
+  // Presence comes as a snapshot (members, count, more) after each `subscribed`, then as
+  // changes (joined and left name lists); the list is kept here, applied as a set (a change
+  // may repeat what the snapshot says), and every "presence" event carries all of it.
   onPresence(frame) {
-    if (!this.topics.has(frame.topic)) return;
+    const topic = this.topics.get(frame.topic);
+    if (!topic) return;
+    let joined = [];
+    let left = [];
+    if (Array.isArray(frame.members)) {
+      topic.members = new Set(frame.members);
+      topic.memberCount = Number.isInteger(frame.count) ? frame.count : frame.members.length;
+      topic.moreMembers = frame.more === true;
+    } else {
+      const members = topic.members || (topic.members = new Set());
+      // Older hubs sent one name as a string; this one sends lists.
+      joined = [].concat(frame.joined ?? []).filter((n) => typeof n === "string");
+      left = [].concat(frame.left ?? []).filter((n) => typeof n === "string");
+      for (const name of left) {
+        if (members.delete(name) || topic.moreMembers) topic.memberCount -= 1;
+      }
+      for (const name of joined) {
+        if (!members.has(name)) { members.add(name); topic.memberCount += 1; }
+      }
+      topic.memberCount = Math.max(topic.memberCount, members.size);
+    }
+    this.emitPresence(frame.topic, topic, joined, left);
+  }
+
+  emitPresence(name, topic, joined = [], left = []) {
     this.emit("presence", {
-      topic: frame.topic, members: frame.members || [], joined: frame.joined, left: frame.left,
+      topic: name, members: [...topic.members].sort(cmp), count: topic.memberCount,
+      more: topic.moreMembers, joined, left,
     });
+  }
+
+  /** The members of `topic` as known here: sorted names, how many there are in all, and
+   * whether the server holds more than were sent (see loadMoreMembers). */
+  members(topic) {
+    const entry = this.topics.get(topic);
+    if (!entry || !entry.members) return { members: [], count: 0, more: false };
+    return { members: [...entry.members].sort(cmp), count: entry.memberCount,
+      more: entry.moreMembers };
+  }
+
+  /** Ask the server for the next page of a large topic's members (the snapshot holds the
+   * first ones only); a "presence" event follows with the longer list. */
+  loadMoreMembers(topic) {
+    const entry = this.topics.get(topic);
+    if (!entry || !entry.members || !entry.moreMembers || this.state !== "online") return false;
+    const names = [...entry.members].sort(cmp);
+    this.send({ type: "members", topic, after: names[names.length - 1] });
+    return true;
+  }
+
+  onMembers(frame) {
+    const topic = this.topics.get(frame.topic);
+    if (!topic || !topic.members || !Array.isArray(frame.members)) return;
+    for (const name of frame.members) topic.members.add(name);
+    if (Number.isInteger(frame.count)) topic.memberCount = frame.count;
+    topic.moreMembers = frame.more === true;
+    this.emitPresence(frame.topic, topic);
   }
 
   onAck(frame) {
