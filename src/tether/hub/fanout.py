@@ -52,7 +52,10 @@ RECENT_CHANGES = 4096
 """Presence changes remembered after they went out (see TopicFanout.snapshot_taken)."""
 PRESENCE_WINDOW = 0.05
 """Seconds presence changes are gathered before they go out as one frame: a storm of joins
-costs each subscriber a frame per window, not one per join."""
+costs each subscriber a frame per window, not one per join. The window grows with the topic's
+local subscribers (+50 ms per 500 of them, at most :data:`MAX_PRESENCE_WINDOW`): each window
+costs one write per subscriber, so a large room gathers longer."""
+MAX_PRESENCE_WINDOW = 1.0
 
 
 @dataclass(slots=True)
@@ -248,7 +251,12 @@ class TopicFanout:
                     changes[name] = (step, self._change_no)
             if changes and self._changes_handle is None:
                 self._changes_handle = asyncio.get_running_loop().call_later(
-                    PRESENCE_WINDOW, self.flush_changes)
+                    self.presence_window(), self.flush_changes)
+
+    def presence_window(self) -> float:
+        """How long this topic gathers presence changes (see PRESENCE_WINDOW)."""
+        return min(MAX_PRESENCE_WINDOW,
+                   PRESENCE_WINDOW * (1 + len(self.subscribers) // 500))
 
     def flush_changes(self) -> None:
         """Send the presence changes gathered in this window as one frame; a subscriber
