@@ -23,6 +23,7 @@ import pytest
 
 import tether
 
+from .asyncio.conftest import running
 from .test_cli import TETHER, UNIT, free_port
 
 BASH = "bash --norc --noprofile -i"
@@ -133,14 +134,6 @@ def children_of(pid: int) -> list[int]:
             if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
                 found.append(int(entry))
     return found
-
-
-def running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 # -- tether term --------------------------------------------------------------------------------

@@ -218,10 +218,17 @@ class TetherCollector:
         if self.hub is not None:
             yield from self._hub_metrics(self.hub)
 
-    def _histogram(self, name: str, documentation: str, histogram: Histogram) -> Any:
-        family = self._prom.metrics_core.HistogramMetricFamily(name, documentation)
-        buckets = [(_le(bound), n) for bound, n in histogram.cumulative()]
-        family.add_metric([], buckets, histogram.sum)
+    def _histogram(self, name: str, documentation: str, histogram: Histogram | None = None,
+                   *, label: str | None = None,
+                   by_label: dict[str, Histogram] | None = None) -> Any:
+        """A histogram family: one ``histogram``, or one per value of ``label``."""
+        family = self._prom.metrics_core.HistogramMetricFamily(
+            name, documentation, labels=[label] if label else None)
+        series = sorted(by_label.items()) if by_label is not None else [(None, histogram)]
+        for value, one in series:
+            assert one is not None
+            family.add_metric([value] if value is not None else [],
+                              [(_le(bound), n) for bound, n in one.cumulative()], one.sum)
         return family
 
     def _hub_metrics(self, hub: Hub) -> Iterator[Any]:
@@ -257,13 +264,9 @@ class TetherCollector:
         for call, n in sorted(stats.backend_errors.items()):
             counter.add_metric([call], n)
         yield counter
-        family = core.HistogramMetricFamily(
-            "tether_hub_backend_seconds", "How long backend calls took, by call",
-            labels=["call"])
-        for call, histogram in sorted(stats.backend_seconds.items()):
-            family.add_metric([call], [(_le(bound), n) for bound, n in histogram.cumulative()],
-                              histogram.sum)
-        yield family
+        yield self._histogram("tether_hub_backend_seconds",
+                              "How long backend calls took, by call", label="call",
+                              by_label=stats.backend_seconds)
 
 
 def _le(bound: float) -> str:
