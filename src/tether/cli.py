@@ -186,12 +186,31 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    """A whole number >= 0, for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
 def _add_scale_options(command: argparse.ArgumentParser, presence: bool = False) -> None:
     command.add_argument("--redis", metavar="URL",
                          help="share messages (and the chat's history and presence) with every "
                          "other tether node using this Redis, e.g. redis://127.0.0.1:6379/0; "
                          "needs the redis extra (pip install 'tether[redis]'); "
                          "see docs/scaling.md")
+    command.add_argument("--redis-min-replicas", type=_count, default=0, metavar="N",
+                         help="with --redis on a master with replicas (Sentinel, Cluster): "
+                         "acknowledge a publish only once N replicas have it (WAIT), so that "
+                         "a failover loses no acknowledged message (default: 0)")
+    command.add_argument("--redis-replica-timeout", type=_positive_seconds, default=1.0,
+                         metavar="SECONDS",
+                         help="with --redis-min-replicas: how long a publish waits for the "
+                         "replicas before it is answered 'unavailable' (default: 1)")
     if presence:  # the chat's; broadcast has none
         command.add_argument("--presence-ttl", type=_positive_seconds, default=None,
                              metavar="SECONDS",
@@ -389,6 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "presence_ttl", None) is not None and not args.redis:
             print(f"tether {args.command}: --presence-ttl needs --redis (one node's "
                   "members leave when their connections close)", file=sys.stderr)
+            return 2
+        if getattr(args, "redis_min_replicas", 0) and not args.redis:
+            print(f"tether {args.command}: --redis-min-replicas needs --redis",
+                  file=sys.stderr)
             return 2
         if getattr(args, "redis", None) and not _redis_installed():
             print(f"tether {args.command}: --redis needs the redis extra: "
@@ -815,7 +838,8 @@ async def _open_redis(args: argparse.Namespace) -> Any:
     ttl = getattr(args, "presence_ttl", None)  # chat only: broadcast has no presence
     try:
         backend = RedisBackend(
-            args.redis, presence_ttl=DEFAULT_PRESENCE_TTL if ttl is None else ttl)
+            args.redis, presence_ttl=DEFAULT_PRESENCE_TTL if ttl is None else ttl,
+            min_replicas=args.redis_min_replicas, replica_timeout=args.redis_replica_timeout)
         await backend.connect()
     except (BackendUnavailable, ValueError) as exc:
         print(f"tether {args.command}: {exc}", file=sys.stderr)

@@ -25,9 +25,10 @@ from tether.hub import Backend, Envelope, HistoryResult, Hub, Listener, MemoryBa
 from tether.hub.sqlite import SQLiteBackend
 
 from ..asyncio.conftest import UNIT, run
+from .redis_topology import ClusterSetup, SentinelSetup
 
 __all__ = ["UNIT", "run", "Clock", "BackendKind", "HubClient", "WrappedBackend", "hub_serving",
-           "RedisServer"]
+           "RedisServer", "require_redis"]
 
 
 class Clock:
@@ -94,10 +95,26 @@ class RedisServer:
         self.process = None
 
 
+def require_redis(*programs: str) -> None:
+    """Fail the test when Debian's Redis programs are missing and we could have installed
+    them (root: scripts/test does, with apt-get); skip it only when we could not.
+
+    Args:
+        programs: the executables the test needs (``redis-server``, ``redis-cli``).
+    """
+    missing = [name for name in programs if shutil.which(name) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        pytest.skip(f"{', '.join(missing)} missing and we are not root to install it "
+                    "(apt-get install redis-server)")
+    pytest.fail(f"{', '.join(missing)} missing: run scripts/test, which installs Debian's "
+                "redis-server, or apt-get install -y redis-server")
+
+
 @contextmanager
 def redis_running(directory: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (scripts/test installs it as root)")
+    require_redis("redis-server")
     server = RedisServer(directory)
     server.start()
     try:
@@ -113,18 +130,93 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(scope="session")
+def sentinel_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
+    """One Sentinel topology for the session: a master, 2 replicas, 3 sentinels (quorum 2).
+    Shared: tests that use it fail nothing over, pause nothing, and keep apart with their own
+    key prefix; a test that does needs :func:`fresh_sentinel`."""
+    require_redis("redis-server")
+    with SentinelSetup(tmp_path_factory.mktemp("sentinel")) as setup:
+        yield setup
+
+
+@pytest.fixture(scope="session")
+def cluster_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSetup]:
+    """One Redis Cluster for the session: 3 masters, 1 replica each. Shared like
+    :func:`sentinel_setup`; a test that kills, pauses or moves anything needs
+    :func:`fresh_cluster`."""
+    require_redis("redis-server", "redis-cli")
+    with ClusterSetup(tmp_path_factory.mktemp("cluster")) as setup:
+        yield setup
+
+
+def _stop_all(setups: list[SentinelSetup] | list[ClusterSetup]) -> None:
+    """Stop every setup (each tries every process), then report what could not be stopped."""
+    failures = []
+    for setup in setups:
+        try:
+            setup.stop()
+        except Exception as exc:  # noqa: BLE001: stop the others first
+            failures.append(str(exc))
+    if failures:
+        raise RuntimeError("; ".join(failures))
+
+
+@pytest.fixture
+def fresh_sentinel(tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[Callable[..., SentinelSetup]]:
+    """A factory for a test of its own that kills, pauses or fails over: ``fresh_sentinel(
+    **options)`` starts a :class:`SentinelSetup` (``options`` as its constructor's) in a new
+    directory and returns it; every one started is stopped after the test."""
+    require_redis("redis-server")
+    setups: list[SentinelSetup] = []
+
+    def start(**options: Any) -> SentinelSetup:
+        setup = SentinelSetup(tmp_path_factory.mktemp("sentinel"), **options)
+        setups.append(setup)
+        setup.start()
+        return setup
+
+    try:
+        yield start
+    finally:
+        _stop_all(setups)
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[Callable[..., ClusterSetup]]:
+    """As :func:`fresh_sentinel`, for a :class:`ClusterSetup`."""
+    require_redis("redis-server", "redis-cli")
+    setups: list[ClusterSetup] = []
+
+    def start(**options: Any) -> ClusterSetup:
+        setup = ClusterSetup(tmp_path_factory.mktemp("cluster"), **options)
+        setups.append(setup)
+        setup.start()
+        return setup
+
+    try:
+        yield start
+    finally:
+        _stop_all(setups)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-sentinel", "redis-cluster"])
 def backend_kind(request: pytest.FixtureRequest, tmp_path: Path) -> BackendKind:
-    """Every backend the hub ships with."""
+    """Every backend the hub ships with; Redis in its three modes (one server, a master
+    watched by Sentinel, a Cluster), which must behave alike."""
     if request.param == "memory":
         return BackendKind("memory", False, lambda **o: MemoryBackend(**o))
-    if request.param == "redis":
+    if request.param.startswith("redis"):
         from tether.hub.redis import RedisBackend
 
-        server = request.getfixturevalue("redis_server")
+        fixture = {"redis": "redis_server", "redis-sentinel": "sentinel_setup",
+                   "redis-cluster": "cluster_setup"}[request.param]
+        url = request.getfixturevalue(fixture).url
         prefix = f"test-{secrets.token_hex(4)}:"
-        return BackendKind("redis", True,
-                           lambda **o: RedisBackend(server.url, key_prefix=prefix, **o))
+        return BackendKind(request.param, True,
+                           lambda **o: RedisBackend(url, key_prefix=prefix, **o))
     path = tmp_path / "hub.sqlite3"
     return BackendKind("sqlite", True, lambda **o: SQLiteBackend(path, **o))
 
@@ -219,7 +311,7 @@ class HubClient:
         """Every frame that arrives until nothing has for ``duration``; all of type
         ``kind`` (presence changes go out once per window, so how many frames they take
         depends on timing)."""
-        frames = []
+        frames: list[dict[str, Any]] = []
         while True:
             try:
                 frame = await self.recv(duration)

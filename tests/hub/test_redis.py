@@ -92,7 +92,7 @@ class TestTwoNodes:
             listener = seen.append
             await a.listen("t", listener)
             channel = f"{a.key_prefix}t"
-            client = a._client  # the node's own command connection: PUBSUB is harmless
+            client = aioredis.Redis.from_url(redis_server.url)
             assert dict(await client.pubsub_numsub(channel)) == {channel.encode(): 1}
             await a.unlisten("t", listener)
             for _ in range(50):
@@ -104,6 +104,7 @@ class TestTwoNodes:
             await a.publish("t", 1)
             assert seen == []
             await a.close()
+            await client.aclose()
 
         run(main())
 

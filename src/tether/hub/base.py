@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import abc
 import bisect
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 from ..exceptions import BackendUnavailable, HubError
@@ -89,6 +89,10 @@ class HistoryResult:
         first: the oldest ``seq`` still kept; ``last_seq + 1`` when none is.
         epoch: the topic's current epoch.
         last_seq: the topic's latest ``seq`` (0 if nothing was ever published).
+        closed: earlier epochs that a failover closed, each with the last ``seq`` it has on
+            this data set: ``seq`` kept counting in the next epoch, so a client that saw up
+            to that ``seq`` continues exactly; one that saw more saw messages that were lost
+            (Redis with replicas; empty for the in-process backends).
     """
 
     messages: tuple[Envelope, ...]
@@ -96,6 +100,7 @@ class HistoryResult:
     first: int
     epoch: str
     last_seq: int
+    closed: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

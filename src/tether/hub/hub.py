@@ -420,16 +420,24 @@ class Hub:
                     topic, session.member_id, session.name))  # 2.
             since = request.since
             reset = False
-            if since is not None and request.epoch is not None:
-                if await self._call("epoch", self.backend.epoch(topic)) != request.epoch:
-                    since = 0  # another life of the topic: everything it has is new
-                    reset = True
+            continued = retracted = None
             limit = self.history_limit if since is None else None
             history = await self._call("history", self.backend.history(topic, since, limit))  # 3.
-            if since and request.epoch is not None and history.epoch != request.epoch:
-                since = 0  # reset meanwhile
-                reset = True
-                history = await self._call("history", self.backend.history(topic, since, None))
+            if since is not None and request.epoch is not None and history.epoch != request.epoch:
+                end = history.closed.get(request.epoch)
+                if end is not None and since <= end:
+                    continued = request.epoch  # a failover changed the epoch, not the messages
+                else:
+                    # Another life of the topic: everything it has is new. Or a failover lost
+                    # messages this client saw: what the new master has after the last one
+                    # it kept is new to the client, and the ones it saw are retracted.
+                    reset = True
+                    if end is not None:
+                        retracted = [end + 1, since]
+                    since = end or 0
+                    if since != request.since:
+                        history = await self._call(
+                            "history", self.backend.history(topic, since, None))
             mark = fan.presence_mark()
             roster = await self._call("roster", self.backend.roster(
                 topic, None, self.presence_snapshot)) if presence else None  # 4.
@@ -450,6 +458,10 @@ class Hub:
         }
         if history.gap:
             reply["first"] = history.first
+        if continued is not None:
+            reply["continues"] = continued
+        if retracted is not None:
+            reply["retracted"] = retracted
         if roster is None:
             reply["presence"] = False
         await self._send(session, reply)  # 5.

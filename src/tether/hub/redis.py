@@ -57,15 +57,10 @@ import json
 import logging
 import math
 import secrets
-import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.connection import BlockingConnectionPool
-from redis.asyncio.retry import Retry  # the asyncio one: a redis.retry.Retry here warns
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .base import (
@@ -81,6 +76,8 @@ from .base import (
     Roster,
 )
 from .memory import new_epoch
+from .redis_link import Feed, Link, Script, SentinelLink, open_link
+from .redis_url import parse_redis_url, safe_url
 
 __all__ = ["RedisBackend", "DEFAULT_URL", "DEFAULT_PRESENCE_TTL", "DEFAULT_MAX_CONNECTIONS"]
 
@@ -106,10 +103,36 @@ local function now_ms(given)
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function get_epoch(key, candidate)
-  local e = redis.call('GET', key)
-  if not e then redis.call('SET', key, candidate); e = candidate end
+-- The topic's epoch, under the lineage rule: an (epoch, seq) pair names one message forever.
+-- A server's master_replid is new each time it becomes a master (a promoted replica) and each
+-- time it starts (a restart from its AOF): only there can acknowledged writes be missing. The
+-- first script on a topic that finds another replid than the last writer's closes the epoch
+-- at the seq this data set has (recorded in the epochs sorted set, end seq as the score, the
+-- 16 newest kept) and starts a new one; seq keeps counting. K: epoch, seq, lineage, epochs.
+local function get_epoch(k_epoch, k_seq, k_lineage, k_epochs, candidate)
+  local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+  local e = redis.call('GET', k_epoch)
+  if not e then
+    redis.call('SET', k_epoch, candidate)
+    redis.call('SET', k_lineage, replid)
+    return candidate
+  end
+  local lineage = redis.call('GET', k_lineage)
+  if lineage ~= replid then
+    if lineage then  -- (a topic from before the rule adopts this server without a change)
+      redis.call('ZADD', k_epochs, tonumber(redis.call('GET', k_seq) or '0'), e)
+      redis.call('ZREMRANGEBYRANK', k_epochs, 0, -17)
+      e = candidate
+      redis.call('SET', k_epoch, e)
+    end
+    redis.call('SET', k_lineage, replid)
+  end
   return e
+end
+local function online_replicas()
+  local n = 0
+  for _ in string.gmatch(redis.call('INFO', 'replication'), 'state=online') do n = n + 1 end
+  return n
 end
 local function entry_time(entry)
   local f = entry[2]
@@ -136,10 +159,20 @@ local function prune(stream, cutoff)
 end
 """
 
-# KEYS: epoch, seq, stream. ARGV: candidate epoch, data, sender, has sender, sender JSON,
-# now (-1: Redis time), age (ms), size, channel, token.
+# KEYS: epoch, seq, stream, lineage, epochs. ARGV: candidate epoch, data, sender, has sender,
+# sender JSON, now (-1: Redis time), age (ms), size, channel, replicas needed, token.
+# With replicas needed > 0, a master with fewer replicas online refuses (an old master whose
+# replicas left for its successor would store messages that vanish): nothing is written.
 _PUBLISH = _LUA_COMMON + """
-local epoch = get_epoch(KEYS[1], ARGV[1])
+local needed = tonumber(ARGV[10])
+if needed > 0 then
+  local online = online_replicas()
+  if online < needed then
+    return redis.error_reply('NOREPLICAS ' .. online .. ' online replicas, ' .. needed
+                             .. ' needed')
+  end
+end
+local epoch = get_epoch(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[1])
 local now = now_ms(ARGV[6])
 local newest = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 if #newest > 0 then
@@ -156,14 +189,15 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], string.format('%d-0', seq), 
 prune(KEYS[3], now - tonumber(ARGV[7]))
 redis.call('PUBLISH', ARGV[9], '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '","time":'
   .. string.format('%d', now) .. ',"sender":' .. ARGV[5] .. ',"data":' .. ARGV[2]
-  .. ',"token":"' .. ARGV[10] .. '"}')
+  .. ',"token":"' .. ARGV[11] .. '"}')
 return {seq, epoch, now}
 """
 
-# KEYS: epoch, seq, stream. ARGV: candidate epoch, now, age (ms), size, since (-1: none),
-# limit (-1: none).
+# KEYS: epoch, seq, stream, lineage, epochs. ARGV: candidate epoch, now, age (ms), size, since
+# (-1: none), limit (-1: none). Returns the epoch, the last seq, the first seq kept, the
+# entries and the closed epochs (epoch, end seq, ...).
 _HISTORY = _LUA_COMMON + """
-local epoch = get_epoch(KEYS[1], ARGV[1])
+local epoch = get_epoch(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[1])
 local now = now_ms(ARGV[2])
 prune(KEYS[3], now - tonumber(ARGV[3]))
 local last = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -181,16 +215,19 @@ elseif limit == 0 then
 else
   entries = redis.call('XREVRANGE', KEYS[3], '+', start, 'COUNT', limit)
 end
-return {epoch, last, first, entries}
+return {epoch, last, first, entries, redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')}
 """
 
-_EPOCH = _LUA_COMMON + "return get_epoch(KEYS[1], ARGV[1])"
+# KEYS: epoch, seq, stream, lineage, epochs. ARGV: candidate epoch.
+_EPOCH = _LUA_COMMON + "return get_epoch(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[1])"
 
-# KEYS: epoch, seq, stream. ARGV: new epoch.
+# KEYS: epoch, seq, stream, lineage, epochs. ARGV: new epoch. A new life: nothing continues.
 _RESET = """
-redis.call('DEL', KEYS[3])
+redis.call('DEL', KEYS[3], KEYS[5])
 redis.call('SET', KEYS[2], 0)
 redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[4], string.match(redis.call('INFO', 'replication'),
+                                        'master_replid:(%x+)'))
 return ARGV[1]
 """
 
@@ -272,16 +309,7 @@ def _to_json(data: Any) -> bytes:
         return _encode_ascii(data).encode()
 
 
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else "***@"
-    return urllib.parse.urlunsplit(parts._replace(netloc=user + host))
+_safe_url = safe_url  # the URL without its password, for messages and logs
 
 
 @dataclass(eq=False)
@@ -351,9 +379,15 @@ class RedisBackend(Backend):
         timeout: float = 5.0,
         max_retry_delay: float = 5.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        min_replicas: int = 0,
+        replica_timeout: float = 1.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
         check_history_bounds(history_size, history_age)
+        if "{" in key_prefix or "}" in key_prefix:
+            raise ValueError("key_prefix cannot contain { or } (a cluster's hash tags)")
+        if min_replicas < 0 or replica_timeout <= 0:
+            raise ValueError("min_replicas cannot be negative; replica_timeout must be positive")
         if not 0 < presence_ttl < math.inf or timeout <= 0 or max_retry_delay <= 0:
             raise ValueError("presence_ttl, timeout and max_retry_delay must be positive")
         if max_connections < 2:  # the pub/sub connection holds one for good
@@ -371,17 +405,21 @@ class RedisBackend(Backend):
         self.timeout = timeout
         self.max_retry_delay = max_retry_delay
         self.max_connections = max_connections
+        self.min_replicas = min_replicas
+        self.replica_timeout = replica_timeout
         self.clock = clock
         self._node = secrets.token_hex(6)
         self._tokens = itertools.count(1)
-        self._client: Any = None  # redis.asyncio.Redis, created in the running loop
-        self._scripts: dict[str, Any] = {}
+        self._link: Link | None = None  # created in the running loop
+        self._scripts: dict[str, Script] = {}
         self._connecting: asyncio.Future[None] | None = None
         self._closed = False
         self._channels: dict[str, _Channel] = {}
+        self._names: dict[bytes, _Channel] = {}  # channel name -> its channel
         self._waiters: dict[str, _Waiter] = {}
         self._local: dict[str, dict[str, str]] = {}  # topic -> member id -> name (ours)
-        self._pubsub: Any = None
+        self._feed: Feed | None = None
+        self._switched = False  # Sentinel named a new master: move the feed there
         self._live = False  # the pub/sub connection is up and subscribed
         self._down = False  # an outage was logged and not its end yet
         self._sub_lock: asyncio.Lock | None = None
@@ -402,7 +440,7 @@ class RedisBackend(Backend):
         """
         if self._closed:
             raise BackendUnavailable("the backend is closed")
-        if self._client is not None:
+        if self._link is not None:
             return
         if self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_future()
@@ -419,36 +457,23 @@ class RedisBackend(Backend):
 
     async def _open(self) -> None:
         try:
-            # A bounded pool whose callers wait for a free connection. redis-py's default
-            # pool, depending on its version, opens one connection per call in flight (a
-            # burst of 1,000 subscribes opens hundreds) or refuses calls past 100 in flight
-            # (MaxConnectionsError "Too many connections", redis-py 8): under load, part of
-            # such a burst got `unavailable` and never went live.
-            pool = BlockingConnectionPool.from_url(
-                self.url,
-                max_connections=self.max_connections,
-                # No limit on waiting for a free connection: each busy one is released within
-                # `timeout` (socket timeouts), so the queue always moves; a deadline here
-                # would refuse calls because this node is busy, not because Redis is down.
-                timeout=None,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                # Never retry a command behind our back: a publish sent twice is stored twice.
-                retry=Retry(NoBackoff(), 0),
-                decode_responses=False,
-            )
+            target = parse_redis_url(self.url)
         except ValueError as exc:
             raise BackendUnavailable(f"invalid Redis URL {_safe_url(self.url)}: {exc}") from None
-        client = aioredis.Redis(connection_pool=pool)
-        try:
-            await client.ping()
-        except (RedisError, OSError) as exc:
-            await client.aclose()
-            await pool.disconnect()
-            raise BackendUnavailable(
-                f"cannot reach Redis at {_safe_url(self.url)}: {exc}") from None
+        link = open_link(self.url, target, timeout=self.timeout,
+                         max_connections=self.max_connections)
+        await link.open()
+        if self.min_replicas:
+            try:
+                await link.check_replicas(self.min_replicas)
+            except BaseException:
+                await link.close()
+                raise
+        if isinstance(link, SentinelLink):
+            link.on_switch = self._master_switched
+        publish = f"redis.call('{link.publish_command}',"
         self._scripts = {
-            name: client.register_script(source)
+            name: Script(name, source.replace("redis.call('PUBLISH',", publish))
             for name, source in (("publish", _PUBLISH), ("history", _HISTORY),
                                  ("epoch", _EPOCH), ("reset", _RESET), ("join", _JOIN),
                                  ("leave", _LEAVE), ("members", _MEMBERS),
@@ -456,20 +481,25 @@ class RedisBackend(Backend):
         }
         self._sub_lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
-        self._client = client
+        self._link = link
         self._reader = asyncio.create_task(self._read_forever())
         self._refresher = asyncio.create_task(self._refresh_forever())
 
     async def _ready(self) -> None:
         if self._closed:
             raise BackendUnavailable("the backend is closed")
-        if self._client is None:
+        if self._link is None:
             await self.connect()
 
-    async def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def _run(self, script: str, keys: Sequence[str], args: Sequence[Any],
+                   replicas: int = 0) -> Any:
         await self._ready()
+        assert self._link is not None
         try:
-            return await self._scripts[script](keys=keys, args=args)
+            return await self._link.run(self._scripts[script], keys, args, replicas,
+                                        self.replica_timeout)
+        except BackendUnavailable:
+            raise
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from None
         except Exception:
@@ -478,16 +508,23 @@ class RedisBackend(Backend):
             raise
 
     def _keys(self, topic: str, *suffixes: str) -> list[str]:
-        return [f"{self.key_prefix}{topic}:{suffix}" for suffix in suffixes]
+        base = self._channel_name(topic)
+        return [f"{base}:{suffix}" for suffix in suffixes]
 
     def _channel_name(self, topic: str) -> str:
+        """The topic's pub/sub channel, and the start of its keys. In a cluster the whole
+        name is the hash tag: every key of a topic is in one slot, so its scripts run there
+        and SPUBLISH reaches that shard only."""
+        if self._link is not None and self._link.tagged:
+            return f"{{{self.key_prefix}{topic}}}"
         return f"{self.key_prefix}{topic}"
 
     def _now_arg(self) -> int:
         return -1 if self.clock is None else int(self.clock() * 1000)
 
     async def _published(self, topic: str, script: str, keys: Sequence[str],
-                         args: Sequence[Any], more: Sequence[Any] = ()) -> Any:
+                         args: Sequence[Any], more: Sequence[Any] = (),
+                         replicas: int = 0) -> Any:
         """Run a script that PUBLISHes on the topic's channel; when this node listens to the
         topic, return once the reader handed what it published to the listeners."""
         token = f"{self._node}:{next(self._tokens)}"
@@ -496,7 +533,7 @@ class RedisBackend(Backend):
         if channel is not None and channel.confirmed and self._live:
             waiter = self._waiters[token] = _Waiter(channel)
         try:
-            result = await self._run(script, keys, [*args, token, *more])
+            result = await self._run(script, keys, [*args, token, *more], replicas)
             if waiter is not None:
                 waiter.expected = 1 if script == "publish" else int(result)  # PUBLISHes made
                 waiter.check()
@@ -512,33 +549,41 @@ class RedisBackend(Backend):
 
     async def publish(self, topic: str, data: Any, sender: str | None = None) -> Envelope:
         text = _to_json(data)
-        keys = self._keys(topic, "epoch", "seq", "stream")
+        await self._ready()
+        keys = self._history_keys(topic)
         args = [new_epoch(), text, sender or "", "0" if sender is None else "1",
                 _encode_ascii(sender), self._now_arg(), int(self.history_age * 1000),
-                self.history_size, self._channel_name(topic)]
-        seq, epoch, now = await self._published(topic, "publish", keys, args)
+                self.history_size, self._channel_name(topic), self.min_replicas]
+        seq, epoch, now = await self._published(topic, "publish", keys, args,
+                                                replicas=self.min_replicas)
         return Envelope(topic, int(seq), epoch.decode(), data, sender, int(now))
 
     async def history(
         self, topic: str, since: int | None = None, limit: int | None = None
     ) -> HistoryResult:
-        keys = self._keys(topic, "epoch", "seq", "stream")
+        await self._ready()
         args = [new_epoch(), self._now_arg(), int(self.history_age * 1000), self.history_size,
                 -1 if since is None else max(since, 0), -1 if limit is None else max(limit, 0)]
-        epoch, last, first, entries = await self._run("history", keys, args)
+        epoch, last, first, entries, closed = await self._run(
+            "history", self._history_keys(topic), args)
         if limit is not None:
             entries.reverse()
         messages = tuple(_envelope(topic, entry) for entry in entries)
         gap = since is not None and since < first - 1
-        return HistoryResult(messages, gap, int(first), epoch.decode(), int(last))
+        ends = _closed(closed)
+        return HistoryResult(messages, gap, int(first), epoch.decode(), int(last), ends)
+
+    def _history_keys(self, topic: str) -> list[str]:
+        return self._keys(topic, "epoch", "seq", "stream", "lineage", "epochs")
 
     async def epoch(self, topic: str) -> str:
-        epoch = await self._run("epoch", self._keys(topic, "epoch"), [new_epoch()])
+        await self._ready()
+        epoch = await self._run("epoch", self._history_keys(topic), [new_epoch()])
         return str(epoch.decode())
 
     async def reset(self, topic: str) -> str:
-        epoch = await self._run("reset", self._keys(topic, "epoch", "seq", "stream"),
-                                [new_epoch()])
+        await self._ready()
+        epoch = await self._run("reset", self._history_keys(topic), [new_epoch()])
         return str(epoch.decode())
 
     # -- presence ---------------------------------------------------------------------------
@@ -548,6 +593,7 @@ class RedisBackend(Backend):
                 [self._now_arg(), self._channel_name(topic)])
 
     async def join(self, topic: str, member_id: str, name: str) -> None:
+        await self._ready()
         keys, args = self._presence_args(topic)
         await self._published(topic, "join", keys, args,
                               [member_id, name, int(self._lifetime * 1000)])
@@ -559,16 +605,19 @@ class RedisBackend(Backend):
             members.pop(member_id, None)
             if not members:
                 del self._local[topic]
+        await self._ready()
         keys, args = self._presence_args(topic)
         await self._published(topic, "leave", keys, args, [member_id])
 
     async def members(self, topic: str) -> list[str]:
+        await self._ready()
         keys, args = self._presence_args(topic)
         names = await self._run("members", keys, [*args, f"{self._node}:0"])
         return [name.decode() for name in names]  # sorted by Redis
 
     async def roster(self, topic: str, after: str | None = None,
                      limit: int | None = None) -> Roster:
+        await self._ready()
         keys, args = self._presence_args(topic)
         # "=" + name, so that an empty name is not the start ('').
         count, names = await self._run("roster", keys, [
@@ -621,10 +670,11 @@ class RedisBackend(Backend):
             name = self._channel_name(topic).encode()
             channel = _Channel(topic, name, asyncio.get_running_loop().create_future())
             self._channels[topic] = channel
+            self._names[name] = channel
             async with self._sub_lock:
-                if self._live:
+                if self._live and self._feed is not None:
                     try:
-                        await self._pubsub.subscribe(name)
+                        await self._feed.subscribe(name)
                     except (RedisError, OSError):
                         pass  # the reader sees it too, reconnects and subscribes everything
             self._wakeup.set()
@@ -659,6 +709,7 @@ class RedisBackend(Backend):
 
     async def _drop_channel(self, channel: _Channel) -> None:
         del self._channels[channel.topic]
+        self._names.pop(channel.name, None)
         if not channel.ready.done():
             channel.ready.cancel()
         # The reader skips what still arrives on a channel it no longer knows: a call
@@ -670,9 +721,9 @@ class RedisBackend(Backend):
                 waiter.done.set()
         assert self._sub_lock is not None
         async with self._sub_lock:
-            if self._live:
+            if self._live and self._feed is not None:
                 try:
-                    await self._pubsub.unsubscribe(channel.name)
+                    await self._feed.unsubscribe(channel.name)
                 except (RedisError, OSError):
                     pass  # the reader reconnects without it
 
@@ -690,12 +741,22 @@ class RedisBackend(Backend):
         self._notify(channel, envelope)
 
     async def _catch_up(self, channel: _Channel) -> None:
-        """Deliver what the stream holds after the last seq delivered (all of the current
-        epoch if it changed)."""
+        """Deliver what the stream holds after the last seq delivered. When the epoch
+        changed: if a failover closed the old one at or after that seq, the same messages
+        continue in the new epoch; if it closed before (the listeners saw messages that the
+        new master lacks), from its end; after a reset, all of the new epoch."""
         result = await self.history(channel.topic, channel.delivered)
         if result.epoch != channel.epoch:
-            channel.epoch, channel.delivered = result.epoch, 0
-            result = await self.history(channel.topic, 0)
+            end = result.closed.get(channel.epoch) if channel.epoch is not None else None
+            delivered = channel.delivered or 0
+            if end is not None and delivered <= end:
+                channel.epoch = result.epoch
+            else:
+                if end is not None:
+                    logger.warning("event=redis_failover_lost topic=%s epoch=%s from=%d to=%d",
+                                   channel.topic, channel.epoch, end + 1, delivered)
+                channel.epoch, channel.delivered = result.epoch, end or 0
+                result = await self.history(channel.topic, channel.delivered)
         if result.gap:
             logger.warning("event=redis_feed_gap topic=%s from=%s to=%s", channel.topic,
                            (channel.delivered or 0) + 1, result.first - 1)
@@ -707,7 +768,9 @@ class RedisBackend(Backend):
         if channel.confirmed:
             return
         if channel.delivered is None:  # first subscription: start after the latest seq
-            epoch, seq = await self._client.mget(self._keys(channel.topic, "epoch", "seq"))
+            assert self._link is not None
+            keys = self._keys(channel.topic, "epoch", "seq")
+            epoch, seq = await self._link.command("MGET", *keys, key=keys[0])
             channel.epoch = epoch.decode() if epoch is not None else None
             channel.delivered = int(seq or 0)
         else:  # resubscribed after an outage: what was missed meanwhile, then live
@@ -723,11 +786,10 @@ class RedisBackend(Backend):
         if "seq" in message:
             envelope = Envelope(channel.topic, message["seq"], message["epoch"],
                                 message["data"], message["sender"], message["time"])
-            if envelope.epoch != channel.epoch:  # reset: a new life starts from seq 0
-                channel.epoch, channel.delivered = envelope.epoch, 0
-            delivered = channel.delivered or 0
-            if envelope.seq > delivered + 1:  # not seen on the channel: take it from the stream
+            if envelope.epoch != channel.epoch:  # a failover or a reset: see _catch_up
                 await self._catch_up(channel)
+            elif envelope.seq > (channel.delivered or 0) + 1:
+                await self._catch_up(channel)  # not seen on the channel: from the stream
             self._deliver(channel, envelope)
         else:
             self._notify(channel, PresenceEvent(
@@ -768,8 +830,9 @@ class RedisBackend(Backend):
     async def _ping_idle(self) -> bool:
         """PING Redis while nothing is subscribed; whether it answered (an outage and its end
         are logged as the reader logs them)."""
+        assert self._link is not None
         try:
-            await self._client.ping()
+            await self._link.ping()
         except (RedisError, OSError) as exc:
             self._lost(exc)
             return False
@@ -792,49 +855,55 @@ class RedisBackend(Backend):
             logger.warning("event=redis_unavailable url=%s error=\"%s\" action=reconnecting",
                            _safe_url(self.url), exc)
 
+    async def _master_switched(self) -> None:
+        """Sentinel named a new master: the live feed moves there (and catches up)."""
+        self._switched = True
+
     async def _read_session(self) -> None:
-        assert self._sub_lock is not None
-        pubsub = self._client.pubsub()
-        self._pubsub = pubsub
+        assert self._sub_lock is not None and self._link is not None
+        feed = self._link.feed()
+        self._feed = feed
+        self._switched = False
         try:
             async with self._sub_lock:
-                await pubsub.subscribe(*[c.name for c in self._channels.values()])
+                await feed.subscribe(*[c.name for c in self._channels.values()])
                 self._live = True
             loop = asyncio.get_running_loop()
             heard = loop.time()
             pinged = False
             while not self._closed:
-                message = await pubsub.get_message(timeout=1.0)
+                if self._switched:
+                    raise OSError("Sentinel named a new master")
+                message = await feed.get(timeout=1.0)
                 if message is None:
                     silence = loop.time() - heard
                     if silence > 2 * HEALTH_INTERVAL:
                         raise OSError(f"no answer from Redis for {silence:.0f} s")
                     if silence > HEALTH_INTERVAL and not pinged:
-                        await pubsub.ping()
+                        await feed.ping()
                         pinged = True
                     continue
                 heard, pinged = loop.time(), False
-                kind = message["type"]
-                name = message["channel"]
-                topic = (name.decode() if isinstance(name, bytes) else str(name)
-                         )[len(self.key_prefix):] if name is not None else ""
-                channel = self._channels.get(topic)
+                kind, name, data = message
+                channel = self._names.get(name) if name is not None else None
                 if channel is None:
                     continue  # unsubscribed meanwhile, or a pong
-                if kind in (b"subscribe", "subscribe"):
+                if kind == "subscribe":
                     await self._subscribed(channel)
                     if self._down and all(c.confirmed for c in self._channels.values()):
                         self._down = False
                         logger.warning("event=redis_reconnected url=%s", _safe_url(self.url))
-                elif kind in (b"message", "message") and channel.confirmed:
-                    await self._received(channel, message["data"])
+                elif kind == "unsubscribe":
+                    # Not asked for (we forget a channel before unsubscribing it): Redis
+                    # moved the slot away. The client library subscribes on the new owner;
+                    # its confirmation catches up from the stream.
+                    channel.confirmed = False
+                elif kind == "message" and channel.confirmed:
+                    await self._received(channel, data)
         finally:
             self._live = False
-            self._pubsub = None
-            try:
-                await pubsub.aclose()
-            except (RedisError, OSError):
-                pass
+            self._feed = None
+            await feed.close()
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -843,7 +912,7 @@ class RedisBackend(Backend):
         if self._closed:
             return
         local, self._local = self._local, {}
-        if self._client is not None:
+        if self._link is not None:
             try:
                 await asyncio.wait_for(self._leave_all(local), self.timeout)
             except (BackendUnavailable, asyncio.TimeoutError):
@@ -862,15 +931,22 @@ class RedisBackend(Backend):
             if not channel.ready.done():
                 channel.ready.cancel()
         self._channels.clear()
-        if self._client is not None:
-            await self._client.aclose()
-            await self._client.connection_pool.disconnect()  # ours: the client does not own it
+        self._names.clear()
+        if self._link is not None:
+            await self._link.close()
 
     async def _leave_all(self, local: dict[str, dict[str, str]]) -> None:
         for topic, members in local.items():
             for member_id in members:
                 keys, args = self._presence_args(topic)
                 await self._run("leave", keys, [*args, f"{self._node}:0", member_id])
+
+
+def _closed(flat: Sequence[Any]) -> dict[str, int]:
+    """The closed epochs from ``ZRANGE … WITHSCORES``: epoch -> its last seq."""
+    if flat and isinstance(flat[0], (list, tuple)):  # RESP3 pairs
+        return {member.decode(): int(float(score)) for member, score in flat}
+    return {flat[i].decode(): int(float(flat[i + 1])) for i in range(0, len(flat), 2)}
 
 
 def _envelope(topic: str, entry: Any) -> Envelope:

@@ -37,7 +37,8 @@
  * - "message" {topic, seq, epoch, data, sender, time}: a topic message, in seq order, once.
  * - "subscribed" {topic, epoch, seq, replayed, gap, first, resumed, reset}: `resumed` when
  *   the subscription continued from a known seq; `reset` when the server's history for the
- *   topic was reset (new epoch): seqs start over and what follows is new.
+ *   topic was reset (new epoch): seqs start over and what follows is new. `retracted`
+ *   [from, to] (with `reset`): messages this client saw that a Redis failover lost.
  * - "presence" {topic, members, count, more, joined, left}: members is the whole list known
  *   here (sorted), kept from the server's snapshot and changes; joined and left are the
  *   names of this change (empty for a snapshot).
@@ -462,8 +463,12 @@ export class TetherClient extends EventTarget {
   onSubscribed(frame) {
     const topic = this.topics.get(frame.topic);
     if (!topic) return;
-    const resumed = topic.since !== null && topic.epoch === frame.epoch;
-    const reset = topic.epoch !== null && topic.epoch !== frame.epoch;
+    // `continues`: a Redis failover gave the topic a new epoch, and the new master has every
+    // message up to our `since`: the same messages, seqs keep counting.
+    const same = topic.epoch === frame.epoch ||
+      (frame.continues !== undefined && frame.continues === topic.epoch);
+    const resumed = topic.since !== null && same;
+    const reset = topic.epoch !== null && !same;
     const recovery = topic.recovery;
     if (recovery && !resumed) this.finishRecovery(frame.topic, topic); // another life: as is
     if (!resumed) {
@@ -475,6 +480,7 @@ export class TetherClient extends EventTarget {
     this.emit("subscribed", {
       topic: frame.topic, epoch: frame.epoch, seq: frame.seq, replayed: frame.replayed,
       gap: Boolean(frame.gap), first: frame.first, resumed, reset,
+      retracted: frame.retracted,
     });
     if (recovery && resumed) {
       // The replay that fills a gap notice: the next `replayed` messages of the topic. The
@@ -493,9 +499,15 @@ export class TetherClient extends EventTarget {
   onMessage(frame) {
     const topic = this.topics.get(frame.topic);
     if (!topic || typeof frame.seq !== "number") return;
-    if (topic.epoch !== null && frame.epoch !== undefined && frame.epoch !== topic.epoch) {
-      // The history was reset while we were subscribed: seqs start over. What a recovery
-      // held belongs to the old life: out it goes first.
+    if (topic.epoch !== null && frame.epoch !== undefined && frame.epoch !== topic.epoch &&
+        topic.since !== null && frame.seq === topic.since + 1 && !topic.recovery) {
+      // A Redis failover started a new epoch and its first message follows the last one we
+      // saw: nothing was lost, seqs keep counting.
+      topic.epoch = frame.epoch;
+    } else if (topic.epoch !== null && frame.epoch !== undefined &&
+               frame.epoch !== topic.epoch) {
+      // The history was reset while we were subscribed (or a failover lost messages we saw):
+      // seqs start over. What a recovery held belongs to the old life: out it goes first.
       this.finishRecovery(frame.topic, topic);
       topic.epoch = frame.epoch;
       topic.since = 0;

@@ -1,0 +1,307 @@
+"""Failover under load, on real topologies (tests/hub/redis_topology.py): Redis Sentinel
+promoting a replica after the master's SIGKILL, and a Redis Cluster shard doing the same.
+
+Two tether nodes (two hubs, each its own RedisBackend and WebSocket server) carry a steady
+publish load from hub-protocol clients; subscribers on both nodes record what they get; one
+subscriber disconnects before the kill and resumes after it. Afterwards: every acknowledged
+publish is in the history once, in seq order, and every subscriber got every acknowledged
+message once. What is lost without ``min_replicas`` is measured on a failover made to lose
+(frozen replicas), and reported.
+
+These run once, in the C/uvloop pass: they test the backend against Redis, no accelerated
+code, and each costs a topology of its own (2-3 s to start, 2-3 s to fail over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tether.hub import BackendUnavailable, Hub
+from tether.hub.redis import RedisBackend
+
+from .conftest import UNIT, HubClient, hub_serving, run
+from .redis_topology import ClusterSetup, SentinelSetup
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TETHER_NO_EXTENSIONS") == "1",
+    reason="Redis failover runs once, in the C/uvloop pass: it tests the backend against "
+    "real topologies and no accelerated code",
+)
+
+TOPIC = "room"
+
+
+class Subscriber:
+    """A hub client that records every message of its topics: data -> (epoch, seq)."""
+
+    def __init__(self, client: HubClient) -> None:
+        self.client = client
+        self.got: list[dict[str, Any]] = []
+        self.subscribed: list[dict[str, Any]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, topic: str = TOPIC, **options: Any) -> None:
+        subscribed, _, replayed = await self.client.subscribe(topic, **options)
+        self.subscribed.append(subscribed)
+        self.got.extend(replayed)
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                frame = await self.client.recv(60 * UNIT)
+            except Exception:  # closed
+                return
+            if frame["type"] == "message":
+                self.got.append(frame)
+            elif frame["type"] == "subscribed":
+                self.subscribed.append(frame)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+
+    def last(self) -> tuple[str, int]:
+        frame = self.got[-1]
+        return frame["epoch"], frame["seq"]
+
+
+class Publisher:
+    """Publishes ``{"p": name, "n": i}`` one at a time; records what was acknowledged
+    (n -> seq) and when publishing failed and worked again."""
+
+    def __init__(self, name: str, client: HubClient) -> None:
+        self.name = name
+        self.client = client
+        self.acked: dict[int, int] = {}
+        self.failed = 0
+        self.ack_times: list[float] = []
+        self.running = True
+
+    async def run(self, pause: float = 0.01) -> None:
+        await self.client.subscribe(TOPIC)  # only subscribers may publish
+        n = 0
+        while self.running:
+            n += 1
+            await self.client.send(type="publish", topic=TOPIC, data={"p": self.name, "n": n},
+                                    id=str(n))
+            while True:
+                frame = await self.client.recv(30 * UNIT)
+                if frame.get("id") == str(n):
+                    break
+            if frame["type"] == "ack":
+                self.acked[n] = frame["seq"]
+                self.ack_times.append(time.monotonic())
+            else:
+                assert frame["type"] == "error" and frame["code"] == "unavailable", frame
+                self.failed += 1
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(pause)
+
+    def first_ack_after(self, moment: float) -> float | None:
+        later = [t for t in self.ack_times if t >= moment]
+        return min(later) if later else None
+
+
+def _key(frame: dict[str, Any]) -> tuple[str, int]:
+    return frame["data"]["p"], frame["data"]["n"]
+
+
+def check_no_loss(history: list[Any], publishers: list[Publisher],
+                  subscribers: list[Subscriber]) -> int:
+    """Every acknowledged publish is in ``history`` once, with its acknowledged seq, in seq
+    order; every subscriber got every acknowledged message once. Returns how many were
+    acknowledged."""
+    seqs = [e.seq for e in history]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), "history out of order"
+    stored: dict[tuple[str, int], list[int]] = {}
+    for envelope in history:
+        stored.setdefault((envelope.data["p"], envelope.data["n"]), []).append(envelope.seq)
+    acked = {(p.name, n): seq for p in publishers for n, seq in p.acked.items()}
+    missing = [k for k in acked if k not in stored]
+    assert not missing, f"{len(missing)} acknowledged publishes lost: {missing[:5]}"
+    twice = [k for k, s in stored.items() if len(s) > 1]
+    assert not twice, f"stored twice: {twice[:5]}"
+    moved = [k for k, seq in acked.items() if stored[k] != [seq]]
+    assert not moved, f"acknowledged with another seq: {moved[:5]}"
+    for subscriber in subscribers:
+        keys = [_key(f) for f in subscriber.got]
+        assert len(keys) == len(set(keys)), "a subscriber got a message twice"
+        lost = [k for k in acked if k not in set(keys)]
+        assert not lost, f"a subscriber missed {len(lost)} acknowledged: {lost[:5]}"
+    return len(acked)
+
+
+async def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class TestSentinel:
+    def test_sigkill_under_load_loses_no_acknowledged_publish(
+        self, fresh_sentinel: Callable[..., SentinelSetup]
+    ) -> None:
+        """min_replicas=1: the master SIGKILLed under a steady load through two nodes, a
+        replica promoted by Sentinel; the nodes serve again shortly after the promotion."""
+        setup = fresh_sentinel()
+        prefix = f"t{secrets.token_hex(3)}:"
+
+        def backend() -> RedisBackend:
+            return RedisBackend(setup.url, key_prefix=prefix, min_replicas=1, timeout=2.0,
+                                max_retry_delay=0.4)
+
+        async def main() -> None:
+            hub_a, hub_b = Hub(backend()), Hub(backend())
+            async with hub_serving(hub_a) as (_, connect_a), \
+                    hub_serving(hub_b) as (_, connect_b):
+                subscribers = [Subscriber(await connect_a("sa")),
+                               Subscriber(await connect_b("sb"))]
+                for s in subscribers:
+                    await s.start()
+                leaver = Subscriber(await connect_b("leaver"))
+                await leaver.start()
+                publishers = [Publisher("pa", await connect_a("pa")),
+                              Publisher("pb", await connect_b("pb"))]
+                tasks = [asyncio.create_task(p.run()) for p in publishers]
+                await asyncio.sleep(1.0)
+                await _wait_for(lambda: bool(leaver.got), 10 * UNIT, "a first message")
+                await leaver.stop()
+                epoch, since = leaver.last()
+                await leaver.client.close()
+                killed = time.monotonic()
+                old, new, seconds = await asyncio.to_thread(setup.fail_over)
+                promoted = killed + seconds
+                await _wait_for(lambda: all(p.first_ack_after(promoted) for p in publishers),
+                                30 * UNIT, "publishing to work again")
+                await asyncio.sleep(1.0)
+                back = Subscriber(await connect_a("back"))
+                await back.start(since=since, epoch=epoch)
+                resumed = back.subscribed[0]
+                await asyncio.sleep(0.5)
+                for p in publishers:
+                    p.running = False
+                await asyncio.gather(*tasks)
+                await asyncio.sleep(1.0)  # the last live messages
+                for s in [*subscribers, back]:
+                    await s.stop()
+                history = (await hub_a.backend.history(TOPIC, 0)).messages
+                leaver.got.extend(back.got)
+                count = check_no_loss(list(history), publishers, [*subscribers, leaver])
+                serving_again = max(p.first_ack_after(promoted) or 0 for p in publishers) \
+                    - promoted
+                print(f"\nSentinel failover, min_replicas=1: {count} acknowledged, 0 lost; "
+                      f"{sum(p.failed for p in publishers)} answered unavailable; new master "
+                      f"named {seconds:.2f} s after the SIGKILL; both nodes acknowledged "
+                      f"again {serving_again:+.2f} s after that; resume: epoch "
+                      f"{'kept' if resumed['epoch'] == epoch else 'continued' if resumed.get('continues') == epoch else 'reset'}")
+                assert resumed.get("continues") == epoch or resumed["epoch"] == epoch, resumed
+                assert "retracted" not in resumed
+                assert serving_again < 5.0, serving_again
+                assert old is not new
+            await hub_a.close()
+            await hub_b.close()
+
+        run(main())
+
+    def test_what_is_lost_without_min_replicas(
+        self, fresh_sentinel: Callable[..., SentinelSetup]
+    ) -> None:
+        """A failover made to lose: the replicas frozen and cut off, publishes acknowledged
+        by the master alone, then its SIGKILL. Without min_replicas those are lost: measured,
+        and the lineage rule closes the epoch where the new master's data ends, so a client
+        that saw them is told (retracted) and no (epoch, seq) names two messages. With
+        min_replicas=1 the same publishes are answered unavailable instead."""
+        setup = fresh_sentinel()
+        prefixes = {needed: f"t{needed}{secrets.token_hex(3)}:" for needed in (0, 1)}
+
+        def node(needed: int, min_replicas: int = 0) -> RedisBackend:
+            return RedisBackend(setup.url, key_prefix=prefixes[needed], timeout=2.0,
+                                min_replicas=min_replicas, replica_timeout=0.3)
+
+        async def main() -> None:
+            epochs = {}
+            for needed in (0, 1):
+                before = node(needed, needed)
+                sent = [await before.publish(TOPIC, {"p": "before", "n": n}) for n in range(5)]
+                epochs[needed] = sent[0].epoch
+                await before.close()
+            # The replicas frozen and cut off: what the master acknowledges now never
+            # reaches them.
+            for replica in setup.replicas:
+                replica.pause()
+            setup.master.command("CLIENT", "KILL", "TYPE", "replica")
+            outcome: dict[int, tuple[list[Any], int]] = {}
+            for needed in (0, 1):
+                during = node(needed, needed)
+                acked, failed = [], 0
+                for n in range(10):
+                    try:
+                        acked.append(await during.publish(TOPIC, {"p": "during", "n": n}))
+                    except BackendUnavailable:
+                        failed += 1
+                outcome[needed] = (acked, failed)
+                await during.close()
+            old = setup.kill_master()
+            for replica in setup.replicas:
+                replica.resume()
+            await asyncio.to_thread(setup.wait_for_new_master, old)
+
+            # min_replicas=1: nothing acknowledged, so nothing to lose.
+            acked, failed = outcome[1]
+            assert (len(acked), failed) == (0, 10)
+
+            # min_replicas=0: all 10 acknowledged, all 10 lost.
+            acked, failed = outcome[0]
+            after = node(0)
+            for _ in range(100):
+                try:
+                    history = await after.history(TOPIC, 0)
+                    break
+                except BackendUnavailable:
+                    await asyncio.sleep(0.1)
+            stored = {(e.data["p"], e.data["n"]) for e in history.messages}
+            lost = [e for e in acked if (e.data["p"], e.data["n"]) not in stored]
+            assert (len(acked), len(lost)) == (10, 10), (len(acked), len(lost))
+            assert len(stored) == 5
+            # The lineage rule: the epoch that acknowledged them is closed where the new
+            # master's data ends, and the next publish is seq 6 of a new epoch.
+            epoch = epochs[0]
+            assert history.epoch != epoch
+            assert history.closed.get(epoch) == 5, history.closed
+            nxt = await after.publish(TOPIC, {"p": "after", "n": 0})
+            assert (nxt.epoch, nxt.seq) == (history.epoch, 6)
+            # A client that saw the lost ones is told on resume; one that saw only what
+            # survived resumes exactly.
+            hub = Hub(after)
+            async with hub_serving(hub) as (_, connect):
+                saw_lost = await connect("saw-lost")
+                subscribed, _, replayed = await saw_lost.subscribe(
+                    TOPIC, since=acked[-1].seq, epoch=epoch)
+                assert subscribed["retracted"] == [6, acked[-1].seq], subscribed
+                assert subscribed["epoch"] == nxt.epoch
+                assert [m["seq"] for m in replayed] == [6]
+                saw_kept = await connect("saw-kept")
+                subscribed, _, replayed = await saw_kept.subscribe(TOPIC, since=5, epoch=epoch)
+                assert subscribed["continues"] == epoch and "retracted" not in subscribed
+                assert [m["seq"] for m in replayed] == [6]
+            await hub.close()
+            print(f"\nwithout min_replicas: {len(lost)} of {len(acked)} acknowledged publishes "
+                  f"lost in a failover with frozen replicas, epoch closed at seq 5; with "
+                  f"min_replicas=1 the same {outcome[1][1]} publishes were answered "
+                  f"unavailable and none was lost")
+
+        run(main())
