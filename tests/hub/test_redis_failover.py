@@ -27,7 +27,7 @@ from tether.hub import BackendUnavailable, Hub
 from tether.hub.redis import RedisBackend
 
 from .conftest import UNIT, HubClient, hub_serving, run
-from .redis_topology import ClusterSetup, SentinelSetup
+from .redis_topology import ClusterSetup, SentinelSetup, command
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TETHER_NO_EXTENSIONS") == "1",
@@ -47,10 +47,11 @@ class Subscriber:
         self.subscribed: list[dict[str, Any]] = []
         self.task: asyncio.Task[None] | None = None
 
-    async def start(self, topic: str = TOPIC, **options: Any) -> None:
-        subscribed, _, replayed = await self.client.subscribe(topic, **options)
-        self.subscribed.append(subscribed)
-        self.got.extend(replayed)
+    async def start(self, *topics: str, **options: Any) -> None:
+        for topic in topics or (TOPIC,):
+            subscribed, _, replayed = await self.client.subscribe(topic, **options)
+            self.subscribed.append(subscribed)
+            self.got.extend(replayed)
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -81,20 +82,22 @@ class Publisher:
     """Publishes ``{"p": name, "n": i}`` one at a time; records what was acknowledged
     (n -> seq) and when publishing failed and worked again."""
 
-    def __init__(self, name: str, client: HubClient) -> None:
+    def __init__(self, name: str, client: HubClient, topic: str = TOPIC) -> None:
         self.name = name
         self.client = client
+        self.topic = topic
         self.acked: dict[int, int] = {}
         self.failed = 0
         self.ack_times: list[float] = []
         self.running = True
 
     async def run(self, pause: float = 0.01) -> None:
-        await self.client.subscribe(TOPIC)  # only subscribers may publish
+        await self.client.subscribe(self.topic)  # only subscribers may publish
         n = 0
         while self.running:
             n += 1
-            await self.client.send(type="publish", topic=TOPIC, data={"p": self.name, "n": n},
+            await self.client.send(type="publish", topic=self.topic,
+                                    data={"p": self.name, "n": n},
                                     id=str(n))
             while True:
                 frame = await self.client.recv(30 * UNIT)
@@ -114,21 +117,23 @@ class Publisher:
         return min(later) if later else None
 
 
-def _key(frame: dict[str, Any]) -> tuple[str, int]:
-    return frame["data"]["p"], frame["data"]["n"]
+def _key(frame: dict[str, Any]) -> tuple[str, str, int]:
+    return frame["topic"], frame["data"]["p"], frame["data"]["n"]
 
 
-def check_no_loss(history: list[Any], publishers: list[Publisher],
+def check_no_loss(histories: dict[str, list[Any]], publishers: list[Publisher],
                   subscribers: list[Subscriber]) -> int:
-    """Every acknowledged publish is in ``history`` once, with its acknowledged seq, in seq
-    order; every subscriber got every acknowledged message once. Returns how many were
-    acknowledged."""
-    seqs = [e.seq for e in history]
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), "history out of order"
-    stored: dict[tuple[str, int], list[int]] = {}
-    for envelope in history:
-        stored.setdefault((envelope.data["p"], envelope.data["n"]), []).append(envelope.seq)
-    acked = {(p.name, n): seq for p in publishers for n, seq in p.acked.items()}
+    """Every acknowledged publish is in its topic's history once, with its acknowledged
+    seq, in seq order; every subscriber got every acknowledged message of its topics once.
+    Returns how many were acknowledged."""
+    stored: dict[tuple[str, str, int], list[int]] = {}
+    for topic, history in histories.items():
+        seqs = [e.seq for e in history]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), "history out of order"
+        for envelope in history:
+            stored.setdefault((topic, envelope.data["p"], envelope.data["n"]),
+                              []).append(envelope.seq)
+    acked = {(p.topic, p.name, n): seq for p in publishers for n, seq in p.acked.items()}
     missing = [k for k in acked if k not in stored]
     assert not missing, f"{len(missing)} acknowledged publishes lost: {missing[:5]}"
     twice = [k for k, s in stored.items() if len(s) > 1]
@@ -138,7 +143,8 @@ def check_no_loss(history: list[Any], publishers: list[Publisher],
     for subscriber in subscribers:
         keys = [_key(f) for f in subscriber.got]
         assert len(keys) == len(set(keys)), "a subscriber got a message twice"
-        lost = [k for k in acked if k not in set(keys)]
+        topics = {s["topic"] for s in subscriber.subscribed}
+        lost = [k for k in acked if k[0] in topics and k not in set(keys)]
         assert not lost, f"a subscriber missed {len(lost)} acknowledged: {lost[:5]}"
     return len(acked)
 
@@ -200,7 +206,8 @@ class TestSentinel:
                     await s.stop()
                 history = (await hub_a.backend.history(TOPIC, 0)).messages
                 leaver.got.extend(back.got)
-                count = check_no_loss(list(history), publishers, [*subscribers, leaver])
+                count = check_no_loss({TOPIC: list(history)}, publishers,
+                                      [*subscribers, leaver])
                 serving_again = max(p.first_ack_after(promoted) or 0 for p in publishers) \
                     - promoted
                 print(f"\nSentinel failover, min_replicas=1: {count} acknowledged, 0 lost; "
@@ -303,5 +310,189 @@ class TestSentinel:
                   f"lost in a failover with frozen replicas, epoch closed at seq 5; with "
                   f"min_replicas=1 the same {outcome[1][1]} publishes were answered "
                   f"unavailable and none was lost")
+
+        run(main())
+
+
+def _channel(prefix: str, topic: str) -> str:
+    return f"{{{prefix}{topic}}}"  # a topic's keys and sharded channel share this hash tag
+
+
+def _spread(setup: ClusterSetup, prefix: str, count: int) -> list[str]:
+    """``count`` topics whose slots are on ``count`` different shards."""
+    topics: dict[int, str] = {}
+    for n in range(1000):
+        topic = f"room-{n}"
+        owner = setup.master_for_slot(setup.slot(_channel(prefix, topic))).port
+        topics.setdefault(owner, topic)
+        if len(topics) == count:
+            return list(topics.values())
+    raise AssertionError("topics do not spread")
+
+
+def _publishshard_sent(port: int) -> int:
+    text = str(command(port, "CLUSTER", "INFO"))
+    fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
+    return int(fields.get("cluster_stats_messages_publishshard_sent", 0))
+
+
+class TestCluster:
+    def test_each_shard_carries_only_its_topics(self, cluster_setup: ClusterSetup) -> None:
+        """100 topics over 3 shards: each master holds the sharded subscriptions of its own
+        topics only, and each publish costs cluster-bus messages to its shard's replica
+        only (classic PUBLISH goes to every node); a node unsubscribes a topic's shard
+        channel with its last listener."""
+        setup = cluster_setup
+        prefix = f"t{secrets.token_hex(3)}:"
+        topics = [f"topic-{n}" for n in range(100)]
+        channels = {t: _channel(prefix, t) for t in topics}
+        owner = {t: setup.master_for_slot(setup.slot(channels[t])).port for t in topics}
+        masters = [m.port for m in setup.masters()]
+        assert set(owner.values()) == set(masters)  # every shard has some
+
+        def counts(port: int) -> dict[str, int]:
+            reply = command(port, "PUBSUB", "SHARDNUMSUB", *channels.values())
+            return {str(reply[i]): int(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+        async def main() -> None:
+            node = RedisBackend(setup.url, key_prefix=prefix)
+            publisher = RedisBackend(setup.url, key_prefix=prefix)
+            got: list[Any] = []
+            listener = got.append
+            for topic in topics:
+                await node.listen(topic, listener)
+            for port in masters:
+                seen = counts(port)
+                assert all(seen[channels[t]] == (owner[t] == port) for t in topics), port
+            before = {port: _publishshard_sent(port) for port in masters}
+            for topic in topics:
+                await publisher.publish(topic, topic)
+            await _wait_for(lambda: len(got) == 100, 10 * UNIT, "100 live messages")
+            sent = {port: _publishshard_sent(port) - before[port] for port in masters}
+            own = {port: sum(1 for t in topics if owner[t] == port) for port in masters}
+            assert sent == own, (sent, own)  # one bus message per publish: to the replica
+            for topic in topics[:50]:
+                await node.unlisten(topic, listener)
+            await asyncio.sleep(0.3)
+            left = {t: n for port in masters for t, n in counts(port).items() if n}
+            assert set(left) == {channels[t] for t in topics[50:]}
+            print(f"\ncluster: 100 topics over shards {sorted(own.values())}; bus messages "
+                  f"per shard for 100 publishes {sorted(sent.values())}")
+            await node.close()
+            await publisher.close()
+
+        run(main())
+
+    def test_a_shard_fails_over_under_load(
+        self, fresh_cluster: Callable[..., ClusterSetup]
+    ) -> None:
+        """min_replicas=1, three topics on three shards, two nodes: one shard's master
+        SIGKILLed, its replica promoted, the old master restarted (it rejoins as the new
+        master's replica, which min_replicas=1 needs); every acknowledged publish is kept
+        once and delivered once, and the other shards keep serving."""
+        setup = fresh_cluster(extra_config=["cluster-require-full-coverage no"])
+        prefix = f"t{secrets.token_hex(3)}:"
+        topics = _spread(setup, prefix, 3)
+
+        def backend() -> RedisBackend:
+            return RedisBackend(setup.url, key_prefix=prefix, min_replicas=1, timeout=2.0,
+                                max_retry_delay=0.4)
+
+        async def main() -> None:
+            hub_a, hub_b = Hub(backend()), Hub(backend())
+            async with hub_serving(hub_a) as (_, connect_a), \
+                    hub_serving(hub_b) as (_, connect_b):
+                subscribers = [Subscriber(await connect_a("sa")),
+                               Subscriber(await connect_b("sb"))]
+                for s in subscribers:
+                    await s.start(*topics)
+                publishers = [Publisher(f"p{i}{side}", await connect(f"p{i}{side}"), topic)
+                              for i, topic in enumerate(topics)
+                              for side, connect in (("a", connect_a), ("b", connect_b))]
+                tasks = [asyncio.create_task(p.run(pause=0.02)) for p in publishers]
+                await asyncio.sleep(1.0)
+                victim_port = setup.master_for_slot(setup.slot(_channel(prefix, topics[0]))).port
+                index = [m.port for m in setup.masters()].index(victim_port)
+                killed = time.monotonic()
+                old = await asyncio.to_thread(setup.kill_master, index)
+                await asyncio.to_thread(setup.wait_promoted, old)
+                promoted = time.monotonic()
+                await asyncio.to_thread(setup.process(old).start)
+                await asyncio.to_thread(setup.wait_ok)
+                rejoined = time.monotonic()
+                await _wait_for(lambda: all(p.first_ack_after(rejoined) for p in publishers),
+                                30 * UNIT, "publishing to work again")
+                await asyncio.sleep(0.5)
+                for p in publishers:
+                    p.running = False
+                await asyncio.gather(*tasks)
+                await asyncio.sleep(1.0)
+                for s in subscribers:
+                    await s.stop()
+                histories = {t: list((await hub_a.backend.history(t, 0)).messages)
+                             for t in topics}
+                count = check_no_loss(histories, publishers, subscribers)
+                failed = {p.topic: 0 for p in publishers}
+                for p in publishers:
+                    failed[p.topic] += p.failed
+                print(f"\ncluster shard failover, min_replicas=1: {count} acknowledged, 0 "
+                      f"lost; answered unavailable per topic {list(failed.values())} (the "
+                      f"first on the failed shard); promoted {promoted - killed:.2f} s after "
+                      f"the SIGKILL, old master back as replica {rejoined - promoted:.2f} s "
+                      f"later")
+                # The other shards kept serving (cluster-require-full-coverage no).
+                assert all(failed[t] == 0 for t in topics[1:]), failed
+            await hub_a.close()
+            await hub_b.close()
+
+        run(main())
+
+    def test_a_topic_moves_to_another_shard_while_in_use(
+        self, fresh_cluster: Callable[..., ClusterSetup]
+    ) -> None:
+        """Resharding: a topic's slot moves to another master, key by key (MIGRATING /
+        IMPORTING, so calls meet ASK and TRYAGAIN), while two nodes publish and listen.
+        Redis drops the node's sharded subscription when the slot leaves; the node
+        subscribes on the new owner and catches up from the stream: every acknowledged
+        publish is kept once, in order, and delivered once."""
+        setup = fresh_cluster()
+        prefix = f"t{secrets.token_hex(3)}:"
+
+        async def main() -> None:
+            hub_a, hub_b = (Hub(RedisBackend(setup.url, key_prefix=prefix, timeout=2.0))
+                            for _ in range(2))
+            async with hub_serving(hub_a) as (_, connect_a), \
+                    hub_serving(hub_b) as (_, connect_b):
+                subscribers = [Subscriber(await connect_a("sa")),
+                               Subscriber(await connect_b("sb"))]
+                for s in subscribers:
+                    await s.start()
+                publishers = [Publisher("pa", await connect_a("pa")),
+                              Publisher("pb", await connect_b("pb"))]
+                tasks = [asyncio.create_task(p.run(pause=0.005)) for p in publishers]
+                await asyncio.sleep(0.5)
+                slot = setup.slot(_channel(prefix, TOPIC))
+                source = setup.master_for_slot(slot).port
+                target = next(m.port for m in setup.masters() if m.port != source)
+                moved = await asyncio.to_thread(setup.migrate_slot, slot, target, 0.02)
+                assert setup.master_for_slot(slot).port == target
+                await _wait_for(lambda: all(p.first_ack_after(moved["done"])
+                                            for p in publishers), 10 * UNIT,
+                                "publishing on the new owner")
+                await asyncio.sleep(0.5)
+                for p in publishers:
+                    p.running = False
+                await asyncio.gather(*tasks)
+                await asyncio.sleep(1.0)
+                for s in subscribers:
+                    await s.stop()
+                history = list((await hub_a.backend.history(TOPIC, 0)).messages)
+                count = check_no_loss({TOPIC: history}, publishers, subscribers)
+                assert [e.seq for e in history] == list(range(1, len(history) + 1))
+                print(f"\ncluster slot move under load: {count} acknowledged, 0 lost, "
+                      f"{sum(p.failed for p in publishers)} answered unavailable; the slot "
+                      f"was migrating for {moved['migrating']:.2f} s")
+            await hub_a.close()
+            await hub_b.close()
 
         run(main())

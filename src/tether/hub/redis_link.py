@@ -78,45 +78,25 @@ class Feed:
     cluster). Confirmations come out of :meth:`get` as ``("subscribe", channel, None)``,
     including those of re-subscriptions the client library made by itself."""
 
-    def __init__(self, pubsub: Any, sharded: bool = False) -> None:
+    def __init__(self, pubsub: Any) -> None:
         self._pubsub = pubsub
-        self._sharded = sharded
 
     async def subscribe(self, *channels: bytes) -> None:
         if channels:
-            if self._sharded:
-                await self._pubsub.ssubscribe(*channels)
-            else:
-                await self._pubsub.subscribe(*channels)
+            await self._pubsub.subscribe(*channels)
 
     async def unsubscribe(self, *channels: bytes) -> None:
-        if self._sharded:
-            await self._pubsub.sunsubscribe(*channels)
-        else:
-            await self._pubsub.unsubscribe(*channels)
+        await self._pubsub.unsubscribe(*channels)
 
     async def get(self, timeout: float) -> tuple[str, bytes | None, Any] | None:
         """The next message or confirmation: ``(kind, channel, data)`` with kind one of
         ``"subscribe"``, ``"unsubscribe"``, ``"message"``, ``"pong"``; None after ``timeout``
         seconds of silence."""
-        if self._sharded:
-            message = await self._pubsub.get_sharded_message(timeout=timeout)
-        else:
-            message = await self._pubsub.get_message(timeout=timeout)
-        if message is None:
-            return None
-        kind = message["type"]
-        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-        kind = {"ssubscribe": "subscribe", "sunsubscribe": "unsubscribe",
-                "smessage": "message"}.get(kind, kind)
-        channel = message.get("channel")
-        if isinstance(channel, str):
-            channel = channel.encode()
-        return kind, channel, message.get("data")
+        message = await self._pubsub.get_message(timeout=timeout)
+        return None if message is None else _normalized(message)
 
     async def ping(self) -> None:
-        if not self._sharded:  # a cluster's per-shard connections are checked by redis-py
-            await self._pubsub.ping()
+        await self._pubsub.ping()
 
     async def close(self) -> None:
         try:
@@ -607,7 +587,7 @@ class ClusterLink(Link):
         return node
 
     def feed(self) -> Feed:
-        return Feed(self.client.pubsub(), sharded=True)
+        return _ShardedFeed(self)
 
     async def close(self) -> None:
         if self.client is not None:
@@ -620,6 +600,115 @@ class ClusterLink(Link):
     async def ping(self) -> None:
         async with self._slots:
             await self.client.ping()
+
+
+class _ShardedFeed(Feed):
+    """The live feed in a cluster: one pub/sub connection per shard master that holds one
+    of our channels, each read by its own task into one queue.
+
+    Not redis-py's ``ClusterPubSub``: it polls its per-node connections in turn, each for a
+    slice of the timeout, so a message on one shard waits while another is polled (up to a
+    second here). A slot that moves away (Redis pushes an ``sunsubscribe`` we did not ask
+    for) is subscribed again on its new owner; its confirmation makes the backend catch up
+    from the stream. A shard's connection that fails ends the whole feed: the backend starts
+    a new one, which re-reads the slot map, subscribes everything, and catches up.
+    """
+
+    def __init__(self, link: ClusterLink) -> None:
+        super().__init__(None)
+        self._link = link
+        self._shards: dict[str, tuple[Any, Any]] = {}  # node name -> client, pubsub
+        self._readers: list[asyncio.Task[None]] = []
+        self._where: dict[bytes, str] = {}  # channel -> the node name it is subscribed on
+        self._queue: asyncio.Queue[tuple[str, bytes | None, Any] | BaseException] = (
+            asyncio.Queue())
+
+    async def subscribe(self, *channels: bytes) -> None:
+        await self._link._refresh()
+        groups: dict[str, list[bytes]] = {}
+        for channel in channels:
+            node = self._link.client.get_node_from_key(channel)
+            groups.setdefault(node.name, []).append(channel)
+            self._where[channel] = node.name
+        for name, group in groups.items():
+            shard = self._shards.get(name)
+            if shard is None:
+                node = self._link.client.get_node(node_name=name)
+                target = self._link.target
+                client = aioredis.Redis(
+                    host=node.host, port=node.port, username=target.username,
+                    password=target.password, ssl=target.tls, **self._link._options())
+                shard = self._shards[name] = (client, client.pubsub())
+                await shard[1].ssubscribe(*group)
+                # Read only once subscribed: redis-py's PubSub has no connection before.
+                self._readers.append(asyncio.create_task(self._read(shard[1])))
+            else:
+                await shard[1].ssubscribe(*group)
+
+    async def _read(self, pubsub: Any) -> None:
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    self._queue.put_nowait(_normalized(message))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._link._stale = True
+            self._queue.put_nowait(exc)
+
+    async def unsubscribe(self, *channels: bytes) -> None:
+        for channel in channels:
+            name = self._where.pop(channel, None)
+            if name is not None and name in self._shards:
+                await self._shards[name][1].sunsubscribe(channel)
+
+    async def get(self, timeout: float) -> tuple[str, bytes | None, Any] | None:
+        try:
+            item = await asyncio.wait_for(self._queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        kind, channel, _ = item
+        if kind == "unsubscribe" and channel in self._where:
+            # Not asked for: the slot left that node. Subscribe where it is now.
+            self._link._stale = True
+            del self._where[channel]
+            await self.subscribe(channel)
+        return item
+
+    async def ping(self) -> None:
+        for _, pubsub in self._shards.values():
+            await pubsub.ping()
+
+    async def close(self) -> None:
+        for task in self._readers:
+            task.cancel()
+            try:
+                await task
+            except BaseException:
+                pass
+        self._readers.clear()
+        for client, pubsub in self._shards.values():
+            try:
+                await pubsub.aclose()
+                await client.aclose()
+            except (RedisError, OSError):
+                pass
+        self._shards.clear()
+
+
+def _normalized(message: dict[str, Any]) -> tuple[str, bytes | None, Any]:
+    """``(kind, channel, data)``, kind one of subscribe, unsubscribe, message, pong."""
+    kind = message["type"]
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    kind = {"ssubscribe": "subscribe", "sunsubscribe": "unsubscribe",
+            "smessage": "message"}.get(kind, kind)
+    channel = message.get("channel")
+    if isinstance(channel, str):
+        channel = channel.encode()
+    return kind, channel, message.get("data")
 
 
 def _enough(info: dict[str, Any], wanted: int, where: str) -> None:
