@@ -92,6 +92,20 @@ class TestClusterConfiguration:
         assert one_line(err) == (f"tether chat: 127.0.0.1:{redis_server.port} is not a Redis "
                                  "Cluster (cluster_enabled:0): use redis://")
 
+    def test_no_node_answers(self, capsys: pytest.CaptureFixture[str]) -> None:
+        a, b = free_port(), free_port()
+        code, err = start(capsys, "--redis", f"redis+cluster://127.0.0.1:{a},127.0.0.1:{b}/")
+        assert code == 1
+        assert one_line(err).startswith(
+            f"tether chat: cannot reach the Redis Cluster at 127.0.0.1:{a}, 127.0.0.1:{b}: ")
+
+    def test_a_cluster_node_given_as_sentinel(self, cluster_setup: ClusterSetup,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+        port = cluster_setup.nodes[0].port
+        code, err = start(capsys, "--redis", f"redis+sentinel://127.0.0.1:{port}/mymaster")
+        assert code == 1
+        assert one_line(err).endswith("(redis_mode:cluster): use redis+cluster://"), err
+
     def test_a_database_other_than_0(self, capsys: pytest.CaptureFixture[str]) -> None:
         code, err = start(capsys, "--redis", "redis+cluster://127.0.0.1:7000/3")
         assert code == 1

@@ -1,15 +1,22 @@
 """The Redis backend: several tether processes (nodes), on one machine or many, serve one set
-of topics. Needs the ``redis`` package (``pip install tether[redis]``) and Redis >= 6.2.
+of topics. Needs the ``redis`` package (``pip install tether[redis]``) and Redis >= 6.2 (>= 7
+for a Cluster). One server, a master that Sentinel watches, or a Redis Cluster: how each is
+reached is in :mod:`tether.hub.redis_link`; everything here is the same for the three.
 
-Where things live, for a topic ``T`` and the prefix ``P`` (``"tether:"`` by default)::
+Where things live, for a topic ``T`` and the prefix ``P`` (``"tether:"`` by default; in a
+Cluster every name is ``{P T}`` instead of ``P T``: the whole name is the hash tag, so a
+topic's keys share one slot and its channel is a sharded one)::
 
-    P T:epoch     string    the topic's epoch, created once (SET only when missing)
+    P T:epoch     string    the topic's epoch (see the lineage rule in the scripts)
     P T:seq       string    the latest seq (INCR)
     P T:stream    stream    the history: entry ID ``<seq>-0``, fields time, seq, epoch, data
                             (JSON), sender (absent for the server); XADD MAXLEN ~ history_size
+    P T:lineage   string    the ``master_replid`` of the server that last wrote the topic
+    P T:epochs    zset      epochs a failover closed -> their last seq (the 16 newest)
     P T:members   hash      member id -> name
     P T:names     hash      name -> how many member ids carry it
     P T:expiry    zset      member id -> expiry time (ms)
+    P T:roster    zset      the names, all with score 0 (sorted by name)
     P T           channel   live messages and presence changes (one pub/sub channel per topic)
 
 Every write is one Lua script, so it is atomic across nodes: a publish reads the epoch,
@@ -44,9 +51,13 @@ What is guaranteed:
   fresh presence list.
 - ``history()`` and resume work from any node: the stream is the one truth.
 
-What is not: a Redis Cluster (keys of one topic are not hash-tagged), failover between
-replicas (a promoted replica may lack the last writes), key eviction (set
-``maxmemory-policy noeviction``: a lost ``seq`` key breaks the topic).
+What is not: ordering across topics; one hot topic spread over a Cluster's shards (a topic's
+keys share one hash tag, so it lives in one slot); an acknowledged publish that survives every
+failover (a promoted replica may lack the last writes: without ``min_replicas`` a failover can
+lose acknowledged publishes, and with it one whose old master stays alive still can, unless
+``min_replicas`` is the number of replicas; the epoch rule makes such a loss visible, never a
+reused seq); replicas confirming the disk (WAIT counts memory); key eviction (set
+``maxmemory-policy noeviction``: a lost ``seq`` key breaks the topic). See docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -61,8 +72,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from .base import (
     check_history_bounds,
     DEFAULT_HISTORY_AGE,
@@ -76,7 +85,7 @@ from .base import (
     Roster,
 )
 from .memory import new_epoch
-from .redis_link import Feed, Link, Script, SentinelLink, open_link
+from .redis_link import ERRORS, Feed, Link, Script, SentinelLink, open_link
 from .redis_url import parse_redis_url, safe_url
 
 __all__ = ["RedisBackend", "DEFAULT_URL", "DEFAULT_PRESENCE_TTL", "DEFAULT_MAX_CONNECTIONS"]
@@ -347,7 +356,12 @@ class RedisBackend(Backend):
     Connects on first use; call :meth:`connect` at start-up to fail early.
 
     Args:
-        url: ``redis://[[user]:password@]host[:port][/db]`` (or ``rediss://``, ``unix://``).
+        url: one server: ``redis://[[user]:password@]host[:port][/db]`` (or ``rediss://``,
+            ``unix://``); a master watched by Sentinel:
+            ``redis+sentinel://[user:password@]host[:26379][,host2...]/<master name>[/db]``
+            (``?sentinel_password=`` for the sentinels' own); a Redis Cluster:
+            ``redis+cluster://[user:password@]host[:6379][,host2...]/``. See
+            :mod:`tether.hub.redis_url`.
         history_size: messages kept per topic (default 1000).
         history_age: seconds a message is kept (default 24 h).
         key_prefix: prefix of every key and channel name.
@@ -364,6 +378,13 @@ class RedisBackend(Backend):
             of being refused. The wait is bounded by the calls ahead of it, each of which
             ends within ``timeout``.
         max_retry_delay: longest pause between two attempts to reconnect the live feed.
+        min_replicas: acknowledge a publish only once this many replicas have it (``WAIT``
+            on the connection that wrote it, in the same round trip); a master with fewer
+            replicas online refuses to store it. 0 (the default) acknowledges what the master
+            stored. See docs/scaling.md for what each setting guarantees.
+        replica_timeout: seconds a publish waits for ``min_replicas``; then it raises
+            :class:`BackendUnavailable` although the master stored it (at least once when
+            the client resends).
         clock: Unix time in seconds for message times and the age bound (tests); Redis' own
             clock (``TIME``) when None.
     """
@@ -500,7 +521,7 @@ class RedisBackend(Backend):
                                         self.replica_timeout)
         except BackendUnavailable:
             raise
-        except (RedisError, OSError) as exc:
+        except ERRORS as exc:
             raise self._unavailable(exc) from None
         except Exception:
             if self._closed:  # closed during the call: redis-py's errors vary
@@ -675,7 +696,7 @@ class RedisBackend(Backend):
                 if self._live and self._feed is not None:
                     try:
                         await self._feed.subscribe(name)
-                    except (RedisError, OSError):
+                    except ERRORS:
                         pass  # the reader sees it too, reconnects and subscribes everything
             self._wakeup.set()
         loop = asyncio.get_running_loop()
@@ -724,7 +745,7 @@ class RedisBackend(Backend):
             if self._live and self._feed is not None:
                 try:
                     await self._feed.unsubscribe(channel.name)
-                except (RedisError, OSError):
+                except ERRORS:
                     pass  # the reader reconnects without it
 
     def _notify(self, channel: _Channel, event: Envelope | PresenceEvent) -> None:
@@ -815,7 +836,7 @@ class RedisBackend(Backend):
                 continue
             try:
                 await self._read_session()
-            except (RedisError, OSError, BackendUnavailable) as exc:
+            except (*ERRORS, BackendUnavailable) as exc:
                 self._lost(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry_delay)
@@ -833,7 +854,7 @@ class RedisBackend(Backend):
         assert self._link is not None
         try:
             await self._link.ping()
-        except (RedisError, OSError) as exc:
+        except ERRORS as exc:
             self._lost(exc)
             return False
         if self._down and not self._channels:

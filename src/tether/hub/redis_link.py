@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry  # the asyncio one: a redis.retry.Retry here warns
@@ -39,6 +38,7 @@ from redis.exceptions import (
     ClusterDownError,
     MovedError,
     NoScriptError,
+    RedisClusterException,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -47,10 +47,13 @@ from redis.exceptions import (
 from .base import BackendUnavailable
 from .redis_url import RedisURL, safe_url
 
-__all__ = ["Link", "SentinelLink", "ClusterLink", "Feed", "Script", "open_link"]
+__all__ = ["Link", "SentinelLink", "ClusterLink", "Feed", "Script", "open_link", "ERRORS"]
 
 logger = logging.getLogger("tether.hub")
 
+ERRORS = (RedisError, OSError, RedisClusterException)
+"""What redis-py raises when Redis cannot be reached or refuses (a cluster's own errors, such
+as "no node of the cluster answers", are not RedisErrors)."""
 MIN_VERSION = (6, 2)
 CLUSTER_MIN_VERSION = (7, 0)  # SPUBLISH, SSUBSCRIBE
 REDIRECTS = 8
@@ -101,7 +104,7 @@ class Feed:
     async def close(self) -> None:
         try:
             await self._pubsub.aclose()
-        except (RedisError, OSError):
+        except ERRORS:
             pass
 
 
@@ -170,7 +173,7 @@ class Link:
         try:
             info = await self.client.info("server")
             cluster = await self.client.info("cluster")
-        except (RedisError, OSError) as exc:
+        except ERRORS as exc:
             await self.close()
             raise BackendUnavailable(f"cannot reach Redis at {safe_url(self.url)}: {exc}") from None
         where = self._where()
@@ -278,7 +281,7 @@ class Link:
             try:
                 await client.aclose()
                 await client.connection_pool.disconnect()  # ours: the client does not own it
-            except (RedisError, OSError):
+            except ERRORS:
                 pass
 
 
@@ -313,7 +316,7 @@ class _NewestSentinel(Sentinel):
     async def _ask(sentinel: Any, service_name: str) -> Any:
         try:
             return (await sentinel.sentinel_masters()).get(service_name)
-        except (RedisError, OSError):
+        except ERRORS:
             return None
 
 
@@ -332,7 +335,9 @@ class SentinelLink(Link):
         super().__init__(url, target, timeout=timeout, max_connections=max_connections)
         self.on_switch: Callable[[], Awaitable[None]] | None = None
         self._sentinel: Any = None
-        self._follower: asyncio.Task[None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []
+        self._master: tuple[str, int] | None = None  # where the sentinels last said it is
+        self._watching: list[Any] = []  # the sentinels' pub/sub objects
 
     def _sentinel_options(self) -> dict[str, Any]:
         options = self.target.options
@@ -358,13 +363,15 @@ class SentinelLink(Link):
             try:
                 info = await probe.info("server")
                 if _text(info.get("redis_mode", "")) != "sentinel":
+                    kind = "redis+cluster://" if info.get("redis_mode") == "cluster" \
+                        else "redis://"
                     raise BackendUnavailable(
                         f"{_address(host, port)} is not a Redis Sentinel "
-                        f"(redis_mode:{_text(info.get('redis_mode', '?'))}): use redis://")
+                        f"(redis_mode:{_text(info.get('redis_mode', '?'))}): use {kind}")
                 known: Any = await probe.sentinel_masters()
                 masters.append({"address": _address(host, port), "state": known.get(service),
                                 "names": sorted(_text(name) for name in known)})
-            except (RedisError, OSError) as exc:
+            except ERRORS as exc:
                 errors.append(str(exc))
             finally:
                 await probe.aclose()
@@ -389,8 +396,9 @@ class SentinelLink(Link):
             service, redis_class=aioredis.Redis, connection_pool_class=_BlockingSentinelPool,
             max_connections=self.max_connections, timeout=None, db=target.db, **kwargs)
         try:
-            await self.client.ping()
-        except (RedisError, OSError) as exc:
+            self._master = await self._sentinel.discover_master(service)
+            info = await self.client.info("server")
+        except ERRORS as exc:
             states = [m["state"] for m in masters if m["state"]]
             down = any("down" in s.get("flags", "") or "failover_in_progress" in
                        s.get("flags", "") for s in states)
@@ -402,58 +410,71 @@ class SentinelLink(Link):
             raise BackendUnavailable(
                 f"cannot reach the master {service!r} named by Redis Sentinel at {where}: "
                 f"{exc}") from None
-        self._follower = asyncio.create_task(self._follow())
+        if _version(info) < MIN_VERSION:
+            await self.close()
+            raise BackendUnavailable(
+                f"the master {service!r} at {self._where()} runs Redis "
+                f"{_text(info.get('redis_version'))}: tether needs Redis >= 6.2")
+        self._watchers = [asyncio.create_task(self._follow(host, port))
+                          for host, port in target.addresses]
 
     def _where(self) -> str:
-        return ", ".join(_address(h, p) for h, p in self.target.addresses)
+        return _address(*self._master) if self._master else "?"
 
-    async def _follow(self) -> None:
-        """Listen to ``+switch-master`` on every sentinel, reconnecting as needed."""
-        async def one(host: str, port: int) -> None:
-            delay = 0.1
-            while True:
-                sentinel = aioredis.Redis(host=host, port=port, **self._sentinel_options())
-                pubsub = sentinel.pubsub()
+    async def _follow(self, host: str, port: int) -> None:
+        """Listen to one sentinel's ``+switch-master``, reconnecting as needed."""
+        delay = 0.1
+        while self.client is not None:
+            sentinel = aioredis.Redis(host=host, port=port, **self._sentinel_options())
+            pubsub = sentinel.pubsub()
+            self._watching.append(pubsub)
+            try:
+                await pubsub.subscribe("+switch-master")
+                delay = 0.1
+                while self.client is not None:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is None or message["type"] not in ("message", b"message"):
+                        continue
+                    words = _text(message["data"]).split()
+                    if len(words) == 5 and words[0] == self.target.service:
+                        await self._switched(words[3], int(words[4]))
+            except ERRORS:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                self._watching.remove(pubsub)
                 try:
-                    await pubsub.subscribe("+switch-master")
-                    delay = 0.1
-                    while True:
-                        message = await pubsub.get_message(timeout=5.0)
-                        if message is None or message["type"] not in ("message", b"message"):
-                            continue
-                        words = _text(message["data"]).split()
-                        if words and words[0] == self.target.service:
-                            await self._switched(" ".join(words[1:]))
-                except (RedisError, OSError):
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                finally:
                     await pubsub.aclose()
                     await sentinel.aclose()
+                except ERRORS:
+                    pass
 
-        await asyncio.gather(*(one(h, p) for h, p in self.target.addresses))
-
-    async def _switched(self, how: str) -> None:
-        logger.warning("event=redis_master_switched service=%s switch=\"%s\"",
-                       self.target.service, how)
-        client = self.client
-        if client is None:
+    async def _switched(self, host: str, port: int) -> None:
+        """A sentinel announced a new master. Every sentinel announces each switch (one
+        may be late by a second): only the first announcement of a master moves us."""
+        if (host, port) == self._master or self.client is None:
             return
-        # Every sentinel announces the switch: the first drops the connections, the others
-        # find fresh ones to the new master.
-        await client.connection_pool.disconnect(inuse_connections=True)
+        self._master = (host, port)
+        logger.warning("event=redis_master_switched service=%s master=%s",
+                       self.target.service, _address(host, port))
+        # Every pooled connection may still reach the old master: drop them all; new ones
+        # ask the sentinels.
+        await self.client.connection_pool.disconnect(inuse_connections=True)
         if self.on_switch is not None:
             await self.on_switch()
 
     async def close(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
+        await super().close()  # self.client is None from here: the watchers stop
+        watchers, self._watchers = self._watchers, []
+        for pubsub in list(self._watching):
             try:
-                await self._follower
-            except (asyncio.CancelledError, Exception):
+                await pubsub.aclose()  # ends a read in progress (cancelling it may not)
+            except ERRORS:
                 pass
-            self._follower = None
-        await super().close()
+        for task in watchers:
+            task.cancel()
+        if watchers:
+            await asyncio.wait(watchers, timeout=self.timeout)
 
 
 # -- Cluster ----------------------------------------------------------------------------------
@@ -481,11 +502,6 @@ class ClusterLink(Link):
     async def open(self) -> None:
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-        version = tuple(int(x) for x in re.findall(r"\d+", redis.__version__)[:2])
-        if version < (5, 0):
-            raise BackendUnavailable(
-                f"redis+cluster:// needs redis-py >= 5 (installed: {redis.__version__}): "
-                "pip install -U 'tether[redis]'")
         target = self.target
         where = ", ".join(_address(h, p) for h, p in target.addresses)
         # First a plain look at one node: redis-py's own errors do not say what is wrong.
@@ -495,7 +511,7 @@ class ClusterLink(Link):
                                    **self._options())
             try:
                 cluster = await probe.info("cluster")
-            except (RedisError, OSError):
+            except ERRORS:
                 continue
             finally:
                 await probe.aclose()
@@ -513,7 +529,7 @@ class ClusterLink(Link):
         try:
             await self.client.initialize()
             infos = await self.client.info("server", target_nodes=RedisCluster.PRIMARIES)
-        except (RedisError, OSError) as exc:
+        except ERRORS as exc:
             await self.close()
             raise BackendUnavailable(f"cannot reach the Redis Cluster at {where}: {exc}") from None
         for name, info in (infos.items() if isinstance(infos, dict) else []):
@@ -540,7 +556,7 @@ class ClusterLink(Link):
             self._stale = False
             try:
                 await self.client.nodes_manager.initialize()
-            except (RedisError, OSError):
+            except ERRORS:
                 self._stale = True
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any],
@@ -594,7 +610,7 @@ class ClusterLink(Link):
             client, self.client = self.client, None
             try:
                 await client.aclose()
-            except (RedisError, OSError):
+            except ERRORS:
                 pass
 
     async def ping(self) -> None:
@@ -625,25 +641,22 @@ class _ShardedFeed(Feed):
 
     async def subscribe(self, *channels: bytes) -> None:
         await self._link._refresh()
-        groups: dict[str, list[bytes]] = {}
         for channel in channels:
+            # One SSUBSCRIBE per channel: the channels of one command must share a slot.
             node = self._link.client.get_node_from_key(channel)
-            groups.setdefault(node.name, []).append(channel)
             self._where[channel] = node.name
-        for name, group in groups.items():
-            shard = self._shards.get(name)
+            shard = self._shards.get(node.name)
             if shard is None:
-                node = self._link.client.get_node(node_name=name)
                 target = self._link.target
                 client = aioredis.Redis(
                     host=node.host, port=node.port, username=target.username,
                     password=target.password, ssl=target.tls, **self._link._options())
-                shard = self._shards[name] = (client, client.pubsub())
-                await shard[1].ssubscribe(*group)
+                shard = self._shards[node.name] = (client, client.pubsub())
+                await shard[1].ssubscribe(channel)
                 # Read only once subscribed: redis-py's PubSub has no connection before.
                 self._readers.append(asyncio.create_task(self._read(shard[1])))
             else:
-                await shard[1].ssubscribe(*group)
+                await shard[1].ssubscribe(channel)
 
     async def _read(self, pubsub: Any) -> None:
         try:
@@ -694,7 +707,7 @@ class _ShardedFeed(Feed):
             try:
                 await pubsub.aclose()
                 await client.aclose()
-            except (RedisError, OSError):
+            except ERRORS:
                 pass
         self._shards.clear()
 
