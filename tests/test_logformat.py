@@ -43,3 +43,54 @@ def test_format() -> None:
     assert prose["message"] == "handler failed"
     assert "ValueError: boom" in prose["exception"]
     assert "\n" not in JsonFormatter().format(record("handler failed", exc=True))
+
+
+def test_text_format_as_the_stdlib_would() -> None:
+    """TextFormatter is ``%(asctime)s level=%(levelname)s pid=%(process)d %(message)s``,
+    made cheaper: the same line, the traceback after it."""
+    import os
+
+    from tether.logformat import TextFormatter
+
+    stdlib = logging.Formatter("%(asctime)s level=%(levelname)s pid=%(process)d %(message)s")
+    ours = TextFormatter()
+    plain = record("event=open remote=%s", "127.0.0.1:5")
+    plain.process = os.getpid()
+    assert ours.format(plain) == stdlib.format(plain)
+    failed = record("boom", exc=True)
+    failed.process = os.getpid()
+    line = ours.format(failed)
+    assert line.startswith(stdlib.format(record("boom")).split(" level")[0][:10])
+    assert line.splitlines()[0].endswith(f"level=WARNING pid={os.getpid()} boom")
+    assert "ValueError: boom" in line
+
+
+def test_line_buffer_writes_together_and_warnings_at_once() -> None:
+    import asyncio
+    import io
+
+    from tether.logformat import LineBuffer, TextFormatter
+
+    stream = io.StringIO()
+    handler = LineBuffer(stream)
+    handler.setFormatter(TextFormatter())
+    info = record("event=open n=%d", 1)
+    info.levelno, info.levelname = logging.INFO, "INFO"
+
+    handler.emit(info)  # no running loop: written at once
+    assert stream.getvalue().count("\n") == 1
+
+    async def main() -> None:
+        handler.emit(info)
+        handler.emit(info)
+        assert stream.getvalue().count("\n") == 1  # held for one write
+        await asyncio.sleep(LineBuffer.DELAY * 3)
+        assert stream.getvalue().count("\n") == 3
+        handler.emit(info)
+        handler.emit(record("event=warning"))  # a warning: everything goes out now
+        assert stream.getvalue().count("\n") == 5
+        handler.emit(info)
+        handler.close()  # logging.shutdown() at exit: flush, then close
+
+    asyncio.run(main())
+    assert stream.getvalue().count("\n") == 6

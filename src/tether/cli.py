@@ -458,16 +458,10 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _configure_logging(quiet: bool, log_format: str = "text") -> None:
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s level=%(levelname)s pid=%(process)d %(message)s",
-        stream=sys.stderr,
-    )
-    if log_format == "json":
-        from .logformat import JsonFormatter
+    from .logformat import configure
 
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JsonFormatter())
+    configure(logging.WARNING if quiet else logging.INFO, sys.stderr,
+              json_lines=log_format == "json")
 
 
 def _run(coro: Any, loop: str | None) -> int:
