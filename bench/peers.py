@@ -6,7 +6,7 @@ Seven scenarios, each server measured on loopback with the C load generator
 (bench/loadgen.c) pinned to one CPU and the server pinned to the other:
 
   a  1 connection, 32-byte text, 100 in flight      server CPU µs per message
-  b  1 connection, 32-byte text, 1 in flight        p50 round trip µs
+  b  1 connection, 32-byte text, 1 in flight        server CPU µs per message; p50 round trip µs
   c  100 connections, 10 in flight each             server CPU µs per message
   d  1 MiB binary echo, 1 in flight                 server CPU µs per MB (10^6 bytes)
   e  broadcast to 1,000 clients                     server CPU µs per delivery
@@ -15,8 +15,11 @@ Seven scenarios, each server measured on loopback with the C load generator
 
 Server CPU is utime+stime of the server process (/proc/<pid>/stat), sampled around the
 measured part only. Compression is off on both sides. Rounds interleave the servers (the
-order rotates every round); the table shows medians across rounds and the ratio
-websockets / server (> 1: better than websockets; every row is "lower is better").
+order rotates every round); the table shows medians across rounds, then each server's ratio
+to picows and to the minimal C server, in the same run (issue 16's targets are these ratios;
+every row is "lower is better": < 1 beats the reference). b has two rows: server CPU per
+message and the p50 round trip. `tether` is `tether echo` as a user runs it (logging on,
+heartbeats at the default interval); `tether-cb` a tether.Listener echo.
 
 Usage:
   python bench/peers.py                                  # all servers, 3 rounds, ~6-8 min
@@ -78,7 +81,8 @@ ALL_SCENARIOS = ["a", "b", "c", "d", "e", "f", "g"]
 ROWS = {
     "a": ("a. 1 connection, 32-byte text, 100 in flight: CPU µs per message",
           "server_cpu_us_per_msg", "{:.2f}"),
-    "b": ("b. 1 connection, 1 in flight: p50 round trip µs", "p50_us", "{:.1f}"),
+    "b": ("b. 1 connection, 1 in flight: CPU µs per message", "server_cpu_us_per_msg",
+          "{:.1f}"),
     "c": ("c. 100 connections, 10 in flight each: CPU µs per message",
           "server_cpu_us_per_msg", "{:.2f}"),
     "d": ("d. 1 MiB binary echo: CPU µs per MB", "server_cpu_us_per_mb", "{:.0f}"),
@@ -88,6 +92,10 @@ ROWS = {
     "g": ("g. connect + handshake + close: CPU µs per handshake",
           "server_cpu_us_per_handshake", "{:.0f}"),
 }
+
+# More figures of one scenario, each a row of its own: (scenario, row key, label, field, format)
+MORE_ROWS = [("b", "b-p50", "b. 1 connection, 1 in flight: p50 round trip µs", "p50_us",
+              "{:.1f}")]
 
 ECHO_ARGS = {
     "a": ["echo", "-c", "1", "-k", "100", "-s", "32", "--text"],
@@ -246,9 +254,10 @@ def server_command(name: str, mode: str, python: str, port: int, args: argparse.
     bc = ["--clients", str(args.bcast_clients), "--messages", str(args.bcast_messages),
           "--size", str(args.bcast_size), "--burst", str(args.bcast_burst)]
     if name in ("tether", "tether-py") and mode == "echo":
+        # As a user runs it (issue 16): logging on (to the server's log file here) and
+        # heartbeats at the default interval. Only compression is off, as for every server.
         return [python, "-m", "tether", "echo", "--host", HOST, "--port", str(port),
-                "--no-compression", "--quiet", "--ping-interval", "0",
-                "--max-size", "2000000"]
+                "--no-compression", "--max-size", "2000000"]
     if name.startswith("tether"):
         script = [python, str(SERVERS_DIR / "tether_peer.py")]
     elif name == "node-ws":
@@ -540,15 +549,15 @@ def render(results: dict[str, Any], servers: list[str], scenarios: list[str], ve
     medians: dict[str, dict[str, float]] = {s: {} for s in servers}
     lines = ["| scenario | " + " | ".join(head(s) for s in servers) + " |",
              "|---|" + "---:|" * len(servers)]
-    for key in scenarios:
-        label, field, fmt = ROWS[key]
+    rows = table_rows(scenarios)
+    for scenario, key, label, field, fmt in rows:
         row = [label]
         for s in servers:
             r = results[s]
             if r["status"] != "ok":
                 row.append("skipped")
                 continue
-            vals = [run[field] for run in r["runs"][key]]
+            vals = [run[field] for run in r["runs"][scenario] if field in run]
             if not vals:
                 row.append("failed")
                 continue
@@ -560,24 +569,41 @@ def render(results: dict[str, Any], servers: list[str], scenarios: list[str], ve
             row.append(cell)
         lines.append("| " + " | ".join(row) + " |")
     table = "\n".join(lines)
+    # Issue 16's targets are ratios in one run: each server's median over picows' and over
+    # the minimal C server's (every row is "lower is better": < 1 beats the reference).
     ratios: dict[str, dict[str, float]] = {s: {} for s in servers}
-    if "websockets" in servers:
-        rl = ["| websockets / server (> 1: better than websockets) | "
-              + " | ".join(head(s) for s in servers) + " |",
-              "|---|" + "---:|" * len(servers)]
-        for key in scenarios:
-            base = medians["websockets"].get(key)
-            row = [ROWS[key][0].split(":")[0]]
-            for s in servers:
+    for base_name, title in (("picows", "server / picows (< 1: better than picows)"),
+                             ("c-minimal", "server / minimal C server (the floor)")):
+        if base_name not in servers:
+            continue
+        others = [s for s in servers if s != base_name]
+        rl = [f"| {title} | " + " | ".join(head(s) for s in others) + " |",
+              "|---|" + "---:|" * len(others)]
+        for scenario, key, label, field, fmt in rows:
+            base = medians[base_name].get(key)
+            row = [label.split(":")[0] + ("" if key == scenario else " (" + label.split(": ")[-1]
+                                          + ")")]
+            for s in others:
                 v = medians[s].get(key)
                 if base and v:
-                    ratios[s][key] = base / v
-                    row.append(f"{base / v:.2f}x")
+                    if base_name == "picows":
+                        ratios[s][key] = v / base
+                    row.append(f"{v / base:.2f}x")
                 else:
                     row.append("–")
             rl.append("| " + " | ".join(row) + " |")
         table += "\n\n" + "\n".join(rl)
     return table, ratios
+
+
+def table_rows(scenarios: list[str]) -> list[tuple[str, str, str, str, str]]:
+    """Every row of the table: (scenario, row key, label, field of the run, format)."""
+    rows = []
+    for key in scenarios:
+        label, field, fmt = ROWS[key]
+        rows.append((key, key, label, field, fmt))
+        rows.extend(row for row in MORE_ROWS if row[0] == key)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -705,10 +731,11 @@ def main(argv: list[str] | None = None) -> int:
                         "python_sum_range_1000_us": speed, "background_busy_cores": busy,
                         "total_s": total, "interrupted": interrupted},
                "servers": results,
-               "medians": {s: {k: statistics.median([r[ROWS[k][1]] for r in results[s]["runs"][k]])
-                               for k in scenarios if results[s].get("runs", {}).get(k)}
+               "medians": {s: {key: statistics.median([r[field] for r in results[s]["runs"][k]])
+                               for k, key, _, field, _ in table_rows(scenarios)
+                               if results[s].get("runs", {}).get(k)}
                            for s in servers},
-               "ratios_websockets_over_server": ratios}
+               "ratios_server_over_picows": ratios}
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
         print(f"results written to {args.json}", file=sys.stderr)
     failed = any(results[s].get("errors") for s in runnable)
