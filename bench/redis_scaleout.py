@@ -2,15 +2,15 @@
 """Publishes/s and deliveries/s through 2 tether nodes on each of the Redis backend's modes,
 side by side in one run: a single Redis, Sentinel (min-replicas 0 and 1: the cost of the
 guarantee) and a 3-shard Redis Cluster (min-replicas 0 and 1), with the publish latency as
-the publisher sees it. Run from the checkout root:
+the publisher sees it, loaded and alone. Run from the checkout root:
 
-    python bench/redis_scaleout.py [--rounds 3] [--json FILE]
+    python bench/redis_scaleout.py [--rounds 7] [--configs single,sentinel-1] [--json FILE]
 
 The topologies start once per run, from Debian's redis-server, with the helpers of the tests
 (tests/hub/redis_topology.py): one Redis; a master, 2 replicas and 3 sentinels; 3 masters
 and 3 replicas in a cluster (`redis-cli --cluster create`). No persistence anywhere (no AOF,
 no RDB), the same settings on every data node. Then, rounds interleaved (the configurations'
-order rotates each round; every run uses a fresh key prefix):
+order rotates each round; every run uses a fresh key prefix and fresh nodes):
 
   nodes       two hub processes (this file, `--serve`), each tether.hub.Hub(RedisBackend(url,
               min_replicas=N)) behind tether.serve, on uvloop (tether.run), as `tether chat
@@ -25,20 +25,25 @@ order rotates each round; every run uses a fresh key prefix):
               publishes in flight (the hub protocol's `publish` with an `id`, answered by
               `ack`). So every topic has publishers and subscribers on both nodes, and each
               publish goes to 2 x (S + 1) connections (the publishers get their own topic's
-              messages too: the protocol wants a publisher subscribed). A warm-up of
-              `--warmup` publishes per connection, a pause, then `--messages` measured ones.
+              messages too: the protocol wants a publisher subscribed). Phases: a warm-up of
+              `--warmup` publishes per connection; the probe, `--probe` publishes one at a
+              time with nothing else in flight (half from each node); then `--messages`
+              measured publishes per connection, all connections at once.
 
 Figures (per run, then the median and range over rounds):
   publishes/s       measured publishes / (last ack - first measured send)
   deliveries/s      measured publishes x 2(S+1) / (the later of: the last ack, the moment the
                     last load generator had every message - the first measured send)
-  publish p50, p99  the round trip of each measured publish, send -> ack, in the publisher
-  node CPU          utime + stime (/proc/<pid>/stat) of both nodes over the same window,
-                    per delivery and as cores busy
+  p50, p99 loaded   the round trip of each measured publish, send -> ack, in the publisher:
+                    with 2 x T x window in flight it is mostly queueing (in flight / rate)
+  p50, p99 alone    the same for the probe's publishes: what one publish costs in time
+  node CPU          utime + stime (/proc/<pid>/stat) of both nodes over the measured window,
+                    per publish, per delivery, and as cores busy (with the kernel's share)
   Redis CPU         the same, summed over every process of the topology (sentinels too),
                     per publish
   client CPU        the same for the publisher process and both load generators: the notes
-                    compare it with the nodes', and say how busy the first CPU was
+                    compare it with the nodes', say how busy the first CPU was, and how much
+                    else ran on the machine meanwhile (/proc/stat less our processes)
 
 Pinning (when there are >= 2 CPUs): both nodes on the second CPU (they share it: this shows
 what each mode costs per message, not extra capacity), everything else (Redis processes,
@@ -68,7 +73,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from echo import HOST, background_load, build_loadgen, pick_cpus  # noqa: E402
+from echo import HOST, background_load, build_loadgen, pick_cpus, proc_cpu_seconds  # noqa: E402
 from hub_scaleout import Lines, cpu_s  # noqa: E402  (child processes read line by line)
 
 # (key, label, mode, min_replicas)
@@ -125,7 +130,7 @@ async def serve_node(args: argparse.Namespace) -> None:
             return
         await asyncio.sleep(0.01)
     print("subscribed", flush=True)
-    await asyncio.sleep(3600)  # until the driver stops us
+    await asyncio.sleep(900)  # until the driver stops us (bounded if it died)
 
 
 # --------------------------------------------------------------------------
@@ -141,7 +146,6 @@ async def run_publisher(args: argparse.Namespace) -> None:
     go = asyncio.Event()
     loop.add_signal_handler(signal.SIGUSR2, go.set)
     payload = json.dumps({"text": "x" * args.size})
-    window = args.window
 
     class Conn:
         def __init__(self, ws: Any, topic: str) -> None:
@@ -158,7 +162,8 @@ async def run_publisher(args: argparse.Namespace) -> None:
             self.lat: list[int] | None = None
             self.done: asyncio.Future[None] | None = None
 
-        def start(self, count: int, lat: list[int] | None) -> asyncio.Future[None]:
+        def start(self, count: int, window: int, lat: list[int] | None
+                  ) -> asyncio.Future[None]:
             self.to_send = self.to_ack = count
             self.lat = lat
             self.done = loop.create_future()
@@ -221,10 +226,19 @@ async def run_publisher(args: argparse.Namespace) -> None:
 
     async def phase(count: int, lat: list[int] | None) -> None:
         await asyncio.wait_for(
-            asyncio.gather(*(c.start(count, lat) for c in conns.values())), 300)
+            asyncio.gather(*(c.start(count, args.window, lat) for c in conns.values())), 300)
 
     await phase(args.warmup, None)
     await asyncio.sleep(0.3)  # the other node's deliveries of the warm-up land
+    # The unloaded round trip: one publish at a time, nothing else in flight, from topic t0's
+    # publisher on node 1, then from node 2's.
+    probe: list[int] = []
+    probers = [conns[sockets[0]], conns[sockets[args.topics]]]
+    for i, conn in enumerate(probers):
+        count = args.probe // 2 + (args.probe % 2 if i == 0 else 0)
+        if count:
+            await asyncio.wait_for(conn.start(count, 1, probe), 120)
+    await asyncio.sleep(0.3)
     lat: list[int] = []
     cpu0 = time.process_time()
     t0 = time.monotonic()
@@ -235,22 +249,25 @@ async def run_publisher(args: argparse.Namespace) -> None:
     print(f"sent {t1!r}", flush=True)
     # Every publisher is subscribed to its topic: it must get the topic's every message, from
     # both nodes' publishers (warm-up included).
-    expected = 2 * (args.warmup + args.messages)
+    expected = {c: 2 * (args.warmup + args.messages) + (args.probe if c.topic == "t0" else 0)
+                for c in conns.values()}
     deadline = time.monotonic() + 60
-    while any(c.messages < expected for c in conns.values()):
+    while any(c.messages < expected[c] for c in conns.values()):
         if time.monotonic() > deadline:
             break
         await asyncio.sleep(0.01)
     lat.sort()
+    probe.sort()
 
-    def pct(p: float) -> float:
-        return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] / 1e3
+    def pct(values: list[int], p: float) -> float:
+        return values[min(len(values) - 1, int(p / 100 * len(values)))] / 1e3 if values else 0.0
 
     print(json.dumps({
         "publishes": len(lat), "seconds": t1 - t0, "cpu_s": cpu1 - cpu0,
-        "p50_us": pct(50), "p90_us": pct(90), "p99_us": pct(99), "max_us": lat[-1] / 1e3,
-        "mean_us": sum(lat) / len(lat) / 1e3,
-        "own_messages_short": sum(max(0, expected - c.messages) for c in conns.values()),
+        "p50_us": pct(lat, 50), "p90_us": pct(lat, 90), "p99_us": pct(lat, 99),
+        "max_us": lat[-1] / 1e3, "mean_us": sum(lat) / len(lat) / 1e3,
+        "probe": len(probe), "probe_p50_us": pct(probe, 50), "probe_p99_us": pct(probe, 99),
+        "own_messages_short": sum(max(0, expected[c] - c.messages) for c in conns.values()),
         "errors": [e for c in conns.values() for e in c.errors][:5],
     }), flush=True)
     for ws in sockets:
@@ -274,6 +291,22 @@ def pin_process(pid: int | None, cpu: int | None) -> None:
 def safe_cpu(pid: int | None) -> float:
     try:
         return cpu_s(pid) if pid is not None else 0.0
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def machine_busy() -> tuple[float, float]:
+    """CPU seconds the whole machine spent busy since boot (every CPU; /proc/stat: all but
+    idle and iowait), and of them in interrupts (irq + softirq)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:8]) - fields[3] - fields[4]) / tick, (fields[5] + fields[6]) / tick
+
+
+def safe_sys(pid: int) -> float:
+    try:
+        return proc_cpu_seconds(pid)[1]
     except (OSError, ValueError, IndexError):
         return 0.0
 
@@ -319,7 +352,7 @@ def run_config(key: str, setup: Any, min_replicas: int, rnd: int, args: argparse
         os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     local = args.topics * args.subs  # load generator connections per node
     per_sub = 1 + 2 * (args.warmup + args.messages)  # "subscribed" + the topic's messages
-    expected = local * per_sub
+    expected = local * per_sub + args.subs * args.probe  # + the probe's, on topic t0
     fan = 2 * (args.subs + 1)
     shards = (topics_per_shard(setup, topo, prefix, args.topics)
               if hasattr(setup, "masters") else None)
@@ -333,9 +366,12 @@ def run_config(key: str, setup: Any, min_replicas: int, rnd: int, args: argparse
     def snapshot() -> dict[str, Any]:
         return {
             "nodes": [safe_cpu(n.proc.pid) for n in nodes],
+            "nodes_sys": [safe_sys(n.proc.pid) for n in nodes],
             "redis": {name: safe_cpu(pid) for name, pid in redis_pids.items()},
             "loadgens": [safe_cpu(lg.proc.pid) for lg in lgs],
             "publisher": safe_cpu(publisher.proc.pid) if publisher is not None else 0.0,
+            "driver": sum(os.times()[:2]),
+            "machine": machine_busy(),
         }
 
     try:
@@ -374,7 +410,8 @@ def run_config(key: str, setup: Any, min_replicas: int, rnd: int, args: argparse
         publisher = Lines([args.python, str(Path(__file__).resolve()), "--publish",
                            "--ports", ",".join(map(str, ports)), "--topics", str(args.topics),
                            "--window", str(args.window), "--warmup", str(args.warmup),
-                           "--messages", str(args.messages), "--size", str(args.size)],
+                           "--messages", str(args.messages), "--size", str(args.size),
+                           "--probe", str(args.probe)],
                           "stdout", cpus[0], env, log=log, hook=pub_hook)
         log.close()
         procs.append(publisher)
@@ -426,7 +463,11 @@ def run_config(key: str, setup: Any, min_replicas: int, rnd: int, args: argparse
         "publishes_per_s": publishes / (t_sent - t0), "deliveries_per_s": deliveries / wall,
         "p50_ms": published["p50_us"] / 1e3, "p90_ms": published["p90_us"] / 1e3,
         "p99_ms": published["p99_us"] / 1e3, "max_ms": published["max_us"] / 1e3,
+        "idle_p50_ms": published["probe_p50_us"] / 1e3,
+        "idle_p99_ms": published["probe_p99_us"] / 1e3,
         "node_cpu_s": node_cpu,
+        "node_sys_share": (sum(s1["nodes_sys"]) - sum(s0["nodes_sys"])) / sum(node_cpu)
+        if sum(node_cpu) else None,
         "node_cpu_us_per_delivery": sum(node_cpu) * 1e6 / deliveries,
         "node_cpu_us_per_publish": sum(node_cpu) * 1e6 / publishes,
         "node_cores": sum(node_cpu) / wall,
@@ -435,6 +476,12 @@ def run_config(key: str, setup: Any, min_replicas: int, rnd: int, args: argparse
         "loadgen_cpu_s": loadgen_cpu, "publisher_cpu_s": pub_cpu,
         "client_over_nodes": (loadgen_cpu + pub_cpu) / sum(node_cpu) if sum(node_cpu) else None,
         "cpu0_cores": (loadgen_cpu + pub_cpu + sum(redis_cpu.values())) / wall,
+        # What else ran meanwhile: the machine's busy time less this benchmark's processes
+        # (softirq time of the loopback traffic that no process is charged with included).
+        "other_cores": (s1["machine"][0] - s0["machine"][0] - sum(node_cpu) - loadgen_cpu
+                        - pub_cpu - sum(redis_cpu.values()) - (s1["driver"] - s0["driver"])
+                        ) / wall,
+        "irq_cores": (s1["machine"][1] - s0["machine"][1]) / wall,
         "loadgen_client_cpu_s_total": sum(c["client_cpu_s"] for c in clients),
     }
 
@@ -468,7 +515,10 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=100,
                         help="measured publishes per publisher connection (default 100)")
     parser.add_argument("--size", type=int, default=100, help="characters of text per message")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--probe", type=int, default=200,
+                        help="publishes one at a time, nothing else in flight, for the unloaded "
+                        "round trip (half from each node; default 200)")
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--python", default=sys.executable, help="interpreter of the nodes")
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--json", metavar="FILE", help="also write every run to FILE")
@@ -551,7 +601,8 @@ def main() -> int:
                           f"{result['node_cpu_us_per_delivery']:.2f} µs/deliv  redis "
                           f"{result['redis_cpu_us_per_publish']:.0f} µs/pub  client/nodes "
                           f"{result['client_over_nodes']:.2f}  cpu0 "
-                          f"{result['cpu0_cores']:.2f}"
+                          f"{result['cpu0_cores']:.2f}  other {result['other_cores']:.2f} "
+                          f"(irq {result['irq_cores']:.2f})"
                           + (f"  topics/shard {'/'.join(map(str, shards))}" if shards else ""),
                           file=sys.stderr)
         except KeyboardInterrupt:
@@ -572,20 +623,45 @@ def main() -> int:
             return "failed"
         return f"{fmt.format(med(key, field))} ({fmt.format(min(v))}–{fmt.format(max(v))})"
 
-    base = "single" if runs.get("single") else None
+    def paired(key: str, other: str, field: str, how: str = "ratio") -> list[float]:
+        """Per round, key's figure over (or minus) other's, from the same round."""
+        mine = {run["round"]: run[field] for run in runs.get(key, [])}
+        theirs = {run["round"]: run[field] for run in runs.get(other, [])}
+        return [mine[r] / theirs[r] if how == "ratio" else mine[r] - theirs[r]
+                for r in sorted(mine) if r in theirs and (how != "ratio" or theirs[r])]
+
+    def spread(v: list[float], fmt: str) -> str:
+        return (f"{fmt.format(statistics.median(v))} ({fmt.format(min(v))}–{fmt.format(max(v))})"
+                if v else "")
+
+    columns = [("publishes/s", "publishes_per_s", "{:,.0f}"),
+               ("deliveries/s", "deliveries_per_s", "{:,.0f}"),
+               ("publish p50 ms, loaded", "p50_ms", "{:.1f}"),
+               ("p99 ms, loaded", "p99_ms", "{:.1f}"),
+               ("publish p50 ms, alone", "idle_p50_ms", "{:.2f}"),
+               ("p99 ms, alone", "idle_p99_ms", "{:.2f}"),
+               ("node CPU µs/publish", "node_cpu_us_per_publish", "{:.0f}"),
+               ("node CPU µs/delivery", "node_cpu_us_per_delivery", "{:.1f}"),
+               ("Redis CPU µs/publish", "redis_cpu_us_per_publish", "{:.0f}")]
     print()
-    print("| configuration | publishes/s | deliveries/s | publish p50 ms | publish p99 ms | "
-          "node CPU µs/delivery | Redis CPU µs/publish | publishes/s vs single |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| configuration | " + " | ".join(h for h, _, _ in columns)
+          + " | publishes/s vs single, per round |")
+    print("|---|" + "---:|" * (len(columns) + 1))
     for key, label, _, _ in configs:
-        ratio = (f"{med(key, 'publishes_per_s') / med(base, 'publishes_per_s'):.2f}"
-                 if base and runs[key] else "")
-        print(f"| {label} | {cell(key, 'publishes_per_s', '{:,.0f}')} | "
-              f"{cell(key, 'deliveries_per_s', '{:,.0f}')} | {cell(key, 'p50_ms', '{:.2f}')} | "
-              f"{cell(key, 'p99_ms', '{:.2f}')} | "
-              f"{cell(key, 'node_cpu_us_per_delivery', '{:.2f}')} | "
-              f"{cell(key, 'redis_cpu_us_per_publish', '{:.0f}')} | {ratio} |")
+        ratio = spread(paired(key, "single", "publishes_per_s"), "{:.2f}")
+        print(f"| {label} | " + " | ".join(cell(key, f, fmt) for _, f, fmt in columns)
+              + f" | {ratio} |")
     total = time.monotonic() - started
+    for zero, one in (("sentinel-0", "sentinel-1"), ("cluster-0", "cluster-1")):
+        if runs.get(zero) and runs.get(one):
+            print(f"\n{LABELS[one]} against {LABELS[zero]}, per round (median, range): "
+                  f"publishes/s x{spread(paired(one, zero, 'publishes_per_s'), '{:.2f}')}, "
+                  f"node CPU per publish x"
+                  f"{spread(paired(one, zero, 'node_cpu_us_per_publish'), '{:.2f}')}, "
+                  f"publish alone p50 "
+                  f"{spread(paired(one, zero, 'idle_p50_ms', 'diff'), '{:+.2f}')} ms, "
+                  f"p99 {spread(paired(one, zero, 'idle_p99_ms', 'diff'), '{:+.2f}')} ms.", end="")
+    print()
     print(f"\nMedians (min–max) of {args.rounds} rounds; 2 nodes, {args.topics} topics, each "
           f"with {args.subs} subscribers and 1 publisher on each node ({args.window} publishes "
           f"in flight per publisher, {2 * args.topics * args.window} in all); "
@@ -593,10 +669,19 @@ def main() -> int:
           f"{2 * (args.subs + 1)} connections; total {total:.0f} s.")
     print("Client check (median per configuration): client CPU / node CPU "
           + ", ".join(f"{k} {med(k, 'client_over_nodes'):.2f}" for k, *_ in configs if runs[k])
-          + "; nodes busy (cores, of the 1 they share) "
-          + ", ".join(f"{k} {med(k, 'node_cores'):.2f}" for k, *_ in configs if runs[k])
+          + "; nodes busy (cores, of the 1 they share; kernel share of it) "
+          + ", ".join(f"{k} {med(k, 'node_cores'):.2f} ({med(k, 'node_sys_share'):.0%})"
+                      for k, *_ in configs if runs[k])
           + "; first CPU busy with Redis + clients (cores) "
           + ", ".join(f"{k} {med(k, 'cpu0_cores'):.2f}" for k, *_ in configs if runs[k]) + ".")
+    others = [run["other_cores"] for k, *_ in configs for run in runs[k]]
+    irqs = [run["irq_cores"] for k, *_ in configs for run in runs[k]]
+    if others:
+        print(f"Other load on the machine during the measured windows (busy CPU time less this "
+              f"benchmark's processes, cores): median {statistics.median(others):.2f}, "
+              f"range {min(others):.2f}–{max(others):.2f}; of it in interrupts (irq + softirq, "
+              f"partly this benchmark's loopback traffic): median "
+              f"{statistics.median(irqs):.2f}.")
     if any(runs[k] and runs[k][0]["topics_per_shard"] for k, *_ in configs):
         print("Topics per cluster shard, per run: " + "; ".join(
             f"{k} " + " ".join("/".join(map(str, run["topics_per_shard"])) for run in runs[k])
@@ -616,9 +701,10 @@ def main() -> int:
             "runs": runs,
             "medians": {k: {f: med(k, f) for f in (
                 "publishes_per_s", "deliveries_per_s", "p50_ms", "p99_ms",
+                "idle_p50_ms", "idle_p99_ms", "node_sys_share",
                 "node_cpu_us_per_delivery", "node_cpu_us_per_publish",
                 "redis_cpu_us_per_publish", "node_cores", "cpu0_cores",
-                "client_over_nodes")} for k, *_ in configs if runs[k]},
+                "client_over_nodes", "other_cores", "irq_cores")} for k, *_ in configs if runs[k]},
         }, indent=2))
     return 1 if failures else 0
 
