@@ -257,7 +257,10 @@ class Link:
                 continue
             except ResponseError:
                 if replicas:
-                    await connection.read_response()
+                    # Refused (NOREPLICAS) or redirected: nothing was written, and the WAIT
+                    # sent with it would run out its timeout before answering. Drop the
+                    # connection (and that answer) instead of waiting for it.
+                    await connection.disconnect()
                 raise
             if replicas:
                 confirmed = int(await connection.read_response())
