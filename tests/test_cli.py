@@ -201,6 +201,28 @@ class TestErrors:
         assert result.returncode == 1
         assert b"not a WebSocket URI" in result.stderr
 
+    def test_lifts_its_open_files_limit(self) -> None:
+        """Started with the usual soft limit of 1,024 (here 256), a server would refuse
+        connections past it without a word: it lifts its soft limit to the hard one, and
+        its listen line says how many it may open."""
+        import resource
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        expected = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        port = free_port()
+        proc = subprocess.Popen(
+            TETHER + ["echo", "--port", str(port)], stderr=subprocess.PIPE,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
+        try:
+            wait_for_port(port, proc)
+            limits = Path(f"/proc/{proc.pid}/limits").read_text()
+            line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+            assert int(line.split()[3]) == expected, line
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=100 * UNIT)
+        assert f"open_files={expected}" in err.decode(), err
+
     def test_port_in_use(self) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))

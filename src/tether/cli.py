@@ -405,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in _SERVERS:
         _configure_logging(args.quiet, args.log_format)
+        _raise_open_files_limit()
         if getattr(args, "presence_ttl", None) is not None and not args.redis:
             print(f"tether {args.command}: --presence-ttl needs --redis (one node's "
                   "members leave when their connections close)", file=sys.stderr)
@@ -455,6 +456,34 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
         if code != 0:
             forward(signal.SIGTERM, None)  # one failed (e.g. Redis unreachable): stop all
     return 0 if all(code == 0 for code in codes) else 1
+
+
+def _raise_open_files_limit() -> None:
+    """A server holds one descriptor per connection, and the usual soft limit (1,024) would
+    stop it near a thousand connections, refusing the next ones without a word in its log.
+    Lift the soft limit to the hard one (which only an administrator can raise); the
+    listen line says what it is."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Unlimited: Linux's default fs.nr_open, the most a process may have anyway.
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def _open_files_limit() -> str:
+    try:
+        import resource
+    except ImportError:
+        return "-"
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
 
 
 def _configure_logging(quiet: bool, log_format: str = "text") -> None:
@@ -618,11 +647,13 @@ async def _serve(args: argparse.Namespace) -> int:
             page = page_url(host, port, tls="ssl" in options)
             if page_token is not None:  # made up here: the operator needs it to get in
                 page += "#token=" + page_token
-            logger.info("event=listen app=%s url=%s://%s:%s page=%s loop=%s", args.command,
-                        scheme, _url_host(host), port, page, loop_name)
+            logger.info("event=listen app=%s url=%s://%s:%s page=%s loop=%s open_files=%s",
+                        args.command, scheme, _url_host(host), port, page, loop_name,
+                        _open_files_limit())
         else:
-            logger.info("event=listen app=%s url=%s://%s:%s loop=%s", args.command, scheme,
-                        _url_host(host), port, loop_name)
+            logger.info("event=listen app=%s url=%s://%s:%s loop=%s open_files=%s",
+                        args.command, scheme, _url_host(host), port, loop_name,
+                        _open_files_limit())
     from .auth import is_loopback_host
 
     host = args.host.strip().strip("[]").lower()
