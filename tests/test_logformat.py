@@ -74,7 +74,7 @@ def test_line_buffer_writes_together_and_warnings_at_once() -> None:
     stream = io.StringIO()
     handler = LineBuffer(stream)
     handler.setFormatter(TextFormatter())
-    info = record("event=open n=%d", 1)
+    info = record("event=open n=%d ok", 1)
     info.levelno, info.levelname = logging.INFO, "INFO"
 
     handler.emit(info)  # no running loop: written at once
@@ -90,7 +90,13 @@ def test_line_buffer_writes_together_and_warnings_at_once() -> None:
         handler.emit(record("event=warning"))  # a warning: everything goes out now
         assert stream.getvalue().count("\n") == 5
         handler.emit(info)
+        listen = record("event=listen url=%s", "ws://127.0.0.1:1")
+        listen.levelno, listen.levelname = logging.INFO, "INFO"
+        handler.emit(listen)  # not a connection line: at once, after the one held
+        assert stream.getvalue().splitlines()[-2:] == [
+            handler.format(info), handler.format(listen)]
+        handler.emit(info)
         handler.close()  # logging.shutdown() at exit: flush, then close
 
     asyncio.run(main())
-    assert stream.getvalue().count("\n") == 6
+    assert stream.getvalue().count("\n") == 8

@@ -5,8 +5,8 @@ A server logs two lines per connection (``event=open``, ``event=close``). Throug
 defaults each costs about 20 µs, more than the rest of a handshake's Python code; here about
 6 µs: the time text is rebuilt once per second (:class:`TextFormatter`), the pid is written
 once, no caller, thread or process lookup is made per record (the logging module's own
-"optimization" switches, :func:`configure`), and the lines of 20 ms go out in one write
-(:class:`LineBuffer`; a warning at once).
+"optimization" switches, :func:`configure`), and the connection lines of 20 ms go out in one
+write (:class:`LineBuffer`; every other line at once).
 
 tether logs ``key=value`` lines (``event=open remote=127.0.0.1:50312 path=/ws ...``). The
 JSON form has the same fields, parsed out of the message, beside the record's own: ``time``
@@ -124,13 +124,17 @@ class JsonFormatter(logging.Formatter):
 
 
 class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that writes its lines together, in one write and one flush, at most
-    ``DELAY`` seconds after the first of them; at once outside a running event loop, for a
-    warning or worse, and when 64 KiB are waiting. A process killed outright loses at most
-    the lines of its last ``DELAY`` seconds (``logging.shutdown()``, run at exit, flushes)."""
+    """A stream handler that holds the per-connection lines (``event=open``, ``event=close``:
+    two per connection, thousands a second in a reconnect storm) and writes them together, in
+    one write and one flush, at most ``DELAY`` seconds after the first of them. Every other
+    line goes out at once, after those held before it: start-up, warnings, errors. So do the
+    held ones outside a running event loop and when 64 KiB are waiting. A process killed
+    outright loses at most the connection lines of its last ``DELAY`` seconds
+    (``logging.shutdown()``, run at exit, flushes)."""
 
     LIMIT = 65536
     DELAY = 0.02
+    HELD = ("event=open ", "event=close ")
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
@@ -146,7 +150,9 @@ class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
             return
         self._lines.append(line)
         self._size += len(line)
-        if record.levelno >= logging.WARNING or self._size >= self.LIMIT:
+        message = record.msg
+        if (record.levelno >= logging.WARNING or self._size >= self.LIMIT
+                or not isinstance(message, str) or not message.startswith(self.HELD)):
             self.flush()
             return
         try:
