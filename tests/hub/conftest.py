@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -150,16 +150,33 @@ def cluster_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterS
         yield setup
 
 
-def _stop_all(setups: list[SentinelSetup] | list[ClusterSetup]) -> None:
-    """Stop every setup (each tries every process), then report what could not be stopped."""
-    failures = []
-    for setup in setups:
-        try:
-            setup.stop()
-        except Exception as exc:  # noqa: BLE001: stop the others first
-            failures.append(str(exc))
-    if failures:
-        raise RuntimeError("; ".join(failures))
+SetupT = TypeVar("SetupT", SentinelSetup, ClusterSetup)
+
+
+def _factory(kind: type[SetupT], tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Callable[..., SetupT]]:
+    """A factory of started ``kind`` setups, each in a new directory; every one started is
+    stopped afterwards (each tries every process), then what could not be stopped is
+    reported."""
+    setups: list[SetupT] = []
+
+    def start(**options: Any) -> SetupT:
+        setup = kind(tmp_path_factory.mktemp(kind.__name__.lower()), **options)
+        setups.append(setup)
+        setup.start()
+        return setup
+
+    try:
+        yield start
+    finally:
+        failures = []
+        for setup in setups:
+            try:
+                setup.stop()
+            except Exception as exc:  # noqa: BLE001: stop the others first
+                failures.append(str(exc))
+        if failures:
+            raise RuntimeError("; ".join(failures))
 
 
 @pytest.fixture
@@ -169,18 +186,7 @@ def fresh_sentinel(tmp_path_factory: pytest.TempPathFactory
     **options)`` starts a :class:`SentinelSetup` (``options`` as its constructor's) in a new
     directory and returns it; every one started is stopped after the test."""
     require_redis("redis-server")
-    setups: list[SentinelSetup] = []
-
-    def start(**options: Any) -> SentinelSetup:
-        setup = SentinelSetup(tmp_path_factory.mktemp("sentinel"), **options)
-        setups.append(setup)
-        setup.start()
-        return setup
-
-    try:
-        yield start
-    finally:
-        _stop_all(setups)
+    yield from _factory(SentinelSetup, tmp_path_factory)
 
 
 @pytest.fixture
@@ -188,18 +194,7 @@ def fresh_cluster(tmp_path_factory: pytest.TempPathFactory
                   ) -> Iterator[Callable[..., ClusterSetup]]:
     """As :func:`fresh_sentinel`, for a :class:`ClusterSetup`."""
     require_redis("redis-server", "redis-cli")
-    setups: list[ClusterSetup] = []
-
-    def start(**options: Any) -> ClusterSetup:
-        setup = ClusterSetup(tmp_path_factory.mktemp("cluster"), **options)
-        setups.append(setup)
-        setup.start()
-        return setup
-
-    try:
-        yield start
-    finally:
-        _stop_all(setups)
+    yield from _factory(ClusterSetup, tmp_path_factory)
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis", "redis-sentinel", "redis-cluster"])

@@ -18,7 +18,9 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -149,6 +151,46 @@ def check_no_loss(histories: dict[str, list[Any]], publishers: list[Publisher],
     return len(acked)
 
 
+@dataclass
+class Nodes:
+    """Two tether nodes on one Redis: their hubs, a ``connect(name)`` for each, and a
+    :class:`Subscriber` on each."""
+
+    hubs: list[Hub]
+    connect: tuple[Callable[..., Any], Callable[..., Any]]
+    subscribers: list[Subscriber]
+
+
+@asynccontextmanager
+async def two_nodes(url: str, prefix: str, *topics: str,
+                    **options: Any) -> AsyncIterator[Nodes]:
+    """Two hubs, each with its own RedisBackend (``options``) and WebSocket server, and a
+    subscriber to ``topics`` (:data:`TOPIC` by default) on each; the hubs closed after."""
+    hubs = [Hub(RedisBackend(url, key_prefix=prefix, timeout=2.0, **options))
+            for _ in range(2)]
+    try:
+        async with hub_serving(hubs[0]) as (_, connect_a), \
+                hub_serving(hubs[1]) as (_, connect_b):
+            subscribers = [Subscriber(await connect_a("sa")), Subscriber(await connect_b("sb"))]
+            for s in subscribers:
+                await s.start(*topics)
+            yield Nodes(hubs, (connect_a, connect_b), subscribers)
+    finally:
+        for hub in hubs:
+            await hub.close()
+
+
+async def stop_load(publishers: list[Publisher], tasks: list[asyncio.Task[None]],
+                    subscribers: list[Subscriber]) -> None:
+    """Stop publishing, let the last live messages arrive, stop the subscribers."""
+    for p in publishers:
+        p.running = False
+    await asyncio.gather(*tasks)
+    await asyncio.sleep(1.0)
+    for s in subscribers:
+        await s.stop()
+
+
 async def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -166,18 +208,12 @@ class TestSentinel:
         setup = fresh_sentinel()
         prefix = f"t{secrets.token_hex(3)}:"
 
-        def backend() -> RedisBackend:
-            return RedisBackend(setup.url, key_prefix=prefix, min_replicas=1, timeout=2.0,
-                                max_retry_delay=0.4)
-
         async def main() -> None:
-            hub_a, hub_b = Hub(backend()), Hub(backend())
-            async with hub_serving(hub_a) as (_, connect_a), \
-                    hub_serving(hub_b) as (_, connect_b):
-                subscribers = [Subscriber(await connect_a("sa")),
-                               Subscriber(await connect_b("sb"))]
-                for s in subscribers:
-                    await s.start()
+            async with two_nodes(setup.url, prefix, min_replicas=1,
+                                 max_retry_delay=0.4) as nodes:
+                hub_a = nodes.hubs[0]
+                connect_a, connect_b = nodes.connect
+                subscribers = nodes.subscribers
                 leaver = Subscriber(await connect_b("leaver"))
                 await leaver.start()
                 publishers = [Publisher("pa", await connect_a("pa")),
@@ -198,12 +234,7 @@ class TestSentinel:
                 await back.start(since=since, epoch=epoch)
                 resumed = back.subscribed[0]
                 await asyncio.sleep(0.5)
-                for p in publishers:
-                    p.running = False
-                await asyncio.gather(*tasks)
-                await asyncio.sleep(1.0)  # the last live messages
-                for s in [*subscribers, back]:
-                    await s.stop()
+                await stop_load(publishers, tasks, [*subscribers, back])
                 history = (await hub_a.backend.history(TOPIC, 0)).messages
                 leaver.got.extend(back.got)
                 count = check_no_loss({TOPIC: list(history)}, publishers,
@@ -219,8 +250,6 @@ class TestSentinel:
                 assert "retracted" not in resumed
                 assert serving_again < 5.0, serving_again
                 assert old is not new
-            await hub_a.close()
-            await hub_b.close()
 
         run(main())
 
@@ -237,17 +266,10 @@ class TestSentinel:
         setup = fresh_sentinel()
         prefix = f"t{secrets.token_hex(3)}:"
 
-        def backend() -> RedisBackend:
-            return RedisBackend(setup.url, key_prefix=prefix, timeout=2.0, max_retry_delay=0.4)
-
         async def main() -> None:
-            hub_a, hub_b = Hub(backend()), Hub(backend())
-            async with hub_serving(hub_a) as (_, connect_a), \
-                    hub_serving(hub_b) as (_, connect_b):
-                subscribers = [Subscriber(await connect_a("sa")),
-                               Subscriber(await connect_b("sb"))]
-                for s in subscribers:
-                    await s.start()
+            async with two_nodes(setup.url, prefix, max_retry_delay=0.4) as nodes:
+                connect_a, connect_b = nodes.connect
+                subscribers = nodes.subscribers
                 publishers = [Publisher("pa", await connect_a("pa")),
                               Publisher("pb", await connect_b("pb"))]
                 tasks = [asyncio.create_task(p.run()) for p in publishers]
@@ -257,17 +279,11 @@ class TestSentinel:
                 await asyncio.to_thread(setup.wait_for_new_master, old)
                 promoted = time.monotonic()
                 await asyncio.sleep(2.0)
-                for p in publishers:
-                    p.running = False
-                await asyncio.gather(*tasks)
-                await asyncio.sleep(1.0)
-                for s in subscribers:
-                    await s.stop()
-                after = backend()  # a fresh node: asks the sentinels, reaches the new master
-                history = await after.history(TOPIC, 0)
-                await after.close()
-            await hub_a.close()
-            await hub_b.close()
+                await stop_load(publishers, tasks, subscribers)
+            # A fresh node: asks the sentinels, reaches the new master.
+            after = RedisBackend(setup.url, key_prefix=prefix, timeout=2.0)
+            history = await after.history(TOPIC, 0)
+            await after.close()
             stored = {(e.data["p"], e.data["n"]): e for e in history.messages}
             by_seq = {(e.epoch, e.seq): e for e in history.messages}
             lost_late = [n for p in publishers for n, when in zip(p.acked, p.ack_times)
@@ -499,18 +515,12 @@ class TestCluster:
         prefix = f"t{secrets.token_hex(3)}:"
         topics = _spread(setup, prefix, 3)
 
-        def backend() -> RedisBackend:
-            return RedisBackend(setup.url, key_prefix=prefix, min_replicas=1, timeout=2.0,
-                                max_retry_delay=0.4)
-
         async def main() -> None:
-            hub_a, hub_b = Hub(backend()), Hub(backend())
-            async with hub_serving(hub_a) as (_, connect_a), \
-                    hub_serving(hub_b) as (_, connect_b):
-                subscribers = [Subscriber(await connect_a("sa")),
-                               Subscriber(await connect_b("sb"))]
-                for s in subscribers:
-                    await s.start(*topics)
+            async with two_nodes(setup.url, prefix, *topics, min_replicas=1,
+                                 max_retry_delay=0.4) as nodes:
+                hub_a = nodes.hubs[0]
+                connect_a, connect_b = nodes.connect
+                subscribers = nodes.subscribers
                 publishers = [Publisher(f"p{i}{side}", await connect(f"p{i}{side}"), topic)
                               for i, topic in enumerate(topics)
                               for side, connect in (("a", connect_a), ("b", connect_b))]
@@ -528,12 +538,7 @@ class TestCluster:
                 await _wait_for(lambda: all(p.first_ack_after(rejoined) for p in publishers),
                                 30 * UNIT, "publishing to work again")
                 await asyncio.sleep(0.5)
-                for p in publishers:
-                    p.running = False
-                await asyncio.gather(*tasks)
-                await asyncio.sleep(1.0)
-                for s in subscribers:
-                    await s.stop()
+                await stop_load(publishers, tasks, subscribers)
                 histories = {t: list((await hub_a.backend.history(t, 0)).messages)
                              for t in topics}
                 count = check_no_loss(histories, publishers, subscribers)
@@ -547,8 +552,6 @@ class TestCluster:
                       f"later")
                 # The other shards kept serving (cluster-require-full-coverage no).
                 assert all(failed[t] == 0 for t in topics[1:]), failed
-            await hub_a.close()
-            await hub_b.close()
 
         run(main())
 
@@ -564,14 +567,10 @@ class TestCluster:
         prefix = f"t{secrets.token_hex(3)}:"
 
         async def main() -> None:
-            hub_a, hub_b = (Hub(RedisBackend(setup.url, key_prefix=prefix, timeout=2.0))
-                            for _ in range(2))
-            async with hub_serving(hub_a) as (_, connect_a), \
-                    hub_serving(hub_b) as (_, connect_b):
-                subscribers = [Subscriber(await connect_a("sa")),
-                               Subscriber(await connect_b("sb"))]
-                for s in subscribers:
-                    await s.start()
+            async with two_nodes(setup.url, prefix) as nodes:
+                hub_a = nodes.hubs[0]
+                connect_a, connect_b = nodes.connect
+                subscribers = nodes.subscribers
                 publishers = [Publisher("pa", await connect_a("pa")),
                               Publisher("pb", await connect_b("pb"))]
                 tasks = [asyncio.create_task(p.run(pause=0.005)) for p in publishers]
@@ -585,19 +584,12 @@ class TestCluster:
                                             for p in publishers), 10 * UNIT,
                                 "publishing on the new owner")
                 await asyncio.sleep(0.5)
-                for p in publishers:
-                    p.running = False
-                await asyncio.gather(*tasks)
-                await asyncio.sleep(1.0)
-                for s in subscribers:
-                    await s.stop()
+                await stop_load(publishers, tasks, subscribers)
                 history = list((await hub_a.backend.history(TOPIC, 0)).messages)
                 count = check_no_loss({TOPIC: history}, publishers, subscribers)
                 assert [e.seq for e in history] == list(range(1, len(history) + 1))
                 print(f"\ncluster slot move under load: {count} acknowledged, 0 lost, "
                       f"{sum(p.failed for p in publishers)} answered unavailable; the slot "
                       f"was migrating for {moved['migrating']:.2f} s")
-            await hub_a.close()
-            await hub_b.close()
 
         run(main())
