@@ -215,6 +215,27 @@ class Lines:
                 self.proc.wait()
 
 
+def load_generator_results(lgs: "list[Lines]", expected: int) -> list[dict[str, Any]]:
+    """Each finished load generator's JSON summary, once it exited; an error when one did
+    not finish, failed, or did not get ``expected`` messages."""
+    clients = []
+    for i, lg in enumerate(lgs):
+        assert lg.proc.stdout is not None
+        out = lg.proc.stdout.read()  # stderr is the pump thread's
+        try:
+            lg.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"load generator {i + 1} did not finish") from None
+        if lg.proc.returncode != 0:
+            raise RuntimeError(f"load generator {i + 1} failed: {' / '.join(lg.seen[-5:])}")
+        client = json.loads(out.strip().splitlines()[-1])
+        if client["messages"] != expected:
+            raise RuntimeError(f"node {i + 1}: {client['messages']} messages received, "
+                               f"{expected} expected")
+        clients.append(client)
+    return clients
+
+
 def cpu_s(pid: int) -> float:
     return sum(proc_cpu_seconds(pid))
 
@@ -314,21 +335,7 @@ def run_config(name: str, nodes: int, rnd: int, args: argparse.Namespace, loadge
             lg.expect("done", 120, f"load generator {i + 1}")
         redis1 = cpu_s(redis.proc.pid)
         published = json.loads(node_procs[0].expect("{", 10, "node 1")[0])
-        clients = []
-        for i, lg in enumerate(lgs):
-            assert lg.proc.stdout is not None
-            out = lg.proc.stdout.read()  # stderr is the pump thread's
-            try:
-                lg.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                raise RuntimeError(f"load generator {i + 1} did not finish")
-            if lg.proc.returncode != 0:
-                raise RuntimeError(f"load generator {i + 1} failed: {' / '.join(lg.seen[-5:])}")
-            client = json.loads(out.strip().splitlines()[-1])
-            if client["messages"] != expected:
-                raise RuntimeError(f"node {i + 1}: {client['messages']} messages received, "
-                                   f"{expected} expected")
-            clients.append(client)
+        clients = load_generator_results(lgs, expected)
     finally:
         for p in reversed(procs):
             p.stop()

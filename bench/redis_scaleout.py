@@ -74,7 +74,7 @@ REPO_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from echo import HOST, background_load, build_loadgen, pick_cpus, proc_cpu_seconds  # noqa: E402
-from hub_scaleout import Lines, cpu_s  # noqa: E402  (child processes read line by line)
+from hub_scaleout import Lines, cpu_s, load_generator_results  # noqa: E402  (child processes read line by line)
 
 # (key, label, mode, min_replicas)
 CONFIGS = [
@@ -427,21 +427,7 @@ def run_config(key: str, setup: Any, min_replicas: int, rnd: int, args: argparse
         if published["errors"] or published["own_messages_short"]:
             raise RuntimeError(f"publisher: {published['own_messages_short']} own-topic "
                                f"messages missing; errors {published['errors']}")
-        clients = []
-        for i, lg in enumerate(lgs):
-            assert lg.proc.stdout is not None
-            out = lg.proc.stdout.read()
-            try:
-                lg.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                raise RuntimeError(f"load generator {i + 1} did not finish") from None
-            if lg.proc.returncode != 0:
-                raise RuntimeError(f"load generator {i + 1} failed: {' / '.join(lg.seen[-5:])}")
-            client = json.loads(out.strip().splitlines()[-1])
-            if client["messages"] != expected:
-                raise RuntimeError(f"node {i + 1}: {client['messages']} messages received, "
-                                   f"{expected} expected")
-            clients.append(client)
+        clients = load_generator_results(lgs, expected)
     finally:
         for p in reversed(procs):
             p.stop()
