@@ -514,8 +514,10 @@ class RedisBackend(Backend):
 
     async def _run(self, script: str, keys: Sequence[str], args: Sequence[Any],
                    replicas: int = 0) -> Any:
-        await self._ready()
-        assert self._link is not None
+        # Every caller went through _ready() (the public methods) or runs only once
+        # connected (the refresher, close): only a close since then is left to check.
+        if self._closed or self._link is None:
+            raise BackendUnavailable("the backend is closed")
         try:
             return await self._link.run(self._scripts[script], keys, args, replicas,
                                         self.replica_timeout)
