@@ -186,6 +186,23 @@ def extract_rev(rev: str, dest: Path) -> tuple[Path, str]:
     return dest / "src", note
 
 
+def set_tether_source(args: argparse.Namespace, tmp: Path) -> None:
+    """args.tether_src_path and args.tether_src_note from --tether-src / --tether-rev (a REV's
+    src/ goes under tmp)."""
+    if args.tether_rev:
+        args.tether_src_path, note = extract_rev(args.tether_rev, tmp / "tether")
+        args.tether_src_note = f"--tether-rev {args.tether_rev}: {note}"
+    else:
+        args.tether_src_path = Path(args.tether_src).resolve()
+        note = str(args.tether_src_path)
+        if args.tether_src_path == (REPO_DIR / "src").resolve():
+            sha = run(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"])
+            dirty = run(["git", "--no-optional-locks", "-C", str(REPO_DIR), "status",
+                         "--porcelain", "--", "src"])
+            note = f"working tree src/ at {sha}" + (" with uncommitted changes" if dirty else "")
+        args.tether_src_note = note
+
+
 def tether_env(src: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(src) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
@@ -591,18 +608,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{need} in the client and in the server", file=sys.stderr)
 
     tmp = Path(tempfile.mkdtemp(prefix="tether-storm-"))
-    if args.tether_rev:
-        args.tether_src_path, note = extract_rev(args.tether_rev, tmp / "tether")
-        args.tether_src_note = f"--tether-rev {args.tether_rev}: {note}"
-    else:
-        args.tether_src_path = Path(args.tether_src).resolve()
-        note = str(args.tether_src_path)
-        if args.tether_src_path == (REPO_DIR / "src").resolve():
-            sha = run(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"])
-            dirty = run(["git", "--no-optional-locks", "-C", str(REPO_DIR), "status",
-                         "--porcelain", "--", "src"])
-            note = f"working tree src/ at {sha}" + (" with uncommitted changes" if dirty else "")
-        args.tether_src_note = note
+    set_tether_source(args, tmp)
 
     reason = ensure_node_modules()
     if reason:

@@ -1,5 +1,6 @@
-// Socket.IO 4.8 server for bench/presence_storm.py: each socket's "join" event does
-// socket.join(room) and calls the ack; nothing else (no presence, no broadcast).
+// Socket.IO 4.8 server for bench/presence_storm.py and bench/rooms.py: each socket's "join"
+// event does socket.join(room) and calls the ack (no presence); "publish" (room, data) emits
+// "message" (data) to the room, the sender included: io.to(room).emit (rooms.py only).
 //
 //   NODE_PATH=bench/.socketio/node_modules node bench/servers/socketio_storm.js HOST PORT
 //
@@ -17,6 +18,9 @@ io.on("connection", (socket) => {
   socket.on("join", (room, ack) => {
     socket.join(String(room));
     if (typeof ack === "function") ack(true);
+  });
+  socket.on("publish", (room, data) => {
+    io.to(String(room)).emit("message", data);
   });
 });
 

@@ -1,5 +1,6 @@
-"""python-socketio on ASGI for bench/presence_storm.py: each socket's "join" event enters the
-room and acknowledges (the handler's return value is the ack); no presence, no broadcast.
+"""python-socketio on ASGI for bench/presence_storm.py and bench/rooms.py: each socket's "join"
+event enters the room and acknowledges (the handler's return value is the ack; no presence);
+"publish" (room, data) emits "message" (data) to the room, the sender included (rooms.py only).
 
   /tmp/s7storm/venv/bin/python -m uvicorn socketio_storm_app:app --app-dir bench/servers \\
       --host 127.0.0.1 --port P
@@ -18,3 +19,8 @@ app = socketio.ASGIApp(sio)
 async def join(sid: str, room: str) -> bool:
     await sio.enter_room(sid, str(room))
     return True
+
+
+@sio.on("publish")
+async def publish(sid: str, room: str, data: object) -> None:
+    await sio.emit("message", data, to=str(room))

@@ -272,8 +272,7 @@ class WebSocket(asyncio.Protocol):
             self._pending = []
         protocol.receive_data(data)
         events = protocol.events_received()
-        if events:
-            self._process_events(events)
+        woke = self._process_events(events) if events else False
         if protocol.receive_error is not None and self._close_timer is None:
             self._receive_close()  # a protocol error: answered like a close frame
         output = protocol.data_to_send()
@@ -285,7 +284,13 @@ class WebSocket(asyncio.Protocol):
                 # The rest of a large frame: read it straight into its payload, no copies.
                 transport.set_protocol(_PayloadReader(self))
         if batch:
-            self._end_turn()
+            if woke:
+                # The step of the handler that takes the message writes into this batch,
+                # and its end (_end_turn, a callback of the waiter) writes it: a lone reply
+                # needs no TurnEnd.
+                self._flush()
+            else:
+                self._end_turn()
 
     def _payload_received(self, nbytes: int) -> None:
         """``nbytes`` of a large frame were read in place (see _PayloadReader)."""
@@ -353,7 +358,8 @@ class WebSocket(asyncio.Protocol):
 
     # -- events and output -------------------------------------------------------------------
 
-    def _process_events(self, events: list[Any]) -> None:
+    def _process_events(self, events: list[Any]) -> int:
+        """Hand the core's events on; return whether a waiting ``recv()`` got a message."""
         woke = 0  # 1: a waiting recv() got a message of this batch; 2: and _limit_queue is due
         received = 0
         for event in events:
@@ -371,6 +377,9 @@ class WebSocket(asyncio.Protocol):
                 if waiter is not None and not waiter.done():
                     self._waiter = None
                     self._processing = True
+                    # The task's step that this wakes writes its replies into the batch, and
+                    # they go out right after it (callbacks are scheduled in order).
+                    waiter.add_done_callback(self._end_turn)
                     waiter.set_result(event[0])
                     woke = 1
                 else:
@@ -396,6 +405,7 @@ class WebSocket(asyncio.Protocol):
                 self._process_other_event(event)
         if received:
             self.messages_received += received
+        return woke
 
     def _limit_queue(self) -> None:
         """Pause reading if the application has not taken what one read queued past
@@ -502,7 +512,9 @@ class WebSocket(asyncio.Protocol):
             pending.clear()
             self._pending_size = 0
 
-    def _end_turn(self) -> None:
+    def _end_turn(self, _waiter: asyncio.Future[Any] | None = None) -> None:
+        """Write what this turn gathered. Also the done callback of a ``recv()`` that a
+        message wakes: it runs right after the task's step that the result resumes."""
         self._flush()
         self._pending = None
 
@@ -625,15 +637,8 @@ class WebSocket(asyncio.Protocol):
     def __aiter__(self) -> AsyncIterator[Data]:
         return self
 
-    async def __anext__(self) -> Data:
-        messages = self._messages
-        if messages:  # a queued message: no waiting (inlined: this runs per message)
-            self._processing = True
-            message: Data = messages.popleft()
-            if self._reading_paused and len(messages) <= self.max_queue // 4:
-                self._resume_reading()
-            return message
-        return await self._receive(True)
+    def __anext__(self) -> Coroutine[Any, Any, Data]:
+        return self._receive(True)  # not a coroutine of its own: one frame less per message
 
     async def _receive(self, iterating: bool) -> Data:
         """recv() and ``async for`` in one coroutine: a waiting application holds one frame,
