@@ -203,6 +203,18 @@ def set_tether_source(args: argparse.Namespace, tmp: Path) -> None:
         args.tether_src_note = note
 
 
+def add_server_args(p: argparse.ArgumentParser, sio_python: str, sio_hint: str) -> None:
+    """The options that say what runs the servers (shared with bench/rooms.py)."""
+    p.add_argument("--python", default=str(DEFAULT_PYTHON) if DEFAULT_PYTHON.exists()
+                   else sys.executable, help="interpreter for tether (.venv/bin/python)")
+    p.add_argument("--tether-src", default=str(REPO_DIR / "src"),
+                   help="put this folder first on tether's PYTHONPATH (the working tree's src/)")
+    p.add_argument("--tether-rev", metavar="REV",
+                   help="run this commit's src/ instead (git archive into a temporary folder)")
+    p.add_argument("--socketio-python", default=sio_python,
+                   help=f"interpreter with python-socketio and uvicorn ({sio_hint})")
+
+
 def tether_env(src: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(src) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
@@ -253,6 +265,21 @@ def check_server(name: str, args: argparse.Namespace) -> str | None:
     return None
 
 
+def runnable_servers(servers: list[str], args: argparse.Namespace
+                     ) -> tuple[list[str], dict[str, str]]:
+    """(the servers that can run, {server: why not} for the others, also on stderr)."""
+    runnable: list[str] = []
+    skipped: dict[str, str] = {}
+    for s in servers:
+        why = check_server(s, args)
+        if why:
+            skipped[s] = why
+            print(f"{s}: skipped: {why}", file=sys.stderr)
+        else:
+            runnable.append(s)
+    return runnable, skipped
+
+
 def versions(args: argparse.Namespace) -> dict[str, str]:
     out: dict[str, str] = {}
     code = ("import importlib.metadata as m, sys\n"
@@ -281,6 +308,17 @@ def versions(args: argparse.Namespace) -> dict[str, str]:
     out["node"] = run(["node", "--version"])
     out["tether source"] = args.tether_src_note
     return out
+
+
+def json_meta(cmd: str, cpus: tuple[Any, Any], vers: dict[str, str], args: argparse.Namespace,
+              total: float, interrupted: bool, **extra: Any) -> dict[str, Any]:
+    """The "meta" object of a --json file (shared with bench/rooms.py)."""
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": cmd.strip(),
+            "platform": platform.platform(), "cpus": os.cpu_count(),
+            "pin": {"client": cpus[0], "server": cpus[1]}, "versions": vers,
+            "options": {k: (str(v) if isinstance(v, Path) else v)
+                        for k, v in vars(args).items()},
+            **extra, "total_s": total, "interrupted": interrupted}
 
 
 def machine_busy_s() -> float | None:
@@ -575,14 +613,7 @@ def main(argv: list[str] | None = None) -> int:
                         "long (1 s)")
     p.add_argument("--drain-max", type=float, default=60,
                    help="... or at most this long after the last join (60 s)")
-    p.add_argument("--python", default=str(DEFAULT_PYTHON) if DEFAULT_PYTHON.exists()
-                   else sys.executable, help="interpreter for tether (.venv/bin/python)")
-    p.add_argument("--tether-src", default=str(REPO_DIR / "src"),
-                   help="put this folder first on tether's PYTHONPATH (the working tree's src/)")
-    p.add_argument("--tether-rev", metavar="REV",
-                   help="run this commit's src/ instead (git archive into a temporary folder)")
-    p.add_argument("--socketio-python", default=str(DEFAULT_SIO_PYTHON),
-                   help="interpreter with python-socketio and uvicorn (/tmp/s7storm/venv)")
+    add_server_args(p, str(DEFAULT_SIO_PYTHON), "/tmp/s7storm/venv")
     p.add_argument("--client", choices=["raw", "lib"], default="raw",
                    help="load client: raw (its own streaming WebSocket client, the default) or "
                         "lib (ws and socket.io-client, to cross-check)")
@@ -614,17 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"error: {reason} (the load client needs it)", file=sys.stderr)
         return 1
-    results: dict[str, dict[int, list[dict[str, Any]]]] = {}
-    skipped: dict[str, str] = {}
-    runnable = []
-    for s in servers:
-        why = check_server(s, args)
-        if why:
-            skipped[s] = why
-            print(f"{s}: skipped: {why}", file=sys.stderr)
-        else:
-            results[s] = {n: [] for n in sizes}
-            runnable.append(s)
+    runnable, skipped = runnable_servers(servers, args)
+    results: dict[str, dict[int, list[dict[str, Any]]]] = {s: {n: [] for n in sizes}
+                                                           for s in runnable}
     vers = versions(args)
     cpus = pick_cpus(args.no_pin)
     busy = background_load()
@@ -742,13 +765,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(notes))
     print(f"\n(server logs in {log_dir})", file=sys.stderr)
     if args.json:
-        doc = {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": cmd.strip(),
-                        "platform": platform.platform(), "cpus": os.cpu_count(),
-                        "pin": {"client": cpus[0], "server": cpus[1]}, "versions": vers,
-                        "options": {k: (str(v) if isinstance(v, Path) else v)
-                                    for k, v in vars(args).items()},
-                        "background_busy_cores": busy, "total_s": total,
-                        "interrupted": interrupted},
+        doc = {"meta": json_meta(cmd, cpus, vers, args, total, interrupted,
+                                 background_busy_cores=busy),
                "skipped": skipped,
                "runs": {s: {str(n): results[s][n] for n in sizes} for s in results},
                "medians": medians}
