@@ -118,21 +118,19 @@ class UvicornProtocol(WebSocket):
         super().connection_lost(exc)
         self.server_state.connections.discard(self)
 
-    def data_received(self, data: bytes) -> None:
+    def _handshake_received(self, data: bytes) -> bool:
         protocol = self.protocol
-        if protocol.state is State.CONNECTING:
-            if self.scope is not None:  # before the app answers: held by the core, bounded
-                self._pause_reading()
-            protocol.receive_data(data)
-            for event in protocol.events_received():
-                if isinstance(event, Request):
-                    self._request(event)
-            output = protocol.data_to_send()
-            if output:  # an unparseable request, answered by the core (400, 414, 431)
-                self._write(output)
-                self._flush()
-            return
-        super().data_received(data)
+        if self.scope is not None:  # before the app answers: held by the core, bounded
+            self._pause_reading()
+        protocol.receive_data(data)
+        for event in protocol.events_received():
+            if isinstance(event, Request):
+                self._request(event)
+        output = protocol.data_to_send()
+        if output:  # an unparseable request, answered by the core (400, 414, 431)
+            self._write(output)
+            self._flush()
+        return True
 
     def _request(self, request: Request) -> None:
         self.request = request

@@ -265,8 +265,10 @@ class WebSocket(asyncio.Protocol):
         self.opened_at = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
-        self.bytes_received += len(data)
         protocol = self.protocol
+        if protocol.state is State.CONNECTING and self._handshake_received(data):
+            return
+        self.bytes_received += len(data)
         batch = self._pending is None
         if batch:  # gather what the events make us write, and write it once, below
             self._pending = []
@@ -291,6 +293,12 @@ class WebSocket(asyncio.Protocol):
                 self._flush()
             else:
                 self._end_turn()
+
+    def _handshake_received(self, data: bytes) -> bool:
+        """Bytes received before the connection is open: a subclass that handles them
+        itself returns True. (A hook rather than an override of data_received, so that every
+        read after the handshake costs no extra call.)"""
+        return False
 
     def _payload_received(self, nbytes: int) -> None:
         """``nbytes`` of a large frame were read in place (see _PayloadReader)."""

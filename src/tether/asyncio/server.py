@@ -162,22 +162,22 @@ class ServerConnection(WebSocket):
         assert self.transport is not None
         self.transport.abort()
 
-    def data_received(self, data: bytes) -> None:
+    def _handshake_received(self, data: bytes) -> bool:
         protocol = self.protocol
-        if protocol.state is State.CONNECTING and protocol.handshake_error is None:
-            self.bytes_received += len(data)
-            protocol.receive_data(data)
-            if protocol.handshake_error is not None:  # unparseable request, answered
-                self._write(protocol.data_to_send())
-                status = protocol.handshake_error.status_hint
-                self.server.stats.handshakes["refused", status] += 1
-                self._log_rejected(status)
-                return
-            # Before the response, the only event is the request.
-            for event in protocol.events_received():
-                self._process_other_event(event)
-            return
-        super().data_received(data)
+        if protocol.handshake_error is not None:
+            return False
+        self.bytes_received += len(data)
+        protocol.receive_data(data)
+        if protocol.handshake_error is not None:  # unparseable request, answered
+            self._write(protocol.data_to_send())
+            status = protocol.handshake_error.status_hint
+            self.server.stats.handshakes["refused", status] += 1
+            self._log_rejected(status)
+            return True
+        # Before the response, the only event is the request.
+        for event in protocol.events_received():
+            self._process_other_event(event)
+        return True
 
     def _process_other_event(self, event: Any) -> None:
         if isinstance(event, Request):

@@ -157,20 +157,18 @@ class ClientProtocol(Connection):
         """Queue the upgrade request for sending."""
         self._output.append(request.serialize())
 
-    def receive_data(self, data: bytes) -> None:
-        if self.state is not State.CONNECTING:
-            super().receive_data(data)
-            return
+    def _receive_handshake(self, data: bytes) -> bool:
         try:
             result = self._parser.feed(data)
         except HandshakeError as exc:
             self._fail_handshake(exc)
-            return
+            return True
         if result is not None:
             response, after = result
             self._process_response(response)
             if self.handshake_error is None and after:
                 self.receive_data(after)
+        return True
 
     def receive_eof(self) -> None:
         if self.state is State.CONNECTING:

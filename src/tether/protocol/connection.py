@@ -207,6 +207,8 @@ class Connection:
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes received from the network."""
+        if self.state is State.CONNECTING and self._receive_handshake(data):
+            return
         if self._discard or not data:
             return
         large = self.large_frame
@@ -237,6 +239,12 @@ class Connection:
             del buffer[:pos]
         elif pos < len(data):
             buffer += memoryview(data)[pos:]
+
+    def _receive_handshake(self, data: bytes) -> bool:
+        """Bytes received before the connection is open: the subclasses parse the opening
+        handshake here and return True. (A hook rather than an override of receive_data, so
+        that every frame after the handshake costs no extra call.)"""
+        return False
 
     def receive_eof(self) -> None:
         """The peer closed its side of the TCP connection."""

@@ -119,21 +119,18 @@ class ServerProtocol(Connection):
         self._accepted: tuple[Response, Headers, bytes] | None = None
         self._after_request = b""
 
-    def receive_data(self, data: bytes) -> None:
-        if self.state is not State.CONNECTING:
-            super().receive_data(data)
-            return
+    def _receive_handshake(self, data: bytes) -> bool:
         parser = self._parser
         if parser is None:
             if self.request is not None:  # request complete, waiting for the response
                 self._after_request += data
-                return
+                return True
             # The first bytes: usually the whole request, which the fast path takes.
             result = parse_upgrade_request(data, *self._limits)
             if result is not None:
                 self.request, self._after_request = result
                 self._events.append(self.request)
-                return
+                return True
             parser = self._parser = RequestParser(*self._limits)
         try:
             result = parser.feed(data)
@@ -141,11 +138,12 @@ class ServerProtocol(Connection):
             self._parser = None
             self.handshake_error = exc
             self.send_response(self.reject(exc.status_hint, str(exc)))
-            return
+            return True
         if result is not None:
             self.request, self._after_request = result
             self._parser = None
             self._events.append(self.request)
+        return True
 
     def receive_eof(self) -> None:
         if self.state is State.CONNECTING:
