@@ -523,8 +523,11 @@ class WebSocket(asyncio.Protocol):
     def _end_turn(self, _waiter: asyncio.Future[Any] | None = None) -> None:
         """Write what this turn gathered. Also the done callback of a ``recv()`` that a
         message wakes: it runs right after the task's step that the result resumes."""
-        self._flush()
+        pending = self._pending
         self._pending = None
+        self._pending_size = 0
+        if pending and self.transport is not None and not self._lost:
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def _start_close_timer(self) -> None:
         if self._close_timer is None and not self._lost:

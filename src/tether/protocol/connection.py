@@ -222,13 +222,21 @@ class Connection:
             data = data[n:]  # the frames after it
         buffer = self._buffer
         source: bytes | bytearray
+        pos = 0
         if buffer:
             buffer += data
             source = buffer
         else:
             source = data
+            if not self._msg_opcode:
+                # The common read: whole messages in plain frames, and nothing else. One call
+                # (C when built) takes them all; _parse takes any other frame, and any error.
+                pos = parse_messages(data, 0, self._is_server, self.max_message_size,
+                                     self._events, TextMessage, BinaryMessage)
+                if pos == len(data):
+                    return
         try:
-            pos = self._parse(source)
+            pos = self._parse(source, pos)
         except ProtocolError as exc:
             self._fail_receiving(exc)
             return
@@ -257,9 +265,8 @@ class Connection:
             # RFC 6455 §7.1.1: the TCP connection is closed; close our side too.
             self._send_eof()
 
-    def _parse(self, buf: bytes | bytearray) -> int:
-        """Parse every complete frame in ``buf``; return how many bytes were consumed."""
-        pos = 0
+    def _parse(self, buf: bytes | bytearray, pos: int) -> int:
+        """Parse every complete frame in ``buf[pos:]``; return the position after the last."""
         end_of_data = len(buf)
         expect_mask = 0x80 if self._is_server else 0
         events = self._events
