@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import tether
+from tether.asyncio import connection
 from tether.asyncio.broadcast import DEFAULT_MAX_BUFFERED
 from tether.asyncio.connection import WebSocket
 from tether.asyncio.router import text_response
@@ -331,6 +332,51 @@ class TestHeartbeat:
                     assert await ws.recv() == "alive"
                     server_ws = next(iter(server.connections))
                     assert 0 < server_ws.latency < 20 * UNIT  # measured, and sane
+
+        run(main())
+
+    @pytest.mark.parametrize("interval, timeout", [(4, 4), (4, 2), (2, 4)])
+    def test_pings_keep_their_cadence_and_answered_ones_never_close(
+        self, interval: int, timeout: int
+    ) -> None:
+        """A peer that answers every ping gets one every max(ping_interval, ping_timeout),
+        each with a payload of its own, and stays connected; an application's ping() with
+        the next heartbeat's payload meanwhile is answered as usual."""
+        async def main() -> None:
+            async with serving(echo, ping_interval=interval * UNIT,
+                               ping_timeout=timeout * UNIT) as (server, _):
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port_number)
+                writer.write(upgrade())
+                await reader.readuntil(b"\r\n\r\n")
+                server_ws = next(iter(server.connections))
+                # The next heartbeat's payload (a counter), taken by the application first.
+                taken = (next(connection._HEARTBEATS) + 1).to_bytes(4, "big")
+                app_ping = asyncio.ensure_future(server_ws.ping(taken))
+                payloads: list[bytes] = []
+                loop = asyncio.get_running_loop()
+                span = 8 * max(interval, timeout) * UNIT
+                deadline = loop.time() + span
+                while loop.time() < deadline:
+                    try:
+                        header = await asyncio.wait_for(reader.readexactly(2), UNIT)
+                    except asyncio.TimeoutError:
+                        continue
+                    assert header[0] == 0x89, header  # only pings come
+                    payloads.append(await reader.readexactly(header[1] & 0x7F))
+                    if len(payloads) == 1:
+                        continue  # the application's pong waits: its payload stays taken
+                    for payload in payloads[-2 if len(payloads) == 2 else -1:]:
+                        mask = os.urandom(4)
+                        writer.write(bytes([0x8A, 0x80 | len(payload)]) + mask
+                                     + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+                assert await asyncio.wait_for(app_ping, 10 * UNIT) >= 0
+                heartbeats = payloads[1:]  # the first is the application's
+                assert payloads[0] == taken
+                assert taken not in heartbeats
+                assert len(set(heartbeats)) == len(heartbeats), heartbeats
+                assert 5 <= len(heartbeats) <= 9, len(heartbeats)
+                assert server.connections == {server_ws}  # never closed
+                writer.close()
 
         run(main())
 
