@@ -18,10 +18,24 @@
  *              connection open, sending nothing, for D seconds or until a
  *              line (or EOF) arrives on stdin when stdin is a pipe; then
  *              close each one with close code 1000.
+ *   relay      C connections to a relay (broadcast) server, which sends every
+ *              message it receives to every open connection, sender included.
+ *              Connection 0 sends --warmup W0 then -n N messages of S bytes,
+ *              at most K in flight (sent, not yet received back by itself);
+ *              every connection must receive every message, in order (the
+ *              sequence number and payload are checked). After each batch of
+ *              epoll events the client sleeps --sleep-us (default 1000 in this
+ *              mode) so that messages pile up and one recv() takes several.
+ *              The figures (deliveries = C x N, elapsed, client CPU) cover the
+ *              N measured messages only, not the connects or the warm-up.
  *
  * --notify prints "open" on stderr once every connection is open and (in
  * broadcast mode with -n) "done" once every message has arrived, before the
  * connections are closed, so a driver can sample the server in between.
+ * In relay mode with --notify and stdin a pipe: "open", then "warm" once every
+ * connection has the warm-up messages, then it waits for a line on stdin
+ * before sending the measured ones; "done" once every connection has them all,
+ * then it waits for another line (or EOF) on stdin before closing.
  * --concurrency K keeps at most K connects/handshakes pending at once while
  * the connections are being opened (echo, broadcast, idle; 0 = all at once).
  *
@@ -53,7 +67,7 @@
 /* ------------------------------------------------------------------ */
 /* configuration                                                       */
 
-enum { MODE_ECHO, MODE_HANDSHAKE, MODE_BROADCAST, MODE_IDLE };
+enum { MODE_ECHO, MODE_HANDSHAKE, MODE_BROADCAST, MODE_IDLE, MODE_RELAY };
 
 static struct {
     int mode;
@@ -71,6 +85,8 @@ static struct {
     uint64_t seed;
     int notify;      /* print "open"/"done" on stderr */
     int concurrency; /* pending connects while opening; 0 = all */
+    uint64_t warmup; /* relay: warm-up messages before the measured ones */
+    long sleep_us;   /* sleep after each batch of epoll events; <0 = mode default */
 } cfg = {
     .mode = MODE_ECHO,
     .host = "127.0.0.1",
@@ -87,9 +103,11 @@ static struct {
     .seed = 0,
     .notify = 0,
     .concurrency = -1,
+    .warmup = 0,
+    .sleep_us = -1,
 };
 
-static const char *mode_name[] = {"echo", "handshake", "broadcast", "idle"};
+static const char *mode_name[] = {"echo", "handshake", "broadcast", "idle", "relay"};
 
 /* RFC 6455 section 1.3 example key and its accept value. */
 #define WS_KEY "dGhlIHNhbXBsZSBub25jZQ=="
@@ -325,6 +343,24 @@ static uint64_t t_all_open;
 static int stdin_eof_early; /* stdin ended before all connections were open */
 static int stdin_watched;
 static int stdin_marker; /* epoll data.ptr for stdin */
+
+/* relay mode */
+enum { R_WARM, R_WAIT_GO, R_MEASURE, R_WAIT_STOP, R_FINISHED };
+static int relay_stage = R_WARM;
+static uint64_t relay_limit;  /* messages connection 0 may send in this stage */
+static uint64_t relay_target; /* messages every connection must have by the end of it */
+static int stdin_lines;       /* lines (EOF counts as many) read from stdin */
+static int relay_gated;       /* --notify with stdin a pipe: wait for stdin lines */
+static uint64_t r_t0, r_t1;   /* measured phase: "go" and the last delivery */
+static double r_cpu0[2], r_cpu1[2]; /* client user, system CPU at those times */
+
+static void cpu_now(double out[2])
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    out[0] = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6;
+    out[1] = (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
 
 static void notify(const char *what)
 {
@@ -697,7 +733,7 @@ static void verify_chunk(conn_t *c, uint64_t off, const uint8_t *d, size_t n)
 
 static void on_data(conn_t *c, const uint8_t *d, size_t n)
 {
-    if (cfg.mode == MODE_ECHO) {
+    if (cfg.mode == MODE_ECHO || cfg.mode == MODE_RELAY) {
         if (c->msg_len + n > cfg.size)
             die("connection %d: echoed message %llu is longer than the %zu bytes sent",
                 c->idx, (unsigned long long)c->recvd, cfg.size);
@@ -725,6 +761,22 @@ static void on_message(conn_t *c)
         c->recvd++;
         if (may_send())
             queue_message(c);
+    } else if (cfg.mode == MODE_RELAY) {
+        if (c->msg_op != data_opcode)
+            die("connection %d: relayed message %llu has opcode %d, sent %d", c->idx,
+                (unsigned long long)c->recvd, c->msg_op, data_opcode);
+        if (c->msg_len != cfg.size)
+            die("connection %d: relayed message %llu has %llu bytes, sent %zu", c->idx,
+                (unsigned long long)c->recvd, (unsigned long long)c->msg_len, cfg.size);
+        if (c->recvd >= conns[0].sent)
+            die("connection %d: received a message that was never sent", c->idx);
+        c->recvd++;
+        if (c->idx == 0) {
+            c->inflight--;
+            total_inflight--;
+            if (c->sent < relay_limit)
+                queue_message(c);
+        }
     } else {
         c->recvd++;
     }
@@ -936,6 +988,9 @@ static int is_waiting(const conn_t *c)
     case ST_WAIT_EOF:
         return 1;
     case ST_OPEN:
+        if (cfg.mode == MODE_RELAY && phase == P_RUN &&
+            (relay_stage == R_WARM || relay_stage == R_MEASURE) && c->recvd < relay_target)
+            return 1;
         return c->inflight > 0 || c->wb.off < c->wb.len;
     default:
         return 0;
@@ -960,7 +1015,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: loadgen MODE --port P [options]\n"
-            "modes: echo | handshake | broadcast | idle\n"
+            "modes: echo | handshake | broadcast | idle | relay\n"
             "  --host H          server address (default 127.0.0.1)\n"
             "  --port P          server port (required)\n"
             "  --path PATH       request path (default /)\n"
@@ -978,6 +1033,11 @@ static void usage(FILE *f)
             "                    'done' when all -n broadcast messages have arrived\n"
             "  --concurrency K   at most K connections opening at once (default: all at\n"
             "                    once; idle: 100)\n"
+            "  --warmup W        relay: warm-up messages, not measured (default 0)\n"
+            "  --sleep-us U      sleep U µs after each batch of epoll events (default: 1000\n"
+            "                    in relay mode, 0 otherwise; applies to relay mode only)\n"
+            "relay: -c clients, connection 0 sends --warmup + -n messages of -s bytes with\n"
+            "-k in flight; every connection must receive every message (see the header).\n"
             "idle: holds the connections for -d seconds (default 5), or until a line or\n"
             "EOF on stdin when stdin is a pipe.\n"
             "Prints one line of JSON on stdout; exits 1 on connection/protocol errors.\n");
@@ -1026,6 +1086,7 @@ int main(int argc, char **argv)
         {"verify", required_argument, 0, 'V'}, {"timeout", required_argument, 0, 'T'},
         {"seed", required_argument, 0, 'S'},  {"help", no_argument, 0, 'h'},
         {"notify", no_argument, 0, 'N'},      {"concurrency", required_argument, 0, 'C'},
+        {"warmup", required_argument, 0, 'W'}, {"sleep-us", required_argument, 0, 'U'},
         {0, 0, 0, 0},
     };
     const char *mode = NULL;
@@ -1060,6 +1121,14 @@ int main(int argc, char **argv)
         case 'S': cfg.seed = (uint64_t)parse_ll(optarg, "seed"); break;
         case 'N': cfg.notify = 1; break;
         case 'C': cfg.concurrency = (int)parse_ll(optarg, "concurrency"); break;
+        case 'W': {
+            long long v = parse_ll(optarg, "warm-up count");
+            if (v < 0)
+                usage_error("--warmup must be >= 0");
+            cfg.warmup = (uint64_t)v;
+            break;
+        }
+        case 'U': cfg.sleep_us = (long)parse_ll(optarg, "sleep"); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -1078,6 +1147,8 @@ int main(int argc, char **argv)
         cfg.mode = MODE_BROADCAST;
     else if (!strcmp(mode, "idle"))
         cfg.mode = MODE_IDLE;
+    else if (!strcmp(mode, "relay"))
+        cfg.mode = MODE_RELAY;
     else
         usage_error("unknown mode '%s'", mode);
     if (cfg.port <= 0 || cfg.port > 65535)
@@ -1094,6 +1165,15 @@ int main(int argc, char **argv)
         cfg.count = 1000;
     if (cfg.mode == MODE_BROADCAST && cfg.duration == 0)
         cfg.duration = 10;
+    if (cfg.mode == MODE_RELAY) {
+        if (cfg.count == 0)
+            cfg.count = 1000;
+        cfg.duration = 0; /* runs until every connection has every message */
+        if (cfg.sleep_us < 0)
+            cfg.sleep_us = 1000;
+    }
+    if (cfg.sleep_us < 0)
+        cfg.sleep_us = 0;
     if (cfg.duration == 0 && cfg.count == 0)
         cfg.duration = 5;
     if (cfg.mode == MODE_HANDSHAKE && cfg.count == 0)
@@ -1172,7 +1252,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < nconns; i++) {
         conns[i].idx = i;
         conns[i].fd = -1;
-        if (cfg.mode == MODE_ECHO)
+        if (cfg.mode == MODE_ECHO || (cfg.mode == MODE_RELAY && i == 0))
             conns[i].ts = xrealloc(NULL, sizeof(uint64_t) * (size_t)cfg.inflight);
     }
 
@@ -1194,13 +1274,14 @@ int main(int argc, char **argv)
             start_connection(&conns[i]);
         n_started = cfg.concurrency;
     }
-    if (cfg.mode == MODE_IDLE) {
+    if (cfg.mode == MODE_IDLE || (cfg.mode == MODE_RELAY && cfg.notify)) {
         struct stat st;
         if (fstat(0, &st) == 0 && S_ISFIFO(st.st_mode)) {
             struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &stdin_marker};
             if (epoll_ctl(epfd, EPOLL_CTL_ADD, 0, &ev) == 0)
                 stdin_watched = 1;
         }
+        relay_gated = cfg.mode == MODE_RELAY && stdin_watched;
     }
 
     struct epoll_event evs[256];
@@ -1221,6 +1302,20 @@ int main(int argc, char **argv)
             die("epoll_wait: %s", strerror(errno));
         }
         for (int i = 0; i < n; i++) {
+            if (evs[i].data.ptr == &stdin_marker && cfg.mode == MODE_RELAY) {
+                /* relay mode: count lines; EOF releases every wait */
+                char tmp[256];
+                ssize_t r = read(0, tmp, sizeof tmp);
+                if (r <= 0) {
+                    stdin_lines += 1000;
+                    epoll_ctl(epfd, EPOLL_CTL_DEL, 0, NULL);
+                    stdin_watched = 0;
+                } else {
+                    for (ssize_t j = 0; j < r; j++)
+                        stdin_lines += tmp[j] == '\n';
+                }
+                continue;
+            }
             if (evs[i].data.ptr == &stdin_marker) {
                 /* idle mode: any input or EOF on stdin ends the hold */
                 char tmp[256];
@@ -1236,8 +1331,66 @@ int main(int argc, char **argv)
             handle_event((conn_t *)evs[i].data.ptr, evs[i].events);
         }
         t = now_ns();
+        if (cfg.mode == MODE_RELAY && n > 0 && phase == P_RUN && cfg.sleep_us > 0 &&
+            (relay_stage == R_WARM || relay_stage == R_MEASURE)) {
+            /* let the messages pile up so that one recv() takes several */
+            struct timespec ts = {.tv_sec = cfg.sleep_us / 1000000,
+                                  .tv_nsec = (cfg.sleep_us % 1000000) * 1000};
+            nanosleep(&ts, NULL);
+        }
 
-        if (cfg.mode == MODE_HANDSHAKE) {
+        if (cfg.mode == MODE_RELAY) {
+            if (phase == P_CONNECT && n_open == nconns) {
+                phase = P_RUN;
+                t_start = t_last_recv = t_all_open = now_ns();
+                notify("open");
+                relay_stage = R_WARM;
+                relay_limit = relay_target = cfg.warmup;
+            }
+            if (phase == P_RUN) {
+                /* stages: warm-up, wait for "go", measured, wait for "stop" */
+                if (relay_stage == R_WARM && total_recv >= (uint64_t)nconns * cfg.warmup) {
+                    relay_stage = R_WAIT_GO;
+                    notify("warm");
+                }
+                if (relay_stage == R_WAIT_GO && (!relay_gated || stdin_lines >= 1)) {
+                    relay_stage = R_MEASURE;
+                    cpu_now(r_cpu0);
+                    r_t0 = now_ns();
+                    relay_limit = relay_target = cfg.warmup + cfg.count;
+                    for (int i = 0; i < nconns; i++)
+                        conns[i].deadline = r_t0 + timeout_ns;
+                    conn_t *s = &conns[0];
+                    while (s->inflight < cfg.inflight && s->sent < relay_limit)
+                        queue_message(s);
+                    flush(s);
+                }
+                if (relay_stage == R_WARM && conns[0].sent == 0 && cfg.warmup) {
+                    conn_t *s = &conns[0];
+                    while (s->inflight < cfg.inflight && s->sent < relay_limit)
+                        queue_message(s);
+                    flush(s);
+                }
+                if (relay_stage == R_MEASURE &&
+                    total_recv >= (uint64_t)nconns * (cfg.warmup + cfg.count)) {
+                    r_t1 = t_last_recv;
+                    cpu_now(r_cpu1);
+                    relay_stage = R_WAIT_STOP;
+                    notify("done");
+                }
+                if (relay_stage == R_WAIT_STOP && (!relay_gated || stdin_lines >= 2)) {
+                    relay_stage = R_FINISHED;
+                    t_stop = now_ns();
+                    phase = P_CLOSE;
+                    for (int i = 0; i < nconns; i++) {
+                        queue_close(&conns[i]);
+                        flush(&conns[i]);
+                    }
+                }
+            }
+            if (phase == P_CLOSE && n_closed == nconns)
+                break;
+        } else if (cfg.mode == MODE_HANDSHAKE) {
             if (phase == P_RUN && deadline && t >= deadline)
                 phase = P_DRAIN; /* start no new iterations */
             if (n_active == 0) {
@@ -1314,6 +1467,22 @@ int main(int argc, char **argv)
     } else if (cfg.mode == MODE_IDLE) {
         printf(",\"open_s\":%.6f,\"held_s\":%.6f", (double)(t_all_open - t0) / 1e9,
                (double)(t_stop - t_all_open) / 1e9);
+    } else if (cfg.mode == MODE_RELAY) {
+        /* the measured messages only: from "go" to the last delivery */
+        uint64_t deliveries = (uint64_t)nconns * cfg.count;
+        elapsed = (double)(r_t1 - r_t0) / 1e9;
+        if (elapsed <= 0)
+            elapsed = 1e-9;
+        cpu_user = r_cpu1[0] - r_cpu0[0];
+        cpu_sys = r_cpu1[1] - r_cpu0[1];
+        cpu = cpu_user + cpu_sys;
+        printf(",\"inflight\":%d,\"size\":%zu,\"warmup\":%llu,\"messages\":%llu"
+               ",\"deliveries\":%llu,\"received_total\":%llu,\"sleep_us\":%ld"
+               ",\"open_s\":%.6f,\"elapsed_s\":%.6f,\"deliveries_per_s\":%.1f",
+               cfg.inflight, cfg.size, (unsigned long long)cfg.warmup,
+               (unsigned long long)cfg.count, (unsigned long long)deliveries,
+               (unsigned long long)total_recv, cfg.sleep_us, (double)(t_all_open - t0) / 1e9,
+               elapsed, (double)deliveries / elapsed);
     } else {
         printf(",\"messages\":%llu,\"bytes\":%llu,\"elapsed_s\":%.6f,\"msgs_per_s\":%.1f",
                (unsigned long long)total_recv, (unsigned long long)total_bytes, elapsed,
@@ -1327,7 +1496,9 @@ int main(int argc, char **argv)
                h_percentile(&hist, 0.999) / 1e3, (double)hist.min / 1e3,
                (double)hist.max / 1e3, hist.n ? hist.sum / (double)hist.n / 1e3 : 0.0);
     }
-    uint64_t units = cfg.mode == MODE_HANDSHAKE ? hs_done : total_recv;
+    uint64_t units = cfg.mode == MODE_HANDSHAKE ? hs_done
+                     : cfg.mode == MODE_RELAY   ? (uint64_t)nconns * cfg.count
+                                                : total_recv;
     printf(",\"wall_s\":%.6f,\"client_cpu_s\":%.6f,\"client_user_s\":%.6f,"
            "\"client_sys_s\":%.6f,\"client_cpu_us_per_op\":%.3f}\n",
            (double)(t_end - t0) / 1e9, cpu, cpu_user, cpu_sys,

@@ -9,7 +9,8 @@ Seven scenarios, each server measured on loopback with the C load generator
   b  1 connection, 32-byte text, 1 in flight        server CPU µs per message; p50 round trip µs
   c  100 connections, 10 in flight each             server CPU µs per message
   d  1 MiB binary echo, 1 in flight                 server CPU µs per MB (10^6 bytes)
-  e  broadcast to 1,000 clients                     server CPU µs per delivery
+  e  broadcast relay, 1,000 clients: one sends      server CPU µs per delivery
+     1,000 × 32 B (100 in flight), all receive all
   f  10,000 idle connections                        KiB of server RSS per connection
   g  connect + handshake + close, 10 concurrent     server CPU µs per handshake
 
@@ -21,6 +22,23 @@ every row is "lower is better": < 1 beats the reference). b has two rows: server
 message and the p50 round trip. `tether` is `tether echo` as a user runs it (logging on,
 heartbeats at the default interval); `tether-cb` a tether.Listener echo.
 
+e is the independent checker's load (../shared/perf-scenarios.md): every server is a relay
+that sends each message it receives to every open connection, the sender included. The
+load generator opens 1,000 connections (100 handshakes at a time); connection 0 sends 100
+warm-up messages, which every connection must receive, then (after the server's CPU is
+sampled) 1,000 measured messages of 32 bytes, at most 100 in flight (sent, not yet received
+back by the sender); the run ends when every connection has received every message, and the
+server's CPU is sampled again. CPU µs per delivery = server CPU / (1,000 × 1,000). The client
+sleeps 1 ms after each batch of epoll events, as the checker's does, so that messages pile
+up. `tether` is `tether broadcast` as a user runs it (logging on, default heartbeats and
+--max-buffered); `tether-cb` a tether.Listener whose on_message calls tether.broadcast();
+`tether-py` the same command without the compiled extensions; the others their library's
+usual way: websockets.broadcast(), a loop of transport.send() (picows), a loop of
+client.send() over wss.clients (Node ws), awaiting send_str on each client in turn
+(aiohttp), and one send() per connection per read (the minimal C server). The previous e,
+where the server itself pushes 300 messages to 1,000 clients on SIGUSR2, is still there with
+--e-load push.
+
 Usage:
   python bench/peers.py                                  # all servers, 3 rounds, ~6-8 min
   python bench/peers.py --servers tether,picows --rounds 1 --duration 1
@@ -28,7 +46,7 @@ Usage:
 
 Each round, for each server: start the echo server fresh; one handshake as a sanity check;
 f (before/after VmRSS around 10,000 idle connections); a short warm-up; a, b, c, d, g; stop.
-Then start the broadcast server fresh; e; stop. A server that cannot start is reported as
+Then start the relay (broadcast) server fresh; e; stop. A server that cannot start is reported as
 skipped with the reason; a scenario that fails is reported as failed and the run goes on.
 """
 
@@ -86,6 +104,8 @@ ROWS = {
     "c": ("c. 100 connections, 10 in flight each: CPU µs per message",
           "server_cpu_us_per_msg", "{:.2f}"),
     "d": ("d. 1 MiB binary echo: CPU µs per MB", "server_cpu_us_per_mb", "{:.0f}"),
+    # main() puts the relay load's label here (e as peers.py runs it by default); this one
+    # is the push load's, which asgi.py and profile.py still run with peers.py's helpers.
     "e": ("e. broadcast to 1,000 clients: CPU µs per delivery",
           "server_cpu_us_per_delivery", "{:.2f}"),
     "f": ("f. 10,000 idle connections: KiB RSS per connection", "kib_per_conn", "{:.1f}"),
@@ -253,10 +273,12 @@ def server_command(name: str, mode: str, python: str, port: int, args: argparse.
                    ) -> list[str]:
     bc = ["--clients", str(args.bcast_clients), "--messages", str(args.bcast_messages),
           "--size", str(args.bcast_size), "--burst", str(args.bcast_burst)]
-    if name in ("tether", "tether-py") and mode == "echo":
+    if name in ("tether", "tether-py") and mode in ("echo", "relay"):
         # As a user runs it (issue 16): logging on (to the server's log file here) and
         # heartbeats at the default interval. Only compression is off, as for every server.
-        return [python, "-m", "tether", "echo", "--host", HOST, "--port", str(port),
+        # "relay" is `tether broadcast`: every message to every open client, sender included.
+        command = "echo" if mode == "echo" else "broadcast"
+        return [python, "-m", "tether", command, "--host", HOST, "--port", str(port),
                 "--no-compression", "--max-size", "2000000"]
     if name.startswith("tether"):
         script = [python, str(SERVERS_DIR / "tether_peer.py")]
@@ -372,6 +394,12 @@ class LiveLoadgen:
                                                      or f"status {self.proc.returncode}"))
         return json.loads(out.strip().splitlines()[-1])
 
+    def send(self, line: str) -> None:
+        """A line on the load generator's stdin (relay mode: "go on")."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()  # the process we started, by its PID
@@ -450,6 +478,37 @@ def scenario_broadcast(srv: Server, port: int, loadgen: Path, cpu: int | None,
                 loadgen_over_server_cpu=res["client_cpu_s"] / cpu_s if cpu_s else None)
 
 
+def scenario_relay(srv: Server, port: int, loadgen: Path, cpu: int | None,
+                   args: argparse.Namespace) -> dict[str, Any]:
+    """e as the independent checker runs it: connection 0 of K sends N messages (window W),
+    the server relays each to every open connection, every connection must receive all."""
+    k, n = args.relay_clients, args.relay_messages
+    expected = k * n
+    lg = LiveLoadgen(loadgen, ["relay", "-c", str(k), "--concurrency", "100", "-n", str(n),
+                               "-k", str(args.relay_window), "-s", str(args.relay_size),
+                               "--text", "--warmup", str(args.relay_warmup),
+                               "--sleep-us", str(args.relay_sleep_us), "--timeout", "60"],
+                     port, cpu)
+    try:
+        lg.expect("open", timeout=120)
+        lg.expect("warm", timeout=120)  # every connection has every warm-up message
+        c0, t0 = srv.cpu(), time.monotonic()
+        lg.send("go")
+        lg.expect("done", timeout=300)  # every connection has every measured message
+        wall = time.monotonic() - t0
+        cpu_s = srv.cpu() - c0
+        res = lg.finish(timeout=120)
+    finally:
+        lg.kill()
+    total = k * (n + args.relay_warmup)
+    if res["deliveries"] != expected or res["received_total"] != total:
+        raise RuntimeError(f"{res['received_total']} messages received, {total} expected")
+    return dict(res, server_cpu_s=cpu_s, scenario_wall_s=wall,
+                server_cpu_us_per_delivery=cpu_s * 1e6 / expected,
+                server_cpu_util=cpu_s / wall,
+                loadgen_over_server_cpu=res["client_cpu_s"] / cpu_s if cpu_s else None)
+
+
 def warm_up(port: int, loadgen: Path, cpu: int | None, seconds: float) -> None:
     if seconds > 0:
         run_loadgen(loadgen, ["echo", "-k", "10", "-s", "32", "-d", str(seconds)], port, cpu, 60)
@@ -490,7 +549,7 @@ def one_server_round(name: str, rnd: int, args: argparse.Namespace, loadgen: Pat
     if echo_keys:
         groups.append(("echo", echo_keys))
     if "e" in args.scenario_list:
-        groups.append(("broadcast", ["e"]))
+        groups.append(("relay" if args.e_load == "relay" else "broadcast", ["e"]))
     for mode, keys in groups:
         port = free_port()
         cmd = server_command(name, mode, args.python, port, args)
@@ -511,8 +570,8 @@ def one_server_round(name: str, rnd: int, args: argparse.Namespace, loadgen: Pat
                     record(key, lambda: scenario_idle(srv, port, loadgen, lg_cpu, args), srv)
                     continue
                 if key == "e":
-                    record(key, lambda: scenario_broadcast(srv, port, loadgen, lg_cpu, args),
-                           srv)
+                    fn = scenario_relay if args.e_load == "relay" else scenario_broadcast
+                    record(key, lambda: fn(srv, port, loadgen, lg_cpu, args), srv)
                     continue
                 if not warmed:
                     try:
@@ -617,12 +676,27 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds per run of a, b, c, d (default 2)")
     p.add_argument("--duration-g", type=float, default=2.0,
                    help="seconds per run of g, the handshake scenario (default 2)")
-    p.add_argument("--bcast-clients", type=int, default=1000, help="e: subscribers (1000)")
+    p.add_argument("--e-load", choices=["relay", "push"], default="relay",
+                   help="e: relay (default; the checker's load: one client sends, the server "
+                        "relays to all) or push (the server broadcasts on its own, on SIGUSR2)")
+    p.add_argument("--relay-clients", type=int, default=1000, help="e: clients (1000)")
+    p.add_argument("--relay-messages", type=int, default=1000,
+                   help="e: measured messages sent by one client, relayed to all (1000)")
+    p.add_argument("--relay-window", type=int, default=100,
+                   help="e: messages in flight, sent and not yet back at the sender (100)")
+    p.add_argument("--relay-size", type=int, default=32, help="e: bytes of text per message (32)")
+    p.add_argument("--relay-warmup", type=int, default=100,
+                   help="e: warm-up messages before the measured ones, not counted (100)")
+    p.add_argument("--relay-sleep-us", type=int, default=1000,
+                   help="e: the client's sleep after each batch of epoll events, µs (1000)")
+    p.add_argument("--bcast-clients", type=int, default=1000,
+                   help="e with --e-load push: subscribers (1000)")
     p.add_argument("--bcast-messages", type=int, default=300,
-                   help="e: messages broadcast to every subscriber (300)")
-    p.add_argument("--bcast-size", type=int, default=32, help="e: bytes of text per message (32)")
+                   help="e with --e-load push: messages broadcast to every subscriber (300)")
+    p.add_argument("--bcast-size", type=int, default=32,
+                   help="e with --e-load push: bytes of text per message (32)")
     p.add_argument("--bcast-burst", type=int, default=10,
-                   help="e: messages per turn of the event loop (10)")
+                   help="e with --e-load push: messages per turn of the event loop (10)")
     p.add_argument("--idle-conns", type=int, default=10000, help="f: idle connections (10000)")
     p.add_argument("--idle-settle", type=float, default=0.5,
                    help="f: seconds between the last handshake and the RSS sample (0.5)")
@@ -643,6 +717,13 @@ def main(argv: list[str] | None = None) -> int:
         if s not in ROWS:
             p.error(f"unknown scenario {s!r}")
     scenarios = [s for s in ALL_SCENARIOS if s in args.scenario_list]
+    if args.e_load == "relay":
+        ROWS["e"] = (f"e. {args.relay_clients:,} clients, one sends {args.relay_messages:,} × "
+                     f"{args.relay_size} B ({args.relay_window} in flight), relayed to all: "
+                     "CPU µs per delivery", *ROWS["e"][1:])
+    else:
+        ROWS["e"] = (f"e. server pushes {args.bcast_messages} × {args.bcast_size} B to "
+                     f"{args.bcast_clients:,} clients: CPU µs per delivery", *ROWS["e"][1:])
 
     raise_nofile()
     need = args.idle_conns + 64
@@ -696,9 +777,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     notes = [f"- command: `{cmd.strip()}`",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(vers.items())),
-             f"- a–d {args.duration:g} s per run, g {args.duration_g:g} s; e {args.bcast_clients} "
-             f"clients x {args.bcast_messages} messages of {args.bcast_size} B; f "
-             f"{args.idle_conns} connections"]
+             f"- a–d {args.duration:g} s per run, g {args.duration_g:g} s; e " + (
+                 f"relay: {args.relay_clients} clients, one sends {args.relay_messages} "
+                 f"messages of {args.relay_size} B ({args.relay_window} in flight, "
+                 f"+{args.relay_warmup} warm-up), every client receives all; client sleeps "
+                 f"{args.relay_sleep_us} µs per batch of events" if args.e_load == "relay" else
+                 f"push: {args.bcast_clients} clients x {args.bcast_messages} messages of "
+                 f"{args.bcast_size} B") + f"; f {args.idle_conns} connections"]
     if speed is not None:
         notes.append(f"- Python speed reference on the server CPU: sum(range(1000)) = "
                      f"{speed:.1f} µs")

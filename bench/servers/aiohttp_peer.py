@@ -1,6 +1,10 @@
-"""aiohttp (web.WebSocketResponse) echo / broadcast server for bench/peers.py.
+"""aiohttp (web.WebSocketResponse) echo / broadcast / relay server for bench/peers.py.
 
-Usage: python aiohttp_peer.py {echo|broadcast} HOST PORT [options of _peer_common.py]
+relay: each message received is sent to every open connection (the sender included) by
+awaiting send_str / send_bytes on each in turn, as aiohttp's chat examples do (aiohttp has
+no broadcast helper; the await only waits when a connection's buffer is past its limit).
+
+Usage: python aiohttp_peer.py {echo|broadcast|relay} HOST PORT [options of _peer_common.py]
 Compression off, no heartbeat, no access log.
 """
 
@@ -39,6 +43,22 @@ async def main() -> None:
             clients.discard(ws)
         return ws
 
+    async def relay(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_SIZE)
+        await ws.prepare(request)
+        clients.add(ws)
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    for other in list(clients):
+                        await other.send_str(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    for other in list(clients):
+                        await other.send_bytes(msg.data)
+        finally:
+            clients.discard(ws)
+        return ws
+
     message = payload(args.size)
 
     def buffered(ws: web.WebSocketResponse) -> int:
@@ -58,7 +78,7 @@ async def main() -> None:
         print(f"sent {args.messages} to {len(clients)}", flush=True)
 
     app = web.Application()
-    app.router.add_get("/", echo if args.mode == "echo" else hold)
+    app.router.add_get("/", {"echo": echo, "relay": relay}.get(args.mode, hold))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, backlog=1024)

@@ -11,8 +11,12 @@
  *              --messages N texts of --size S bytes to every one of them, --burst B per
  *              turn of the loop (one send() per connection per burst), waiting while some
  *              connection has more than 256 KiB unsent; then print "sent N to K".
+ *   relay      every data frame a client sends goes to every open connection, the sender
+ *              included (unmasked, same opcode and FIN bit): the frames of one read are
+ *              staged together and sent with one send() per connection (what the kernel
+ *              does not take is queued, as in echo).
  *
- * Usage: minimal_server {echo|broadcast} HOST PORT [--clients K] [--messages N]
+ * Usage: minimal_server {echo|broadcast|relay} HOST PORT [--clients K] [--messages N]
  *                       [--size S] [--burst B]       (as in _peer_common.py)
  * Build: gcc -O2 -Wall -Wextra -o minimal_server bench/servers/minimal_server.c
  *
@@ -56,13 +60,15 @@ typedef struct conn {
     size_t out_off, out_len, out_cap;
 } conn;
 
-static int echo_mode, ep;
+static int echo_mode, relay_mode, ep;
 static long opt_clients = 1000, opt_messages = 300, opt_size = 32, opt_burst = 10;
 static conn **live;
 static int n_live, live_cap, n_open;
 static uint8_t rbuf[RBUF_SIZE], wbuf[WBUF_SIZE];
 static size_t wlen;
 static int listen_tag, signal_tag; /* their addresses tag epoll events */
+static uint8_t *relay_buf;         /* relay: the frames of this read, for everyone */
+static size_t relay_len, relay_cap;
 
 static void *xrealloc(void *p, size_t n)
 {
@@ -292,6 +298,32 @@ static const char *find_header(const char *req, const char *end, const char *nam
     return NULL;
 }
 
+/* relay: appends an unmasked copy of a frame to relay_buf */
+static void relay_frame(uint8_t b0, const uint8_t *mask, const uint8_t *src, size_t len)
+{
+    if (relay_len + 10 + len > relay_cap) {
+        relay_cap = (relay_len + 10 + len) * 2;
+        relay_buf = xrealloc(relay_buf, relay_cap);
+    }
+    uint8_t *dst = relay_buf + relay_len;
+    dst += frame_header(dst, b0, len);
+    relay_len = (size_t)(dst - relay_buf) + len;
+    for (size_t i = 0; i < len; i++)
+        dst[i] = src[i] ^ mask[i & 3];
+}
+
+/* relay: sends relay_buf to every open connection but c (c gets it from its caller) */
+static void relay_out(conn *c)
+{
+    for (int i = n_live - 1; i >= 0; i--) { /* backwards: settle() may swap-remove live[i] */
+        conn *x = live[i];
+        if (x != c && x->state == S_OPEN) {
+            send_or_queue(x, relay_buf, relay_len);
+            settle(x);
+        }
+    }
+}
+
 /* Returns the bytes of the request, 0 while it is incomplete. */
 static size_t handshake(conn *c, uint8_t *p, size_t n)
 {
@@ -366,9 +398,11 @@ static size_t process(conn *c, uint8_t *p, size_t n)
         }
         const uint8_t *mask = f + hl - 4, *pl = f + hl;
         used += hl + (size_t)len;
-        if (op <= 2) { /* data: echoed as is (broadcast mode ignores it) */
+        if (op <= 2) { /* data: echoed as is, relayed, or ignored (broadcast mode) */
             if (echo_mode)
                 emit(c, f[0], mask, pl, (size_t)len);
+            else if (relay_mode)
+                relay_frame(f[0], mask, pl, (size_t)len);
         } else if (op == 9) {
             emit(c, 0x8A, mask, pl, (size_t)len);
         } else if (op == 8) { /* reply with the same code, or none */
@@ -424,6 +458,12 @@ static void on_readable(conn *c)
     }
     send_or_queue(c, wbuf, wlen);
     wlen = 0;
+    if (relay_len) {
+        relay_out(c);
+        if (c->state == S_OPEN)
+            send_or_queue(c, relay_buf, relay_len);
+        relay_len = 0;
+    }
     settle(c);
 }
 
@@ -506,16 +546,18 @@ static int broadcast_turn(void)
 
 static void usage(void)
 {
-    fputs("usage: minimal_server {echo|broadcast} HOST PORT [--clients K] [--messages N] "
+    fputs("usage: minimal_server {echo|broadcast|relay} HOST PORT [--clients K] [--messages N] "
           "[--size S] [--burst B]\n", stderr);
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
-    if (argc < 4 || (strcmp(argv[1], "echo") != 0 && strcmp(argv[1], "broadcast") != 0))
+    if (argc < 4 || (strcmp(argv[1], "echo") != 0 && strcmp(argv[1], "broadcast") != 0 &&
+                     strcmp(argv[1], "relay") != 0))
         usage();
     echo_mode = strcmp(argv[1], "echo") == 0;
+    relay_mode = strcmp(argv[1], "relay") == 0;
     for (int i = 4; i < argc; i += 2) {
         long *opt = !strcmp(argv[i], "--clients")    ? &opt_clients
                     : !strcmp(argv[i], "--messages") ? &opt_messages
@@ -586,7 +628,7 @@ int main(int argc, char **argv)
                 while (read(sfd, &si, sizeof si) == sizeof si) {
                     if (si.ssi_signo != SIGUSR2)
                         return 0; /* SIGINT, SIGTERM */
-                    if (bc_sent < 0 && !echo_mode)
+                    if (bc_sent < 0 && !echo_mode && !relay_mode)
                         bc_sent = 0; /* a SIGUSR2 during a broadcast is ignored */
                 }
             } else {

@@ -1,7 +1,10 @@
-"""picows echo / broadcast server for bench/peers.py: its callback API (WSListener,
+"""picows echo / broadcast / relay server for bench/peers.py: its callback API (WSListener,
 frames rather than messages) on uvloop, as in picows's README echo example.
 
-Usage: python picows_peer.py {echo|broadcast} HOST PORT [options of _peer_common.py]
+relay: each text/binary frame received is sent to every connected transport (a loop of
+transport.send(), picows having no broadcast helper), the sender included.
+
+Usage: python picows_peer.py {echo|broadcast|relay} HOST PORT [options of _peer_common.py]
 """
 
 from __future__ import annotations
@@ -39,10 +42,21 @@ class Hold(WSListener):
             transport.disconnect()
 
 
+class Relay(Hold):
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if msg_type in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
+            payload = frame.get_payload_as_memoryview()  # send() copies it into its frame
+            for t in clients:
+                t.send(msg_type, payload, frame.fin)
+        else:
+            super().on_ws_frame(transport, frame)
+
+
 async def main() -> None:
     args = parse_args()
     loop = asyncio.get_running_loop()
-    listener = Echo if args.mode == "echo" else Hold
+    listener = {"echo": Echo, "relay": Relay}.get(args.mode, Hold)
 
     def factory(request: WSUpgradeRequest) -> WSListener:
         return listener()

@@ -8,6 +8,11 @@ Usage: python tether_peer.py MODE HOST PORT [--clients K --messages N --size S -
              callbacks: a tether.Listener whose on_message calls ws.send_nowait(message).
   broadcast  tether.broadcast() to every open connection, the same with both APIs; the
              connections are kept open by a coroutine handler or by a Listener.
+  relay      every message received goes to every open connection (sender included) with
+             tether.broadcast(): coroutines: ``async for message in ws: broadcast(...)``, as
+             ``tether broadcast`` does (peers.py runs that command for the "tether" column);
+             callbacks: a tether.Listener whose on_message calls tether.broadcast(), over
+             the set of open connections kept by on_open/on_close.
 """
 
 from __future__ import annotations
@@ -34,11 +39,36 @@ async def keep(ws: tether.WebSocket) -> None:
     await ws.wait_closed()
 
 
+clients: set[tether.WebSocket] = set()  # relay: the open connections
+
+
+class Relay(tether.Listener):
+    def on_open(self, ws: tether.WebSocket) -> None:
+        clients.add(ws)
+
+    def on_message(self, ws: tether.WebSocket, message: str | bytes) -> None:
+        tether.broadcast(clients, message)
+
+    def on_close(self, ws: tether.WebSocket) -> None:
+        clients.discard(ws)
+
+
+async def relay(ws: tether.WebSocket) -> None:
+    clients.add(ws)
+    try:
+        async for message in ws:
+            tether.broadcast(clients, message)
+    finally:
+        clients.discard(ws)
+
+
 async def main() -> None:
     args = parse_args()
     callbacks = os.environ.get("TETHER_PEER_API", "coroutines") == "callbacks"
     if args.mode == "echo":
         handler: object = Echo() if callbacks else echo
+    elif args.mode == "relay":
+        handler = Relay() if callbacks else relay
     else:
         handler = tether.Listener() if callbacks else keep
     loop = asyncio.get_running_loop()

@@ -1,6 +1,9 @@
-"""websockets (asyncio API) echo / broadcast server for bench/peers.py.
+"""websockets (asyncio API) echo / broadcast / relay server for bench/peers.py.
 
-Usage: python websockets_peer.py {echo|broadcast} HOST PORT [options of _peer_common.py]
+relay: ``async for message in ws: broadcast(clients, message)`` with websockets.broadcast(),
+as in websockets's broadcast guide (the sender included).
+
+Usage: python websockets_peer.py {echo|broadcast|relay} HOST PORT [options of _peer_common.py]
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ async def main() -> None:
         finally:
             clients.discard(ws)
 
+    async def relay(ws) -> None:  # type: ignore[no-untyped-def]
+        clients.add(ws)
+        try:
+            async for message in ws:
+                broadcast(clients, message)
+        finally:
+            clients.discard(ws)
+
     message = payload(args.size)
 
     async def run() -> None:
@@ -46,7 +57,7 @@ async def main() -> None:
     loop.add_signal_handler(signal.SIGUSR2, lambda: loop.create_task(run()))
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    handler = echo if args.mode == "echo" else hold
+    handler = {"echo": echo, "relay": relay}.get(args.mode, hold)
     async with serve(handler, args.host, args.port, compression=None, max_size=MAX_SIZE,
                      ping_interval=None, backlog=1024):
         print(f"websockets {args.mode} server on {args.host}:{args.port}", flush=True)

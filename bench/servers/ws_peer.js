@@ -1,10 +1,12 @@
-// Node `ws` echo / broadcast server for bench/peers.py (bufferutil installed alongside, so
-// ws masks/unmasks natively). Compression off.
+// Node `ws` echo / broadcast / relay server for bench/peers.py (bufferutil installed
+// alongside, so ws masks/unmasks natively). Compression off.
+// relay: every message received goes to every open client, the sender included, as in ws's
+// README ("Server broadcast": a loop over wss.clients calling client.send()).
 //
-// Usage: node ws_peer.js {echo|broadcast} HOST PORT [--clients K] [--messages N] [--size S]
+// Usage: node ws_peer.js {echo|broadcast|relay} HOST PORT [--clients K] [--messages N] [--size S]
 //        [--burst B]   (same meaning as bench/servers/_peer_common.py; trigger: SIGUSR2)
 'use strict';
-const { WebSocketServer } = require('ws');
+const { WebSocket, WebSocketServer } = require('ws');
 
 const argv = process.argv.slice(2);
 const [mode, host, portStr] = argv;
@@ -18,6 +20,14 @@ const wss = new WebSocketServer({
 if (mode === 'echo') {
   wss.on('connection', (ws) => {
     ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
+  });
+} else if (mode === 'relay') {
+  wss.on('connection', (ws) => {
+    ws.on('message', (data, isBinary) => {
+      wss.clients.forEach((client) => {
+        if (client.readyState === WebSocket.OPEN) client.send(data, { binary: isBinary });
+      });
+    });
   });
 }
 // Encoded once, as in ws's broadcast example (which forwards the received Buffer).
