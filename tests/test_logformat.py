@@ -100,3 +100,58 @@ def test_line_buffer_writes_together_and_warnings_at_once() -> None:
 
     asyncio.run(main())
     assert stream.getvalue().count("\n") == 8
+
+
+def test_log_event_goes_straight_to_the_cli_handler_and_through_logging_otherwise() -> None:
+    """log_event: the per-connection lines. With only the command line's handler in the way
+    they skip the logging module's dispatch and read the same as logger.info's; with any
+    other handler or filter on the way they are ordinary records."""
+    import io
+
+    from tether import logformat
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logformat._sink)
+    switches = (logging._srcfile, logging.logThreads, logging.logProcesses,  # type: ignore[attr-defined]
+                logging.logMultiprocessing)
+    root.handlers.clear()
+    try:
+        stream = io.StringIO()
+        logformat.configure(logging.INFO, stream)
+        logger = logging.getLogger("tether")
+        fmt = "event=open remote=%s path=%s n=%d"
+        logformat.log_event(logger, fmt, "127.0.0.1:5", "/ws", 7)
+        logger.info(fmt, "127.0.0.1:5", "/ws", 7)
+        direct, stdlib = stream.getvalue().splitlines()
+        assert direct.split(" level=")[1] == stdlib.split(" level=")[1]
+        assert direct.endswith("event=open remote=127.0.0.1:5 path=/ws n=7")
+        assert direct[:19] == stdlib[:19]  # the same time text
+
+        seen: list[logging.LogRecord] = []
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                seen.append(record)
+
+        keep = Keep()
+        logger.addHandler(keep)  # an application's own handler: records again
+        try:
+            logformat.log_event(logger, fmt, "127.0.0.1:6", "/", 8)
+        finally:
+            logger.removeHandler(keep)
+        assert [r.getMessage() for r in seen] == ["event=open remote=127.0.0.1:6 path=/ n=8"]
+        assert stream.getvalue().splitlines()[-1].endswith("remote=127.0.0.1:6 path=/ n=8")
+        logger.addFilter(lambda record: False)  # a filter on the way: honoured
+        try:
+            logformat.log_event(logger, fmt, "127.0.0.1:7", "/", 9)
+        finally:
+            logger.filters.clear()
+        assert "127.0.0.1:7" not in stream.getvalue()
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logformat._sink = saved[2]
+        (logging._srcfile, logging.logThreads, logging.logProcesses,  # type: ignore[attr-defined]
+         logging.logMultiprocessing) = switches

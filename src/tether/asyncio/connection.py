@@ -24,6 +24,7 @@ from ..exceptions import (
     ConnectionClosedOK,
     InvalidState,
 )
+from ..logformat import log_event
 from ..protocol.connection import Connection, Side, State
 from ..protocol.events import BinaryMessage, CloseFrame, Pong, TextMessage
 from ..protocol.http11 import Request, Response
@@ -583,7 +584,8 @@ class WebSocket(asyncio.Protocol):
             return
         error = self.protocol.receive_error
         detail = f' error="{error}"' if error is not None else ""
-        logger.info(
+        log_event(
+            logger,
             "event=close remote=%s path=%s code=%s duration=%.3fs in=%dB out=%dB%s",
             format_address(self.remote_address),
             self.request.path if self.request is not None else "-",

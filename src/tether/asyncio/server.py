@@ -41,6 +41,7 @@ from types import CoroutineType
 from typing import Any, Union
 
 from ..auth import OriginPolicy
+from ..logformat import log_event
 from ..exceptions import ConnectionClosed
 from ..protocol.connection import DEFAULT_MAX_MESSAGE_SIZE, State
 from ..protocol.extensions.base import ServerExtensionFactory
@@ -347,7 +348,8 @@ class ServerConnection(WebSocket):
 
     def _log_open(self) -> None:
         if logger.isEnabledFor(logging.INFO):
-            logger.info(
+            log_event(
+                logger,
                 "event=open remote=%s path=%s user=%s subprotocol=%s compression=%s",
                 format_address(self.remote_address),
                 self.request.path if self.request else "-",
