@@ -41,8 +41,8 @@ from types import CoroutineType
 from typing import Any, Union
 
 from ..auth import OriginPolicy
-from ..logformat import log_event
 from ..exceptions import ConnectionClosed
+from ..logformat import log_event
 from ..protocol.connection import DEFAULT_MAX_MESSAGE_SIZE, State
 from ..protocol.extensions.base import ServerExtensionFactory
 from ..protocol.http11 import (
