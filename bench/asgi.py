@@ -2,12 +2,14 @@
 """tether as uvicorn's WebSocket engine against uvicorn's own engines, granian and hypercorn
 (issue 13), measured as bench/peers.py measures servers.
 
-One bare ASGI app for every server (bench/asgi_app.py: echo at /, broadcast subscribers at
-/bcast, a control connection at /trigger) and the C load generator (bench/loadgen.c):
+One bare ASGI app for every server (bench/asgi_app.py: echo at /, a relay at /relay; for
+--e-load push, broadcast subscribers at /bcast and a control connection at /trigger) and the
+C load generator (bench/loadgen.c):
 
   a  1 connection, 32-byte text, 100 in flight      server CPU µs per message
   c  100 connections, 10 in flight each             server CPU µs per message
-  e  broadcast to 1,000 clients                     server CPU µs per delivery
+  e  broadcast relay, 1,000 clients: one sends      server CPU µs per delivery
+     1,000 × 32 B (100 in flight), all receive all
   f  10,000 idle connections                        KiB of server RSS per connection
   g  connect + handshake + close, 10 concurrent     server CPU µs per handshake
 
@@ -32,11 +34,20 @@ around the measured phase only; f's RSS is VmRSS of the serving process (the chi
 granian and hypercorn). The load generator is pinned to the first CPU, the servers (and
 their children) to the second. Per round and server: a fresh server; one handshake as a
 check; f (10,000 idle connections, 100 opening at a time); a short warm-up; a, c, g
-(peers.scenario_echo); stop. Then a fresh server for e: `loadgen broadcast --path /bcast`
-opens K subscribers; once all are open, this script opens /trigger and sends one text
-"K M S B"; the app sends M texts of S bytes to each subscriber (await send() for each,
-asyncio.sleep(0) after every B messages); CPU from that message until the load generator has
-every message. The order of the servers rotates every round; medians (min–max) of the rounds.
+(peers.scenario_echo); stop. Then a fresh server for e, the independent checker's load
+(../shared/perf-scenarios.md), run by peers.scenario_relay with peers.py's --relay-* options
+and defaults: `loadgen relay --path /relay` opens 1,000 connections; connection 0 sends 100
+warm-up messages, which the app relays to every connection (await send() on each in turn,
+the sender included) and every connection must receive; then, CPU sampled, 1,000 measured
+messages of 32 bytes, at most 100 in flight; CPU sampled again once every connection has every
+message; CPU µs per delivery = server CPU / (1,000 × 1,000). The client sleeps 1 ms after each
+batch of epoll events. The order of the servers rotates every round; medians (min–max) of the
+rounds.
+
+--e-load push runs the old e instead: `loadgen broadcast --path /bcast` opens K subscribers;
+once all are open, this script opens /trigger and sends one text "K M S B"; the app sends M
+texts of S bytes to each subscriber (await send() for each, asyncio.sleep(0) after every B
+messages); CPU from that message until the load generator has every message (--bcast-*).
 
 Setup (the extra dependencies stay out of the project):
 
@@ -48,6 +59,7 @@ Usage:
   /tmp/asgivenv/bin/python bench/asgi.py                         # 5 servers x 3 rounds, ~5 min
   /tmp/asgivenv/bin/python bench/asgi.py --servers uvicorn-tether,granian --scenarios a,g
   /tmp/asgivenv/bin/python bench/asgi.py --rounds 1 --idle-conns 2000 --json asgi.json
+  /tmp/asgivenv/bin/python bench/asgi.py --scenarios e --e-load push  # the old e
 
 Stops only the processes it started, by their PID. Exit status 1 if a run failed.
 """
@@ -88,13 +100,19 @@ from echo import (  # noqa: E402  (bench/echo.py's helpers, which peers.py uses 
     run_loadgen,
     run_probe,
 )
-from peers import LiveLoadgen, raise_nofile, scenario_echo, scenario_idle  # noqa: E402
+from peers import (  # noqa: E402
+    LiveLoadgen,
+    raise_nofile,
+    scenario_echo,
+    scenario_idle,
+    scenario_relay,
+)
 
 ALL_SERVERS = ["uvicorn-tether", "uvicorn-sansio", "uvicorn-wsproto", "granian", "hypercorn"]
 # Not run unless named: uvicorn with a no-op engine (bench/asgi_floor.py), row g only.
 FLOOR = "uvicorn-floor"
 ALL_SCENARIOS = ["a", "c", "e", "f", "g"]
-ROWS = {k: peers.ROWS[k] for k in ALL_SCENARIOS}
+ROWS = {k: peers.ROWS[k] for k in ALL_SCENARIOS}  # main() puts peers.e_label(args) in e
 UVICORN_WS = {"uvicorn-tether": "tether.asgi:UvicornProtocol",
               "uvicorn-sansio": "websockets-sansio", "uvicorn-wsproto": "wsproto",
               FLOOR: "asgi_floor:FloorProtocol"}
@@ -294,7 +312,8 @@ class Trigger:
 
 
 # --------------------------------------------------------------------------
-# scenarios (a, c, g: peers.scenario_echo; f: peers.scenario_idle)
+# scenarios (a, c, g: peers.scenario_echo; f: peers.scenario_idle; e: peers.scenario_relay
+# at /relay; e with --e-load push: scenario_broadcast below)
 
 
 def scenario_broadcast(srv: AsgiServer, port: int, loadgen: Path, cpu: int | None,
@@ -366,7 +385,7 @@ def one_server_round(name: str, rnd: int, args: argparse.Namespace, loadgen: Pat
     if echo_keys:
         groups.append(("echo", echo_keys))
     if "e" in args.scenario_list and name != FLOOR:
-        groups.append(("broadcast", ["e"]))
+        groups.append(("relay" if args.e_load == "relay" else "broadcast", ["e"]))
     for mode, keys in groups:
         port = free_port()
         srv = AsgiServer(name, mode, server_command(name, args.python, port, args),
@@ -386,6 +405,9 @@ def one_server_round(name: str, rnd: int, args: argparse.Namespace, loadgen: Pat
             for key in keys:
                 if key == "f":
                     record(key, lambda: scenario_idle(srv, port, loadgen, lg_cpu, args), srv)
+                elif key == "e" and args.e_load == "relay":
+                    record(key, lambda: scenario_relay(srv, port, loadgen, lg_cpu, args,
+                                                       path="/relay"), srv)
                 elif key == "e":
                     record(key, lambda: scenario_broadcast(srv, port, loadgen, lg_cpu, args),
                            srv)
@@ -484,12 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds, servers interleaved (3)")
     p.add_argument("--duration", type=float, default=2.0, help="seconds per run of a, c (2)")
     p.add_argument("--duration-g", type=float, default=2.0, help="seconds per run of g (2)")
-    p.add_argument("--bcast-clients", type=int, default=1000, help="e: subscribers (1000)")
-    p.add_argument("--bcast-messages", type=int, default=300,
-                   help="e: messages broadcast to every subscriber (300)")
-    p.add_argument("--bcast-size", type=int, default=32, help="e: bytes of text per message (32)")
-    p.add_argument("--bcast-burst", type=int, default=10,
-                   help="e: messages per turn of the event loop (10)")
+    peers.add_e_arguments(p)  # --e-load relay|push, --relay-*, --bcast-*: peers.py's own
     p.add_argument("--idle-conns", type=int, default=10000, help="f: idle connections (10000)")
     p.add_argument("--idle-settle", type=float, default=0.5,
                    help="f: seconds between the last handshake and the RSS sample (0.5)")
@@ -512,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         if s not in ROWS:
             p.error(f"unknown scenario {s!r}")
     scenarios = [s for s in ALL_SCENARIOS if s in args.scenario_list]
+    ROWS["e"] = (peers.e_label(args), *ROWS["e"][1:])
 
     raise_nofile()
     need = args.idle_conns + 64
@@ -566,9 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f"- command: `{cmd.strip()}`",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(vers.items())),
              f"- a, c {args.duration:g} s per run, g {args.duration_g:g} s; e "
-             f"{args.bcast_clients} clients x {args.bcast_messages} messages of "
-             f"{args.bcast_size} B, {args.bcast_burst} per loop turn; f {args.idle_conns} "
-             f"connections; uvicorn log level {args.uvicorn_log_level or 'info (default)'}"]
+             + peers.e_note(args)
+             + (f", {args.bcast_burst} per loop turn" if args.e_load == "push" else "")
+             + f"; f {args.idle_conns} connections; uvicorn log level "
+             f"{args.uvicorn_log_level or 'info (default)'}"]
     if speed is not None:
         notes.append(f"- Python speed reference on the server CPU: sum(range(1000)) = "
                      f"{speed:.1f} µs")

@@ -2,8 +2,14 @@
 
   any other path  echo: each ``websocket.receive`` is sent back as it came (text as text,
                   bytes as bytes), one ``await send()`` per message.
-  /bcast          subscriber: accepted, its ``send`` registered in a module-level set until it
-                  disconnects; it only reads (``loadgen broadcast --path /bcast``).
+  /relay          relay (e, the independent checker's load: ``loadgen relay --path /relay``):
+                  accepted, its ``send`` registered in a module-level set until it
+                  disconnects; each ``websocket.receive`` on any of them is sent to every
+                  registered connection, the sender included, ``await send(...)`` for each
+                  in turn (text as text, bytes as bytes).
+  /bcast          subscriber (the old e, asgi.py --e-load push): accepted, its ``send``
+                  registered in a module-level set until it disconnects; it only reads
+                  (``loadgen broadcast --path /bcast``).
   /trigger        the driver's control connection: each text message "K M S B" waits until
                   K subscribers are registered, then sends M text messages of S bytes to every
                   subscriber, ``await send(...)`` for each in turn, and ``await
@@ -22,6 +28,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 subscribers: set[Send] = set()
+relays: set[Send] = set()
 
 
 def payload(size: int) -> str:  # as bench/servers/_peer_common.py
@@ -63,6 +70,20 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         return
     await send({"type": "websocket.accept"})
     path = scope["path"]
+    if path == "/relay":
+        relays.add(send)
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "websocket.receive":
+                    return
+                text = message.get("text")
+                event = ({"type": "websocket.send", "text": text} if text is not None
+                         else {"type": "websocket.send", "bytes": message["bytes"]})
+                for target in tuple(relays):  # a copy: connections come and go meanwhile
+                    await target(event)
+        finally:
+            relays.discard(send)
     if path == "/bcast":
         subscribers.add(send)
         try:

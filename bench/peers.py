@@ -104,8 +104,8 @@ ROWS = {
     "c": ("c. 100 connections, 10 in flight each: CPU µs per message",
           "server_cpu_us_per_msg", "{:.2f}"),
     "d": ("d. 1 MiB binary echo: CPU µs per MB", "server_cpu_us_per_mb", "{:.0f}"),
-    # main() puts the relay load's label here (e as peers.py runs it by default); this one
-    # is the push load's, which asgi.py and profile.py still run with peers.py's helpers.
+    # main() puts e_label(args) here (the relay load's by default); this one is a placeholder
+    # (asgi.py and profile.py use e_label(args) too).
     "e": ("e. broadcast to 1,000 clients: CPU µs per delivery",
           "server_cpu_us_per_delivery", "{:.2f}"),
     "f": ("f. 10,000 idle connections: KiB RSS per connection", "kib_per_conn", "{:.1f}"),
@@ -479,15 +479,18 @@ def scenario_broadcast(srv: Server, port: int, loadgen: Path, cpu: int | None,
 
 
 def scenario_relay(srv: Server, port: int, loadgen: Path, cpu: int | None,
-                   args: argparse.Namespace) -> dict[str, Any]:
+                   args: argparse.Namespace, path: str | None = None) -> dict[str, Any]:
     """e as the independent checker runs it: connection 0 of K sends N messages (window W),
-    the server relays each to every open connection, every connection must receive all."""
+    the server relays each to every open connection, every connection must receive all.
+    path: the request path of every connection (the load generator's default, /, if None;
+    bench/asgi.py's app relays at /relay)."""
     k, n = args.relay_clients, args.relay_messages
     expected = k * n
     lg = LiveLoadgen(loadgen, ["relay", "-c", str(k), "--concurrency", "100", "-n", str(n),
                                "-k", str(args.relay_window), "-s", str(args.relay_size),
                                "--text", "--warmup", str(args.relay_warmup),
-                               "--sleep-us", str(args.relay_sleep_us), "--timeout", "60"],
+                               "--sleep-us", str(args.relay_sleep_us), "--timeout", "60"]
+                     + (["--path", path] if path else []),
                      port, cpu)
     try:
         lg.expect("open", timeout=120)
@@ -665,17 +668,9 @@ def table_rows(scenarios: list[str]) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--servers", default=",".join(ALL_SERVERS),
-                   help=f"comma-separated, among {','.join(ALL_SERVERS)} (default: all)")
-    p.add_argument("--scenarios", default="a,b,c,d,e,f,g", help="comma-separated among a-g")
-    p.add_argument("--rounds", type=int, default=3, help="rounds, servers interleaved (3)")
-    p.add_argument("--duration", type=float, default=2.0,
-                   help="seconds per run of a, b, c, d (default 2)")
-    p.add_argument("--duration-g", type=float, default=2.0,
-                   help="seconds per run of g, the handshake scenario (default 2)")
+def add_e_arguments(p: argparse.ArgumentParser) -> None:
+    """e's options and defaults: the relay load (the default) and the old push load. Shared
+    with bench/profile.py and bench/asgi.py, which run e with scenario_relay too."""
     p.add_argument("--e-load", choices=["relay", "push"], default="relay",
                    help="e: relay (default; the checker's load: one client sends, the server "
                         "relays to all) or push (the server broadcasts on its own, on SIGUSR2)")
@@ -697,6 +692,41 @@ def main(argv: list[str] | None = None) -> int:
                    help="e with --e-load push: bytes of text per message (32)")
     p.add_argument("--bcast-burst", type=int, default=10,
                    help="e with --e-load push: messages per turn of the event loop (10)")
+
+
+def e_label(args: argparse.Namespace) -> str:
+    """e's row label for args.e_load (relay or push)."""
+    if args.e_load == "relay":
+        return (f"e. {args.relay_clients:,} clients, one sends {args.relay_messages:,} × "
+                f"{args.relay_size} B ({args.relay_window} in flight), relayed to all: "
+                "CPU µs per delivery")
+    return (f"e. server pushes {args.bcast_messages} × {args.bcast_size} B to "
+            f"{args.bcast_clients:,} clients: CPU µs per delivery")
+
+
+def e_note(args: argparse.Namespace) -> str:
+    """e's load in words, for a report's notes (after "e ")."""
+    if args.e_load == "relay":
+        return (f"relay: {args.relay_clients} clients, one sends {args.relay_messages} "
+                f"messages of {args.relay_size} B ({args.relay_window} in flight, "
+                f"+{args.relay_warmup} warm-up), every client receives all; client sleeps "
+                f"{args.relay_sleep_us} µs per batch of events")
+    return (f"push: {args.bcast_clients} clients x {args.bcast_messages} messages of "
+            f"{args.bcast_size} B")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--servers", default=",".join(ALL_SERVERS),
+                   help=f"comma-separated, among {','.join(ALL_SERVERS)} (default: all)")
+    p.add_argument("--scenarios", default="a,b,c,d,e,f,g", help="comma-separated among a-g")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, servers interleaved (3)")
+    p.add_argument("--duration", type=float, default=2.0,
+                   help="seconds per run of a, b, c, d (default 2)")
+    p.add_argument("--duration-g", type=float, default=2.0,
+                   help="seconds per run of g, the handshake scenario (default 2)")
+    add_e_arguments(p)
     p.add_argument("--idle-conns", type=int, default=10000, help="f: idle connections (10000)")
     p.add_argument("--idle-settle", type=float, default=0.5,
                    help="f: seconds between the last handshake and the RSS sample (0.5)")
@@ -717,13 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         if s not in ROWS:
             p.error(f"unknown scenario {s!r}")
     scenarios = [s for s in ALL_SCENARIOS if s in args.scenario_list]
-    if args.e_load == "relay":
-        ROWS["e"] = (f"e. {args.relay_clients:,} clients, one sends {args.relay_messages:,} × "
-                     f"{args.relay_size} B ({args.relay_window} in flight), relayed to all: "
-                     "CPU µs per delivery", *ROWS["e"][1:])
-    else:
-        ROWS["e"] = (f"e. server pushes {args.bcast_messages} × {args.bcast_size} B to "
-                     f"{args.bcast_clients:,} clients: CPU µs per delivery", *ROWS["e"][1:])
+    ROWS["e"] = (e_label(args), *ROWS["e"][1:])
 
     raise_nofile()
     need = args.idle_conns + 64
@@ -777,13 +801,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     notes = [f"- command: `{cmd.strip()}`",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(vers.items())),
-             f"- a–d {args.duration:g} s per run, g {args.duration_g:g} s; e " + (
-                 f"relay: {args.relay_clients} clients, one sends {args.relay_messages} "
-                 f"messages of {args.relay_size} B ({args.relay_window} in flight, "
-                 f"+{args.relay_warmup} warm-up), every client receives all; client sleeps "
-                 f"{args.relay_sleep_us} µs per batch of events" if args.e_load == "relay" else
-                 f"push: {args.bcast_clients} clients x {args.bcast_messages} messages of "
-                 f"{args.bcast_size} B") + f"; f {args.idle_conns} connections"]
+             f"- a–d {args.duration:g} s per run, g {args.duration_g:g} s; e "
+             + e_note(args) + f"; f {args.idle_conns} connections"]
     if speed is not None:
         notes.append(f"- Python speed reference on the server CPU: sum(range(1000)) = "
                      f"{speed:.1f} µs")

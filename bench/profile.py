@@ -3,15 +3,20 @@
 
   a  1 connection, 32-byte text, 100 in flight      server CPU per message
   c  100 connections, 10 in flight each             server CPU per message
-  e  broadcast to 1,000 clients                     server CPU per delivery
+  e  broadcast relay, 1,000 clients: one sends      server CPU per delivery
+     1,000 × 32 B (100 in flight), all receive all
   g  connect + handshake + close, 10 concurrent     server CPU per handshake
 
 For each tether API (coroutines, callbacks) and each scenario, one fresh server started with
-peers.py's own helpers (a, c, g: the echo server, e: the broadcast server; the same commands,
-the same pinning: load generator on the first CPU, server on the second), warmed up as
-peers.py warms up its echo server (a, c, g; e has no warm-up there either), then four
-measured windows on that server, each driven exactly as peers.py drives it (its scenario_echo
-for a, c, g and scenario_broadcast for e: the same loadgen arguments):
+peers.py's own helpers (a, c, g: the echo server, e: the relay server, `tether broadcast` /
+a Listener calling tether.broadcast(); the same commands, the same pinning: load generator
+on the first CPU, server on the second), warmed up as peers.py warms up its echo server
+(a, c, g; e's warm-up is the relay load's own: 100 messages to every client before each
+window), then four measured windows on that server, each driven exactly as peers.py drives
+it (its scenario_echo for a, c, g and scenario_relay for e: the same loadgen arguments, the
+same --relay-* options and defaults; e is the independent checker's load, see peers.py;
+--e-load push runs the old e instead, peers.py's scenario_broadcast: the server pushes 300
+messages to 1,000 clients on SIGUSR2, --bcast-* options):
 
   plain     no profiler: the reference CPU per message / delivery / handshake.
   perf      `perf record -e cpu-clock --call-graph dwarf` attached to the server (sampling,
@@ -45,6 +50,7 @@ Usage:
   python bench/profile.py --scenarios a,c,e,g      # all four, ~2 min
   python bench/profile.py --apis callbacks --scenarios g --duration 3 --top 15
   python bench/profile.py --no-perf --no-pyspy     # cProfile only
+  python bench/profile.py --scenarios e --e-load push   # the old e (server-side push)
 
 Loopback only; stops only the processes it started (by their PID).
 """
@@ -132,10 +138,11 @@ from echo import (  # noqa: E402  (bench/echo.py, which peers.py uses too)
 )
 
 APIS = {"coroutines": "tether", "callbacks": "tether-cb"}  # API -> peers.py's server name
-# scenario -> (peers.py's server mode, unit, peers.py's figure per unit, its count of units)
+# scenario -> (peers.py's server mode, unit, peers.py's figure per unit, its count of units);
+# e's mode is "relay", or "broadcast" with --e-load push (main() sets it)
 SCENARIOS = {"a": ("echo", "message", "server_cpu_us_per_msg", "messages"),
              "c": ("echo", "message", "server_cpu_us_per_msg", "messages"),
-             "e": ("broadcast", "delivery", "server_cpu_us_per_delivery", "deliveries"),
+             "e": ("relay", "delivery", "server_cpu_us_per_delivery", "deliveries"),
              "g": ("echo", "handshake", "server_cpu_us_per_handshake", "handshakes")}
 PLURAL = {"message": "messages", "delivery": "deliveries", "handshake": "handshakes"}
 TOOL_LABELS = {"plain": "unprofiled", "perf": "under perf (sampling)",
@@ -228,9 +235,10 @@ class Window:
 
 class ProfiledServer(peers.Server):
     """peers.Server with peers.py's command run through `profile.py --serve-profiled`, whose
-    cpu() also opens and closes the profiler's window: peers.scenario_echo (a, c, g) and
-    scenario_broadcast (e) read the server's CPU once just before the measured part and once just
-    after it, so the profile covers the span of the CPU figure."""
+    cpu() also opens and closes the profiler's window: peers.scenario_echo (a, c, g),
+    scenario_relay (e) and scenario_broadcast (e with --e-load push) read the server's CPU once
+    just before the measured part and once just after it, so the profile covers the span of
+    the CPU figure."""
 
     def __init__(self, name: str, mode: str, python: str, port: int, args: argparse.Namespace,
                  cpu: int | None, log_dir: Path):
@@ -492,6 +500,8 @@ def run_windows(api: str, key: str, args: argparse.Namespace, loadgen: Path,
             try:
                 if mode == "echo":
                     res = peers.scenario_echo(key, srv, port, loadgen, lg_cpu, args)
+                elif mode == "relay":
+                    res = peers.scenario_relay(srv, port, loadgen, lg_cpu, args)
                 else:
                     res = peers.scenario_broadcast(srv, port, loadgen, lg_cpu, args)
             except RuntimeError as e:
@@ -631,10 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", default="a,e", help="comma-separated among a,c,e,g (a,e)")
     p.add_argument("--duration", type=float, default=2.0,
                    help="seconds per window of a, c and g (2)")
-    p.add_argument("--bcast-clients", type=int, default=1000, help="e: subscribers (1000)")
-    p.add_argument("--bcast-messages", type=int, default=300, help="e: messages (300)")
-    p.add_argument("--bcast-size", type=int, default=32, help="e: bytes per message (32)")
-    p.add_argument("--bcast-burst", type=int, default=10, help="e: messages per loop turn (10)")
+    peers.add_e_arguments(p)  # --e-load relay|push, --relay-*, --bcast-*: peers.py's own
     p.add_argument("--warmup", type=float, default=0.3,
                    help="seconds of echo before a, c, g (0.3)")
     p.add_argument("--top", type=int, default=10, help="functions listed per profile (10)")
@@ -644,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-pin", action="store_true", help="don't pin to CPUs")
     p.add_argument("--json", metavar="FILE", help="also write every window's figures")
     args = p.parse_args(argv)
+    if args.e_load == "push":
+        SCENARIOS["e"] = ("broadcast", *SCENARIOS["e"][1:])
+    peers.ROWS["e"] = (peers.e_label(args), *peers.ROWS["e"][1:])  # render()'s heading
     args.duration_g = args.duration  # peers.scenario_echo reads it for g, duration for a, c
     apis = [a.strip() for a in args.apis.split(",") if a.strip()]
     keys = [k.strip() for k in args.scenarios.split(",") if k.strip()]
@@ -717,8 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     about = []
     for k in (k for k in SCENARIOS if k in keys):
         if k == "e":
-            about.append(f"e: {args.bcast_clients} clients x {args.bcast_messages} messages "
-                         f"of {args.bcast_size} B, {args.bcast_burst} per turn")
+            about.append("e " + peers.e_note(args) + (
+                f", {args.bcast_burst} per turn" if args.e_load == "push" else ""))
         else:
             about.append(f"{k}: {args.duration:g} s per window, loadgen "
                          f"`{' '.join(peers.ECHO_ARGS[k])} -d {args.duration:g}`")
