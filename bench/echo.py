@@ -149,6 +149,13 @@ def build_loadgen(force: bool = False) -> Path:
     return LOADGEN_BIN
 
 
+def rotation(names: list[str], rnd: int) -> list[str]:
+    """The servers in round ``rnd``'s order: each round starts one further along, so that no
+    server always runs first (or last) on a machine whose load drifts."""
+    k = rnd % max(1, len(names))
+    return names[k:] + names[:k]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))

@@ -478,6 +478,15 @@ static void queue_close(conn_t *c)
     c->deadline = now_ns() + timeout_ns;
 }
 
+/* Start the closing handshake on every connection. */
+static void close_all(conn_t *conns, int nconns)
+{
+    for (int i = 0; i < nconns; i++) {
+        queue_close(&conns[i]);
+        flush(&conns[i]);
+    }
+}
+
 static void seq_bytes(uint64_t seq, uint8_t out[8])
 {
     static const char hex[] = "0123456789abcdef";
@@ -1382,10 +1391,7 @@ int main(int argc, char **argv)
                     relay_stage = R_FINISHED;
                     t_stop = now_ns();
                     phase = P_CLOSE;
-                    for (int i = 0; i < nconns; i++) {
-                        queue_close(&conns[i]);
-                        flush(&conns[i]);
-                    }
+                    close_all(conns, nconns);
                 }
             }
             if (phase == P_CLOSE && n_closed == nconns)
@@ -1427,10 +1433,7 @@ int main(int argc, char **argv)
                 if (cfg.mode == MODE_BROADCAST || cfg.mode == MODE_IDLE)
                     t_last_recv = t_stop;
                 phase = P_CLOSE;
-                for (int i = 0; i < nconns; i++) {
-                    queue_close(&conns[i]);
-                    flush(&conns[i]);
-                }
+                close_all(conns, nconns);
             }
             if (phase == P_CLOSE && n_closed == nconns)
                 break;

@@ -87,6 +87,7 @@ from echo import (  # noqa: E402  (bench/echo.py: the echo benchmark's helpers)
     pick_cpus,
     proc_cpu_seconds,
     python_speed,
+    rotation,
     run_loadgen,
     run_probe,
 )
@@ -782,8 +783,7 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     try:
         for rnd in range(args.rounds):
-            k = rnd % max(1, len(runnable))
-            order = runnable[k:] + runnable[:k]
+            order = rotation(runnable, rnd)
             print(f"round {rnd + 1}/{args.rounds}: {', '.join(order)}", file=sys.stderr)
             for name in order:
                 one_server_round(name, rnd, args, loadgen, cpus, log_dir, results)

@@ -106,6 +106,7 @@ from echo import (  # noqa: E402  (bench/echo.py's helpers)
     free_port,
     pick_cpus,
     proc_cpu_seconds,
+    rotation,
     stop_process,
 )
 from peers import child_setup, raise_nofile  # noqa: E402
@@ -665,8 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in sizes:
             for rnd in range(args.rounds):
-                k = rnd % max(1, len(runnable))
-                order = runnable[k:] + runnable[:k]
+                order = rotation(runnable, rnd)
                 print(f"{n:,} members, round {rnd + 1}/{args.rounds}: {', '.join(order)}",
                       file=sys.stderr)
                 for name in order:

@@ -28,28 +28,23 @@ import asyncio
 import base64
 import os
 import socket
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import uvloop
 
 import tether
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "servers"))
+from tether_peer import Echo, echo  # noqa: E402  (the echo handlers peers.py's servers run)
+
 MASK = b"\x01\x02\x03\x04"
 PAYLOAD = b"x" * 32
 FRAME = bytes([0x81, 0x80 | len(PAYLOAD)]) + MASK + bytes(
     b ^ MASK[i % 4] for i, b in enumerate(PAYLOAD))
 REPLY = 2 + len(PAYLOAD)  # the server's unmasked frame
-
-
-class Echo(tether.Listener):
-    def on_message(self, ws: tether.WebSocket, message: str | bytes) -> None:
-        ws.send_nowait(message)
-
-
-async def echo(ws: tether.WebSocket) -> None:
-    async for message in ws:
-        await ws.send(message)
 
 
 async def start_server(api: str) -> Any:

@@ -91,7 +91,7 @@ REPO_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from asgi import process_tree  # noqa: E402  (bench/asgi.py: pid + descendants)
-from echo import HOST, free_port, pick_cpus  # noqa: E402  (bench/echo.py's helpers)
+from echo import HOST, free_port, pick_cpus, rotation  # noqa: E402  (bench/echo.py's helpers)
 from peers import child_setup, raise_nofile  # noqa: E402
 from presence_storm import (  # noqa: E402  (issue 17's join storm: servers, helpers)
     Client,
@@ -308,8 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     try:
         for rnd in range(args.rounds):
-            k = rnd % max(1, len(runnable))
-            order = runnable[k:] + runnable[:k]
+            order = rotation(runnable, rnd)
             print(f"round {rnd + 1}/{args.rounds}: {', '.join(order)}", file=sys.stderr)
             for name in order:
                 try:
