@@ -612,9 +612,10 @@ class WebSocket(asyncio.Protocol):
         self._keepalive_timer = None
         if self._lost or self.protocol.state is not State.OPEN:
             return
-        payload = (next(_HEARTBEATS) & 0xFFFFFFFF).to_bytes(4, "big")
-        while payload in self._pings:  # a ping() of the application's has it
+        while True:
             payload = (next(_HEARTBEATS) & 0xFFFFFFFF).to_bytes(4, "big")
+            if payload not in self._pings:  # else a ping() of the application's has it
+                break
         self.protocol.send_ping(payload)
         self._keepalive_ping = payload
         self._add_ping(payload, None)
