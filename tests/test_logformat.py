@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from tether.logformat import JsonFormatter, parse_fields
 
@@ -118,10 +119,27 @@ def test_log_event_goes_straight_to_the_cli_handler_and_through_logging_otherwis
     try:
         stream = io.StringIO()
         logformat.configure(logging.INFO, stream)
+        import tether.asyncio.server  # noqa: F401  (gives "tether" its NullHandler)
+
         logger = logging.getLogger("tether")
+        assert any(type(h) is logging.NullHandler for h in logger.handlers)
         fmt = "event=open remote=%s path=%s n=%d"
-        logformat.log_event(logger, fmt, "127.0.0.1:5", "/ws", 7)
-        logger.info(fmt, "127.0.0.1:5", "/ws", 7)
+        records = 0
+        factory = logging.getLogRecordFactory()
+
+        def counting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            nonlocal records
+            records += 1
+            return factory(*args, **kwargs)
+
+        logging.setLogRecordFactory(counting)
+        try:
+            logformat.log_event(logger, fmt, "127.0.0.1:5", "/ws", 7)
+            assert records == 0  # the direct path, past the library's NullHandler
+            logger.info(fmt, "127.0.0.1:5", "/ws", 7)
+            assert records == 1
+        finally:
+            logging.setLogRecordFactory(factory)
         direct, stdlib = stream.getvalue().splitlines()
         assert direct.split(" level=")[1] == stdlib.split(" level=")[1]
         assert direct.endswith("event=open remote=127.0.0.1:5 path=/ws n=7")

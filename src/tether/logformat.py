@@ -129,7 +129,8 @@ class JsonFormatter(logging.Formatter):
 class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that holds the per-connection lines (``event=open``, ``event=close``:
     two per connection, thousands a second in a reconnect storm) and writes them together, in
-    one write and one flush, at most ``DELAY`` seconds after the first of them. Every other
+    one write and one flush, at most ``DELAY`` seconds after the first of them (those of
+    :func:`log_event`'s direct path are formatted then too, together). Every other
     line goes out at once, after those held before it: start-up, warnings, errors. So do the
     held ones outside a running event loop and when 64 KiB are waiting. A process killed
     outright loses at most the connection lines of its last ``DELAY`` seconds
@@ -138,10 +139,11 @@ class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
     LIMIT = 65536
     DELAY = 0.02
     HELD = ("event=open ", "event=close ")
+    HELD_SIZE = 160  # what a held line is counted as towards LIMIT before it is formatted
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
-        self._lines: list[str] = []
+        self._lines: list[str | _Event] = []
         self._size = 0
         self._scheduled = False
 
@@ -158,14 +160,28 @@ class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
                 or not isinstance(message, str) or not message.startswith(self.HELD)):
             self.flush()
             return
+        self._schedule()
+
+    def hold(self, event: _Event) -> None:
+        """:func:`log_event`'s direct path: a per-connection line held as its parts, and
+        formatted with the others at flush, off the connection's own path."""
+        self._lines.append(event)
+        self._size += self.HELD_SIZE
+        if self._size >= self.LIMIT:
+            self.flush()
+        elif not self._scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._scheduled:
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # (also after the loop that was to flush them has stopped)
             self.flush()
             return
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_later(self.DELAY, self.flush)
+        self._scheduled = True
+        loop.call_later(self.DELAY, self.flush)
 
     def close(self) -> None:
         self.flush()
@@ -175,9 +191,19 @@ class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
         self._scheduled = False
         if not self._lines:
             return
-        text = "\n".join(self._lines) + "\n"
-        self._lines.clear()
-        self._size = 0
+        held, self._lines, self._size = self._lines, [], 0
+        lines: list[str] = []
+        for line in held:
+            if isinstance(line, str):
+                lines.append(line)
+                continue
+            try:
+                lines.append(self.format(line))  # type: ignore[arg-type]
+            except Exception:
+                self.handleError(line)  # type: ignore[arg-type]
+        if not lines:
+            return
+        text = "\n".join(lines) + "\n"
         self.acquire()
         try:
             self.stream.write(text)
@@ -224,7 +250,7 @@ def log_event(logger: logging.Logger, msg: str, *args: object) -> None:
     application's own logging setup, a test's capture) it is ``logger.info``."""
     sink = _sink
     if sink is not None and _only_to(sink, logger):
-        sink.emit(_Event(logger.name, msg, args))  # type: ignore[arg-type]
+        sink.hold(_Event(logger.name, msg, args))
     else:
         logger.info(msg, *args)
 
@@ -233,8 +259,11 @@ def _only_to(sink: LineBuffer, logger: logging.Logger) -> bool:
     root = logging.root
     node: logging.Logger | None = logger
     while node is not root:
-        if node is None or node.handlers or node.filters or node.disabled or not node.propagate:
+        if node is None or node.filters or node.disabled or not node.propagate:
             return False
+        for handler in node.handlers:  # a library's NullHandler (tether's own) does nothing
+            if type(handler) is not logging.NullHandler:
+                return False
         node = node.parent
     handlers = root.handlers
     return (len(handlers) == 1 and handlers[0] is sink and not root.filters
