@@ -97,10 +97,19 @@ def test_line_buffer_writes_together_and_warnings_at_once() -> None:
         assert stream.getvalue().splitlines()[-2:] == [
             handler.format(info), handler.format(listen)]
         handler.emit(info)
+        handler.hold("tether", "event=close n=%d", (2,))  # log_event's path: parts, held
+        text = stream.getvalue()
+        await asyncio.sleep(0.01)
+        handler.emit(record("event=warning"))  # formatted in order, before the warning
+        lines = stream.getvalue()[len(text):].splitlines()
+        assert [line.split(" pid=")[1].split(" ", 1)[1] for line in lines] == [
+            "event=open n=1 ok", "event=close n=2", "event=warning"]
+        assert lines[1][:23] < lines[2][:23]  # the time it was logged, not written
+        handler.emit(info)
         handler.close()  # logging.shutdown() at exit: flush, then close
 
     asyncio.run(main())
-    assert stream.getvalue().count("\n") == 8
+    assert stream.getvalue().count("\n") == 11
 
 
 def test_log_event_goes_straight_to_the_cli_handler_and_through_logging_otherwise() -> None:

@@ -143,7 +143,8 @@ class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
-        self._lines: list[str | _Event] = []
+        # Formatted lines, and log_event's held as (name, msg, args, created).
+        self._lines: list[str | tuple[str, str, tuple[object, ...], float]] = []
         self._size = 0
         self._scheduled = False
 
@@ -162,10 +163,11 @@ class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
             return
         self._schedule()
 
-    def hold(self, event: _Event) -> None:
-        """:func:`log_event`'s direct path: a per-connection line held as its parts, and
-        formatted with the others at flush, off the connection's own path."""
-        self._lines.append(event)
+    def hold(self, name: str, msg: str, args: tuple[object, ...]) -> None:
+        """:func:`log_event`'s direct path: a per-connection line held as its parts (a tuple:
+        no record object yet), and formatted with the others at flush, off the connection's
+        own path."""
+        self._lines.append((name, msg, args, time.time()))
         self._size += self.HELD_SIZE
         if self._size >= self.LIMIT:
             self.flush()
@@ -197,10 +199,11 @@ class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
             if isinstance(line, str):
                 lines.append(line)
                 continue
+            event = _Event(*line)
             try:
-                lines.append(self.format(line))  # type: ignore[arg-type]
+                lines.append(self.format(event))  # type: ignore[arg-type]
             except Exception:
-                self.handleError(line)  # type: ignore[arg-type]
+                self.handleError(event)  # type: ignore[arg-type]
         if not lines:
             return
         text = "\n".join(lines) + "\n"
@@ -226,11 +229,11 @@ class _Event:
     exc_text = None
     stack_info = None
 
-    def __init__(self, name: str, msg: str, args: tuple[object, ...]) -> None:
+    def __init__(self, name: str, msg: str, args: tuple[object, ...], now: float) -> None:
         self.name = name
         self.msg = msg
         self.args = args
-        self.created = now = time.time()
+        self.created = now
         self.msecs = int((now - int(now)) * 1000) + 0.0  # as LogRecord computes it
 
     def getMessage(self) -> str:  # noqa: N802 (LogRecord's name)
@@ -250,7 +253,7 @@ def log_event(logger: logging.Logger, msg: str, *args: object) -> None:
     application's own logging setup, a test's capture) it is ``logger.info``."""
     sink = _sink
     if sink is not None and _only_to(sink, logger):
-        sink.hold(_Event(logger.name, msg, args))
+        sink.hold(logger.name, msg, args)
     else:
         logger.info(msg, *args)
 
