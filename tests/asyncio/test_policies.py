@@ -22,7 +22,7 @@ from tether.asyncio.connection import WebSocket
 from tether.asyncio.router import text_response
 from tether.asyncio.server import ServerConnection
 
-from .conftest import UNIT, echo, run, serving
+from .conftest import UNIT, echo, run, serving, until
 from .test_server import raw_request, upgrade
 
 
@@ -380,6 +380,45 @@ class TestHeartbeat:
 
         run(main())
 
+
+    def test_connections_share_one_queue_and_leave_it_when_closed(self) -> None:
+        """The heartbeat of every connection with the same settings runs from queues the loop
+        shares (one timer each, not one per connection): 20 connections opened over time
+        all get pinged and answered, a closed one leaves the queues at once (nothing keeps
+        it), and the others go on being pinged."""
+        async def main() -> None:
+            async with serving(echo, ping_interval=2 * UNIT, ping_timeout=2 * UNIT) as (
+                server, url
+            ):
+                clients = []
+                for _ in range(20):
+                    clients.append(await tether.connect(url))
+                    await asyncio.sleep(UNIT / 10)
+                by_address = {ws.remote_address: ws for ws in server.connections}
+                sides = [by_address[c.transport.get_extra_info("sockname")]  # type: ignore[union-attr]
+                         for c in clients]  # each client's server side, in the same order
+                heartbeats = {ws._heartbeat for ws in sides}  # type: ignore[attr-defined]
+                assert len(heartbeats) == 1 and None not in heartbeats
+                (heartbeat,) = heartbeats
+                queued = set(heartbeat.first.due) | set(heartbeat.check.due)
+                assert queued == set(sides)
+                await asyncio.sleep(6 * UNIT)  # pings, pongs, checks, again
+                assert all(ws.latency > 0 for ws in sides)
+                closing = sides[:10]
+                for client in clients[:10]:
+                    await client.close()
+                await until(lambda: not any(ws in server.connections for ws in closing))
+                queued = set(heartbeat.first.due) | set(heartbeat.check.due)
+                assert queued == set(sides[10:])
+                for ws in sides[10:]:
+                    ws.latency = 0.0
+                await asyncio.sleep(6 * UNIT)
+                assert all(ws.latency > 0 for ws in sides[10:])
+                assert server.connections == set(sides[10:])
+                for client in clients[10:]:
+                    await client.close()
+
+        run(main())
 
 class TestBroadcast:
     def test_slow_client_is_closed_and_the_others_get_everything_in_order(self) -> None:

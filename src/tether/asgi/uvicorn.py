@@ -175,9 +175,10 @@ class UvicornProtocol(WebSocket):
         }
 
     @property
-    def ping_timer(self) -> asyncio.TimerHandle | None:
-        """The heartbeat's timer (None with ``--ws-ping-interval 0``)."""
-        return self._keepalive_timer
+    def ping_timer(self) -> object | None:
+        """The heartbeat's schedule while it runs: a queue the loop's connections share
+        rather than a timer of its own (None with ``--ws-ping-interval 0``)."""
+        return self._heartbeat
 
     def _send_heartbeat(self) -> None:
         self.ping_sent_at = self.loop.time()
@@ -227,9 +228,9 @@ class UvicornProtocol(WebSocket):
             self.transport.close()
 
     def _stop_keepalive(self) -> None:
-        if self._keepalive_timer is not None:
-            self._keepalive_timer.cancel()
-            self._keepalive_timer = None
+        if self._heartbeat is not None:
+            self._heartbeat.discard(self)
+            self._heartbeat = None
 
     # -- the app -----------------------------------------------------------------------------
 
