@@ -79,7 +79,7 @@ class _Due:
         while due:
             ws = next(iter(due))
             when = due[ws]
-            if when > now:
+            if when > now + 0.001:  # (a loop may run a timer up to its clock's tick early)
                 self.armed = True
                 loop.call_at(when, self._run, loop)
                 return
