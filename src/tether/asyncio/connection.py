@@ -43,6 +43,10 @@ _NO_PINGS: dict[bytes, Any] = {}
 # The heartbeat pings' payloads, shared by every connection (see _send_heartbeat).
 _HEARTBEATS = itertools.count()
 _OK_CODES = (1000, 1001, 1005)
+# Writes are coalesced within a loop turn up to this many bytes; a batch never grows past it
+# (it counts in buffered_amount, and so against broadcast budgets, until written), and a
+# larger chunk goes out as it is (joining would copy it).
+_COALESCE_LIMIT = 16384
 
 
 class _Due:
@@ -127,10 +131,6 @@ def _heartbeat_of(loop: asyncio.AbstractEventLoop, interval: float,
     if heartbeat is None:
         heartbeat = beats[interval, timeout] = _Heartbeat(interval, timeout)
     return heartbeat
-# Writes are coalesced within a loop turn up to this many bytes; a batch never grows past it
-# (it counts in buffered_amount, and so against broadcast budgets, until written), and a
-# larger chunk goes out as it is (joining would copy it).
-_COALESCE_LIMIT = 16384
 
 
 class Listener:
