@@ -55,11 +55,20 @@ async def start_server(api: str) -> Any:
             def on_ws_frame(self, transport: Any, frame: Any) -> None:
                 if frame.msg_type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     transport.send(frame.msg_type, frame.get_payload_as_memoryview(), frame.fin)
+                elif frame.msg_type == WSMsgType.CLOSE:  # (probe_g.py's clients close)
+                    transport.send_close(frame.get_close_code())
+                    transport.disconnect()
 
         return await ws_create_server(lambda request: PicowsEcho(), "127.0.0.1", 0)
     handler: Any = Echo() if api == "callbacks" else echo
     return await tether.serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None,
                               ping_timeout=None)
+
+
+async def stop_server(server: Any) -> None:
+    closing = server.close()
+    if closing is not None:  # tether's close() is a coroutine, picows' a plain call
+        await closing
 
 
 async def main(api: str, n: int) -> float:
@@ -99,9 +108,7 @@ async def main(api: str, n: int) -> float:
     per_trip = (time.process_time() - cpu0) * 1e6 / (n - trips0)
     loop.remove_reader(sock.fileno())
     sock.close()
-    closing = server.close()
-    if closing is not None:  # tether's close() is a coroutine, picows' a plain call
-        await closing
+    await stop_server(server)
     return per_trip
 
 

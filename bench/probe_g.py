@@ -38,8 +38,8 @@ import uvloop
 
 import tether
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "servers"))
-from tether_peer import Echo, echo  # noqa: E402  (the echo handlers peers.py's servers run)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import probe_b  # noqa: E402  (its servers: tether's two APIs as peers.py runs them, picows)
 
 CLOSE = bytes([0x88, 0x82]) + b"\x01\x02\x03\x04" + bytes([0x03 ^ 0x01, 0xE8 ^ 0x02])
 
@@ -52,18 +52,6 @@ def request(port: int) -> bytes:
 
 
 async def start_server(args: argparse.Namespace) -> Any:
-    if args.api == "picows":
-        from picows import WSListener, WSMsgType, ws_create_server
-
-        class PicowsEcho(WSListener):  # type: ignore[misc]
-            def on_ws_frame(self, transport: Any, frame: Any) -> None:
-                if frame.msg_type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    transport.send(frame.msg_type, frame.get_payload_as_memoryview(), frame.fin)
-                elif frame.msg_type == WSMsgType.CLOSE:
-                    transport.send_close(frame.get_close_code())
-                    transport.disconnect()
-
-        return await ws_create_server(lambda request: PicowsEcho(), "127.0.0.1", 0)
     if args.api == "cli":
         from tether import cli
         from tether.apps.echo import echo as cli_echo
@@ -76,9 +64,7 @@ async def start_server(args: argparse.Namespace) -> Any:
         options = cli._server_options(cli._parser().parse_args(argv))
         handler: Any = cli_echo if args.no_router else Router(default=cli_echo)
         return await tether.serve(handler, "127.0.0.1", 0, **options)
-    handler = Echo() if args.api == "callbacks" else echo
-    return await tether.serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None,
-                              ping_timeout=None)
+    return await probe_b.start_server(args.api)  # the same servers as scenario b's probe
 
 
 async def main(args: argparse.Namespace) -> float:
@@ -128,9 +114,7 @@ async def main(args: argparse.Namespace) -> float:
     cpu0, done0 = time.process_time(), state["done"]
     await finished
     per = (time.process_time() - cpu0) * 1e6 / (state["done"] - done0)
-    closing = server.close()
-    if closing is not None:  # tether's close() is a coroutine, picows' a plain call
-        await closing
+    await probe_b.stop_server(server)
     return per
 
 

@@ -161,7 +161,8 @@ class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
                 or not isinstance(message, str) or not message.startswith(self.HELD)):
             self.flush()
             return
-        self._schedule()
+        if not self._scheduled:
+            self._schedule()
 
     def hold(self, name: str, msg: str, args: tuple[object, ...]) -> None:
         """:func:`log_event`'s direct path: a per-connection line held as its parts (a tuple:
@@ -175,8 +176,7 @@ class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
             self._schedule()
 
     def _schedule(self) -> None:
-        if self._scheduled:
-            return
+        """Flush in DELAY seconds (callers check that no flush is scheduled yet)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # (also after the loop that was to flush them has stopped)
