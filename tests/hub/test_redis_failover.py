@@ -44,6 +44,12 @@ TOPIC = "room"
 # run()'s default of 100 UNIT was hit in CI by a failover that took 6 s to settle.
 BOUND = TOPOLOGY_TIMEOUT + 200 * UNIT
 
+# Messages a topic's history keeps, far above what a test publishes: the checks read every
+# acknowledged publish back from the history. The default (1000) was overrun in CI by a
+# failover that took about 30 s to settle under a load of ~200 publishes a second, and the
+# trimmed oldest messages counted as lost.
+HISTORY_SIZE = 1_000_000
+
 
 class Subscriber:
     """A hub client that records every message of its topics: data -> (epoch, seq)."""
@@ -175,6 +181,7 @@ async def two_nodes(url: str, prefix: str, *topics: str,
                     **options: Any) -> AsyncIterator[Nodes]:
     """Two hubs, each with its own RedisBackend (``options``) and WebSocket server, and a
     subscriber to ``topics`` (:data:`TOPIC` by default) on each; the hubs closed after."""
+    options.setdefault("history_size", HISTORY_SIZE)
     hubs = [Hub(RedisBackend(url, key_prefix=prefix, timeout=2.0, **options))
             for _ in range(2)]
     try:
@@ -290,7 +297,8 @@ class TestSentinel:
                 await asyncio.sleep(2.0)
                 await stop_load(publishers, tasks, subscribers)
             # A fresh node: asks the sentinels, reaches the new master.
-            after = RedisBackend(setup.url, key_prefix=prefix, timeout=2.0)
+            after = RedisBackend(setup.url, key_prefix=prefix, timeout=2.0,
+                                 history_size=HISTORY_SIZE)
             history = await after.history(TOPIC, 0)
             await after.close()
             stored = {(e.data["p"], e.data["n"]): e for e in history.messages}
