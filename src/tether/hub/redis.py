@@ -337,16 +337,24 @@ class _Channel:
 @dataclass(eq=False)
 class _Waiter:
     """A call waiting until the reader delivered what it published (``expected`` payloads)
-    to the listeners of ``channel``."""
+    to the listeners of ``channel``. A message (``epoch``, ``seq``) counts as delivered
+    however it came: live, or from the stream by a catch-up (after a slot moved to another
+    shard, the live copy went where this node was not yet subscribed)."""
 
     channel: _Channel
     done: asyncio.Event = field(default_factory=asyncio.Event)
     seen: int = 0
     expected: int | None = None
+    epoch: str | None = None
+    seq: int = 0
 
     def check(self) -> None:
         if self.expected is not None and self.seen >= self.expected:
             self.done.set()
+        elif self.epoch is not None:
+            channel = self.channel
+            if channel.epoch == self.epoch and (channel.delivered or 0) >= self.seq:
+                self.done.set()
 
 
 class RedisBackend(Backend):
@@ -558,7 +566,11 @@ class RedisBackend(Backend):
         try:
             result = await self._run(script, keys, [*args, token, *more], replicas)
             if waiter is not None:
-                waiter.expected = 1 if script == "publish" else int(result)  # PUBLISHes made
+                if script == "publish":
+                    waiter.expected, waiter.seq, waiter.epoch = 1, int(result[0]), \
+                        result[1].decode()
+                else:
+                    waiter.expected = int(result)  # PUBLISHes made
                 waiter.check()
                 try:
                     await asyncio.wait_for(waiter.done.wait(), self.timeout)
@@ -785,6 +797,9 @@ class RedisBackend(Backend):
                            (channel.delivered or 0) + 1, result.first - 1)
         for envelope in result.messages:
             self._deliver(channel, envelope)
+        for waiter in self._waiters.values():  # publishes delivered by this catch-up
+            if waiter.channel is channel:
+                waiter.check()
 
     async def _subscribed(self, channel: _Channel) -> None:
         """The channel's SUBSCRIBE was confirmed: from here its messages arrive."""
