@@ -455,6 +455,40 @@ class TestParseUpgradeHead:
             accel.parse_upgrade_head(UPGRADE_HEAD, "8192", 128, 16384)
 
 
+class TestPackFields:
+    """What ``Headers.compact`` keeps: ``name:value`` lines, or None when that would not
+    unpack to the same fields."""
+
+    @pytest.mark.parametrize("fields, packed", [
+        ([], ""),
+        ([("Host", "example.com:8080")], "Host:example.com:8080"),
+        ([("Upgrade", "websocket"), ("X", "")], "Upgrade:websocket\nX:"),
+        ([("Ü", "é"), ("A", "ÿ")], "Ü:é\nA:ÿ"),  # Latin-1: one byte per character
+        ([("A", "日本"), ("B", "x"), ("C", "😀")], "A:日本\nB:x\nC:😀"),  # wider
+    ])
+    def test_packed(self, accel: ModuleType, fields: list[tuple[str, str]],
+                    packed: str) -> None:
+        assert accel.pack_fields(fields) == packed
+        unpacked = [tuple(line.partition(":")[::2]) for line in packed.split("\n")] \
+            if packed else []
+        assert unpacked == fields
+
+    @pytest.mark.parametrize("fields", [
+        [("A:B", "c")], [("A\nB", "c")], [("A", "b\nc")], [("A", "b"), ("C", "日\n")],
+    ])
+    def test_not_reversible_is_none(self, accel: ModuleType,
+                                    fields: list[tuple[str, str]]) -> None:
+        assert accel.pack_fields(fields) is None
+
+    @pytest.mark.parametrize("fields", [
+        None, (("a", "b"),), [("a",)], [("a", "b", "c")], [(1, "b")], [("a", b"b")], ["ab"],
+        [["a", "b"]],
+    ])
+    def test_wrong_types(self, accel: ModuleType, fields: object) -> None:
+        with pytest.raises(TypeError):
+            accel.pack_fields(fields)
+
+
 class TestDifferential:
     """The compiled implementation against its specification, on random inputs."""
 
@@ -491,7 +525,7 @@ class TestDifferential:
 
     def test_same_names(self) -> None:
         names = {"apply_mask", "parse_messages", "frame", "mask_inplace", "new_payload",
-                 "take_payload", "parse_upgrade_head"}
+                 "take_payload", "parse_upgrade_head", "pack_fields"}
         assert set(_python.__all__) == names
         assert all(hasattr(_speedups, name) for name in names)
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # both modules have the same signatures: the specification's
     from ._python import frame as frame
     from ._python import mask_inplace as mask_inplace
     from ._python import new_payload as new_payload
+    from ._python import pack_fields as pack_fields
     from ._python import parse_messages as parse_messages
     from ._python import parse_upgrade_head as parse_upgrade_head
     from ._python import take_payload as take_payload

@@ -13,7 +13,7 @@ from ..typing import BytesLike
 
 __all__ = [
     "apply_mask", "parse_messages", "frame", "mask_inplace", "new_payload", "take_payload",
-    "parse_upgrade_head",
+    "parse_upgrade_head", "pack_fields",
 ]
 
 _new_tuple = tuple.__new__
@@ -269,3 +269,26 @@ def parse_upgrade_head(
     else:
         return None
     return target, items, index, end + 4
+
+
+def pack_fields(fields: list[tuple[str, str]]) -> str | None:
+    """Header fields as one string, ``name:value`` lines joined by newlines (what
+    ``Headers.compact`` keeps, a fraction of the list's memory), or None when that would not
+    unpack to the same fields: a name holding ``:`` or a newline, a value a newline.
+
+    Raises:
+        TypeError: ``fields`` is not a list of ``(str, str)`` tuples.
+    """
+    if not isinstance(fields, list):
+        raise TypeError(f"fields must be a list, not {type(fields).__name__}")
+    for field in fields:
+        if type(field) is not tuple or len(field) != 2:
+            raise TypeError("a field must be a (name, value) tuple")
+    try:
+        packed = "\n".join([name + ":" + value for name, value in fields])
+    except TypeError:
+        raise TypeError("a field's name and value must be str") from None
+    names = "".join([name for name, _ in fields])
+    if ":" in names or "\n" in names or packed.count("\n") != max(len(fields) - 1, 0):
+        return None
+    return packed

@@ -803,6 +803,112 @@ error:
     return result;
 }
 
+/* pack_fields(fields): see _python.py. Names and values of one byte per character (ASCII and
+ * Latin-1: every parsed field) are copied straight into the result; anything wider goes
+ * through PyUnicode_Join. */
+static PyObject *
+pack_fields(PyObject *self, PyObject *fields)
+{
+    Py_ssize_t n, i, total = 0;
+    Py_UCS4 maxchar = 127;
+    int narrow = 1;
+    PyObject *result, *parts, *colon, *newline, *empty;
+
+    if (!PyList_Check(fields)) {
+        PyErr_Format(PyExc_TypeError, "fields must be a list, not %.100s",
+                     Py_TYPE(fields)->tp_name);
+        return NULL;
+    }
+    n = PyList_GET_SIZE(fields);
+    for (i = 0; i < n; i++) {
+        PyObject *field = PyList_GET_ITEM(fields, i), *name, *value;
+        if (!PyTuple_Check(field) || PyTuple_GET_SIZE(field) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a field must be a (name, value) tuple");
+            return NULL;
+        }
+        name = PyTuple_GET_ITEM(field, 0);
+        value = PyTuple_GET_ITEM(field, 1);
+        if (!PyUnicode_Check(name) || !PyUnicode_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "a field's name and value must be str");
+            return NULL;
+        }
+        if (PyUnicode_READY(name) < 0 || PyUnicode_READY(value) < 0) {
+            return NULL;
+        }
+        if (PyUnicode_FindChar(name, ':', 0, PyUnicode_GET_LENGTH(name), 1) != -1 ||
+            PyUnicode_FindChar(name, '\n', 0, PyUnicode_GET_LENGTH(name), 1) != -1 ||
+            PyUnicode_FindChar(value, '\n', 0, PyUnicode_GET_LENGTH(value), 1) != -1) {
+            Py_RETURN_NONE; /* would not unpack to the same fields */
+        }
+        if (PyUnicode_KIND(name) != PyUnicode_1BYTE_KIND ||
+            PyUnicode_KIND(value) != PyUnicode_1BYTE_KIND) {
+            narrow = 0;
+        }
+        else {
+            if (PyUnicode_MAX_CHAR_VALUE(name) > maxchar) {
+                maxchar = PyUnicode_MAX_CHAR_VALUE(name);
+            }
+            if (PyUnicode_MAX_CHAR_VALUE(value) > maxchar) {
+                maxchar = PyUnicode_MAX_CHAR_VALUE(value);
+            }
+        }
+        total += PyUnicode_GET_LENGTH(name) + 1 + PyUnicode_GET_LENGTH(value) + (i > 0);
+    }
+    if (narrow) {
+        Py_UCS1 *out;
+        result = PyUnicode_New(total, maxchar);
+        if (result == NULL) {
+            return NULL;
+        }
+        out = PyUnicode_1BYTE_DATA(result);
+        for (i = 0; i < n; i++) {
+            PyObject *field = PyList_GET_ITEM(fields, i);
+            PyObject *name = PyTuple_GET_ITEM(field, 0), *value = PyTuple_GET_ITEM(field, 1);
+            Py_ssize_t ln = PyUnicode_GET_LENGTH(name), lv = PyUnicode_GET_LENGTH(value);
+            if (i > 0) {
+                *out++ = '\n';
+            }
+            memcpy(out, PyUnicode_1BYTE_DATA(name), ln);
+            out += ln;
+            *out++ = ':';
+            memcpy(out, PyUnicode_1BYTE_DATA(value), lv);
+            out += lv;
+        }
+        return result;
+    }
+    /* Some character wider than a byte: name, ":", value, "\n", ... joined. */
+    parts = PyList_New(n > 0 ? 4 * n - 1 : 0);
+    colon = PyUnicode_FromOrdinal(':');
+    newline = PyUnicode_FromOrdinal('\n');
+    if (parts == NULL || colon == NULL || newline == NULL) {
+        Py_XDECREF(parts);
+        Py_XDECREF(colon);
+        Py_XDECREF(newline);
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *field = PyList_GET_ITEM(fields, i);
+        PyObject *name = PyTuple_GET_ITEM(field, 0), *value = PyTuple_GET_ITEM(field, 1);
+        if (i > 0) {
+            Py_INCREF(newline);
+            PyList_SET_ITEM(parts, 4 * i - 1, newline);
+        }
+        Py_INCREF(name);
+        PyList_SET_ITEM(parts, 4 * i, name);
+        Py_INCREF(colon);
+        PyList_SET_ITEM(parts, 4 * i + 1, colon);
+        Py_INCREF(value);
+        PyList_SET_ITEM(parts, 4 * i + 2, value);
+    }
+    empty = PyUnicode_New(0, 0);
+    result = empty == NULL ? NULL : PyUnicode_Join(empty, parts);
+    Py_XDECREF(empty);
+    Py_DECREF(parts);
+    Py_DECREF(colon);
+    Py_DECREF(newline);
+    return result;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL,
      "apply_mask(data, mask) -> bytes\n\nXOR data with the 4-byte mask repeated "
@@ -822,6 +928,9 @@ static PyMethodDef speedups_methods[] = {
     {"parse_upgrade_head", (PyCFunction)(void (*)(void))parse_upgrade_head, METH_FASTCALL,
      "parse_upgrade_head(data, max_request_line, max_headers, max_header_bytes) -> tuple | None"
      "\n\nA whole, plain WebSocket upgrade request: (target, fields, index, end), or None."},
+    {"pack_fields", (PyCFunction)pack_fields, METH_O,
+     "pack_fields(fields) -> str | None\n\nHeader fields as \"name:value\" lines in one string, "
+     "or None when that would not unpack to the same fields."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 import httptools
 
-from ..accel import parse_upgrade_head
+from ..accel import pack_fields, parse_upgrade_head
 from ..exceptions import HandshakeError, InvalidMessage
 
 __all__ = [
@@ -81,11 +81,10 @@ class Headers:
         self._index = None
         items = self._items
         if type(items) is list:
-            packed = "\n".join([f"{name}:{value}" for name, value in items])
-            names = "".join([name for name, _ in items])
             # Reversible unless a name holds ":" or a field a newline, which parsed and add()ed
-            # fields never do.
-            if ":" not in names and packed.count("\n") == len(items) - 1 or not items:
+            # fields never do (None then: kept as they are).
+            packed = pack_fields(items)
+            if packed is not None:
                 self._items = packed
 
     def add(self, name: str, value: str) -> None:
