@@ -96,6 +96,12 @@ class TextFormatter(logging.Formatter):
             line = f"{line}\n{self.formatStack(record.stack_info)}"
         return line
 
+    def format_held(self, msg: str, args: tuple[object, ...], created: float) -> str:
+        """A line of :func:`log_event`'s direct path (INFO, no exception), as :meth:`format`
+        writes it, without a record object."""
+        return (f"{self._clock.text(created)},{int((created - int(created)) * 1000):03d} "
+                f"level=INFO{self._pid}{msg % args if args else msg}")
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record (see the module's docstring)."""
@@ -195,21 +201,26 @@ class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
             return
         held, self._lines, self._size = self._lines, [], 0
         lines: list[str] = []
+        formatter = self.formatter
+        # The command line's text lines: formatted straight from the held parts.
+        text = formatter if type(formatter) is TextFormatter else None
         for line in held:
-            if isinstance(line, str):
+            if type(line) is str:
                 lines.append(line)
                 continue
-            event = _Event(*line)
             try:
-                lines.append(self.format(event))  # type: ignore[arg-type]
+                if text is not None:
+                    lines.append(text.format_held(line[1], line[2], line[3]))
+                else:
+                    lines.append(self.format(_Event(*line)))  # type: ignore[arg-type]
             except Exception:
-                self.handleError(event)  # type: ignore[arg-type]
+                self.handleError(_Event(*line))  # type: ignore[arg-type]
         if not lines:
             return
-        text = "\n".join(lines) + "\n"
+        out = "\n".join(lines) + "\n"
         self.acquire()
         try:
-            self.stream.write(text)
+            self.stream.write(out)
             self.stream.flush()
         except Exception:
             pass  # a closed or broken stream: the lines are lost, the server goes on
