@@ -242,6 +242,7 @@ class TestSentinel:
                 await leaver.client.close()
                 killed = time.monotonic()
                 old, new, seconds = await asyncio.to_thread(setup.fail_over)
+                settled = time.monotonic() - killed
                 promoted = killed + seconds
                 await _wait_for(lambda: all(p.first_ack_after(promoted) for p in publishers),
                                 30 * UNIT, "publishing to work again")
@@ -259,8 +260,9 @@ class TestSentinel:
                     - promoted
                 print(f"\nSentinel failover, min_replicas=1: {count} acknowledged, 0 lost; "
                       f"{sum(p.failed for p in publishers)} answered unavailable; new master "
-                      f"named {seconds:.2f} s after the SIGKILL; both nodes acknowledged "
-                      f"again {serving_again:+.2f} s after that; resume: epoch "
+                      f"named {seconds:.2f} s after the SIGKILL, settled after {settled:.2f} "
+                      f"s; both nodes acknowledged again {serving_again:+.2f} s after the "
+                      f"naming; resume: epoch "
                       f"{'kept' if resumed['epoch'] == epoch else 'continued' if resumed.get('continues') == epoch else 'reset'}")
                 assert resumed.get("continues") == epoch or resumed["epoch"] == epoch, resumed
                 assert "retracted" not in resumed
