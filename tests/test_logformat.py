@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from tether.logformat import JsonFormatter, parse_fields
@@ -97,10 +98,17 @@ def test_line_buffer_writes_together_and_warnings_at_once() -> None:
         assert stream.getvalue().splitlines()[-2:] == [
             handler.format(info), handler.format(listen)]
         handler.emit(info)
-        handler.hold("tether", "event=close n=%d", (2,))  # log_event's path: parts, held
-        text = stream.getvalue()
-        await asyncio.sleep(0.01)
-        handler.emit(record("event=warning"))  # formatted in order, before the warning
+        # log_event's path: parts, held; formatted here at flush, as the only handler
+        root = logging.getLogger()
+        saved = root.handlers[:]
+        root.handlers[:] = [handler]
+        try:
+            handler.hold(logging.getLogger("tether"), "event=close n=%d", (2,))
+            text = stream.getvalue()
+            await asyncio.sleep(0.01)
+            handler.emit(record("event=warning"))  # formatted in order, before the warning
+        finally:
+            root.handlers[:] = saved
         lines = stream.getvalue()[len(text):].splitlines()
         assert [line.split(" pid=")[1].split(" ", 1)[1] for line in lines] == [
             "event=open n=1 ok", "event=close n=2", "event=warning"]
@@ -116,6 +124,7 @@ def test_log_event_goes_straight_to_the_cli_handler_and_through_logging_otherwis
     """log_event: the per-connection lines. With only the command line's handler in the way
     they skip the logging module's dispatch and read the same as logger.info's; with any
     other handler or filter on the way they are ordinary records."""
+    import asyncio
     import io
 
     from tether import logformat
@@ -160,17 +169,33 @@ def test_log_event_goes_straight_to_the_cli_handler_and_through_logging_otherwis
             def emit(self, record: logging.LogRecord) -> None:
                 seen.append(record)
 
+        sink = root.handlers[0]
         keep = Keep()
-        logger.addHandler(keep)  # an application's own handler: records again
-        try:
+
+        async def held() -> None:  # in a running loop: held until the flush
             logformat.log_event(logger, fmt, "127.0.0.1:6", "/", 8)
-        finally:
-            logger.removeHandler(keep)
-        assert [r.getMessage() for r in seen] == ["event=open remote=127.0.0.1:6 path=/ n=8"]
-        assert stream.getvalue().splitlines()[-1].endswith("remote=127.0.0.1:6 path=/ n=8")
+            logger.addHandler(keep)  # an application's own handler: records again
+            try:
+                logformat.log_event(logger, fmt, "127.0.0.1:6", "/", 9)
+                assert seen == []  # decided when the lines are flushed, at most 20 ms later
+                sink.flush()  # (what the loop's timer does)
+            finally:
+                logger.removeHandler(keep)
+
+        before = time.time()
+        asyncio.run(held())
+        # Both held lines: the one logged before the handler came too.
+        assert [r.getMessage() for r in seen] == ["event=open remote=127.0.0.1:6 path=/ n=8",
+                                                  "event=open remote=127.0.0.1:6 path=/ n=9"]
+        assert seen[1].created >= before and seen[1].created - before < 1.0
+        assert seen[1].levelno == logging.INFO and seen[1].name == "tether"
+        sink.flush()  # the sink's own copies, through the record's way
+        assert stream.getvalue().splitlines()[-1].endswith("remote=127.0.0.1:6 path=/ n=9")
         logger.addFilter(lambda record: False)  # a filter on the way: honoured
         try:
             logformat.log_event(logger, fmt, "127.0.0.1:7", "/", 9)
+            sink.flush()
+            sink.flush()
         finally:
             logger.filters.clear()
         assert "127.0.0.1:7" not in stream.getvalue()

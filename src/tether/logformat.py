@@ -5,10 +5,10 @@ A server logs two lines per connection (``event=open``, ``event=close``). Throug
 defaults each costs about 20 µs, more than the rest of a handshake's Python code; here about
 6 µs: the time text is rebuilt once per second (:class:`TextFormatter`), the pid is written
 once, no caller, thread or process lookup is made per record (the logging module's own
-"optimization" switches, :func:`configure`), the connection lines skip the logging module's
-dispatch when the command line's handler is the only one in the way (:func:`log_event`: about
-3–4 µs a line), and the connection lines of 20 ms go out in one write (:class:`LineBuffer`;
-every other line at once).
+"optimization" switches, :func:`configure`), the connection lines are held as their parts and
+skip the logging module's dispatch when, at the flush, the command line's handler is the only
+one in the way (:func:`log_event`), and the connection lines of 20 ms go out in one write
+(:class:`LineBuffer`; every other line at once).
 
 tether logs ``key=value`` lines (``event=open remote=127.0.0.1:50312 path=/ws ...``). The
 JSON form has the same fields, parsed out of the message, beside the record's own: ``time``
@@ -26,7 +26,7 @@ import logging
 import os
 import re
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 __all__ = ["JsonFormatter", "TextFormatter", "LineBuffer", "configure", "log_event",
            "parse_fields"]
@@ -99,7 +99,10 @@ class TextFormatter(logging.Formatter):
     def format_held(self, msg: str, args: tuple[object, ...], created: float) -> str:
         """A line of :func:`log_event`'s direct path (INFO, no exception), as :meth:`format`
         writes it, without a record object."""
-        return (f"{self._clock.text(created)},{int((created - int(created)) * 1000):03d} "
+        clock = self._clock
+        second = int(created)
+        stamp = clock._text if second == clock._second else clock.text(created)
+        return (f"{stamp},{int((created - second) * 1000):03d} "
                 f"level=INFO{self._pid}{msg % args if args else msg}")
 
 
@@ -135,8 +138,8 @@ class JsonFormatter(logging.Formatter):
 class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that holds the per-connection lines (``event=open``, ``event=close``:
     two per connection, thousands a second in a reconnect storm) and writes them together, in
-    one write and one flush, at most ``DELAY`` seconds after the first of them (those of
-    :func:`log_event`'s direct path are formatted then too, together). Every other
+    one write and one flush, at most ``DELAY`` seconds after the first of them (those that
+    :func:`log_event` held as parts are formatted then too, together). Every other
     line goes out at once, after those held before it: start-up, warnings, errors. So do the
     held ones outside a running event loop and when 64 KiB are waiting. A process killed
     outright loses at most the connection lines of its last ``DELAY`` seconds
@@ -149,8 +152,8 @@ class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
-        # Formatted lines, and log_event's held as (name, msg, args, created).
-        self._lines: list[str | tuple[str, str, tuple[object, ...], float]] = []
+        # Formatted lines, and log_event's held as (logger, msg, args, created).
+        self._lines: list[str | tuple[logging.Logger, str, tuple[object, ...], float]] = []
         self._size = 0
         self._scheduled = False
 
@@ -170,11 +173,12 @@ class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
         if not self._scheduled:
             self._schedule()
 
-    def hold(self, name: str, msg: str, args: tuple[object, ...]) -> None:
-        """:func:`log_event`'s direct path: a per-connection line held as its parts (a tuple:
-        no record object yet), and formatted with the others at flush, off the connection's
-        own path."""
-        self._lines.append((name, msg, args, time.time()))
+    def hold(self, logger: logging.Logger, msg: str, args: tuple[object, ...]) -> None:
+        """:func:`log_event`'s path: a per-connection line held as its parts (a tuple: no
+        record object yet). At flush, when this handler is still the only one the logger's
+        lines reach, it is formatted with the others, off the connection's own path; else it
+        becomes the record ``logger.info`` would have made, with the time it was logged."""
+        self._lines.append((logger, msg, args, time.time()))
         self._size += self.HELD_SIZE
         if self._size >= self.LIMIT:
             self.flush()
@@ -204,17 +208,32 @@ class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
         formatter = self.formatter
         # The command line's text lines: formatted straight from the held parts.
         text = formatter if type(formatter) is TextFormatter else None
+        direct: dict[logging.Logger, bool] = {}  # decided once per logger and flush
+        records: list[tuple[logging.Logger, str, tuple[object, ...], float]] = []
         for line in held:
-            if type(line) is str:
+            if isinstance(line, str):
                 lines.append(line)
+                continue
+            logger, msg, args, created = line
+            only = direct.get(logger)
+            if only is None:
+                only = direct[logger] = _only_to(self, logger)
+            if not only:
+                records.append(line)
                 continue
             try:
                 if text is not None:
-                    lines.append(text.format_held(line[1], line[2], line[3]))
+                    lines.append(text.format_held(msg, args, created))
                 else:
-                    lines.append(self.format(_Event(*line)))  # type: ignore[arg-type]
+                    event: Any = _Event(logger.name, msg, args, created)
+                    lines.append(self.format(event))
             except Exception:
-                self.handleError(_Event(*line))  # type: ignore[arg-type]
+                self.handleError(_Event(logger.name, msg, args, created))  # type: ignore[arg-type]
+        self._write(lines)
+        for logger, msg, args, created in records:
+            _handle(logger, msg, args, created)
+
+    def _write(self, lines: list[str]) -> None:
         if not lines:
             return
         out = "\n".join(lines) + "\n"
@@ -257,16 +276,29 @@ _sink: LineBuffer | None = None
 
 def log_event(logger: logging.Logger, msg: str, *args: object) -> None:
     """``logger.info(msg, *args)``, for the lines written per connection (the caller has
-    checked ``logger.isEnabledFor(logging.INFO)``). When the record would reach only the
-    handler that :func:`configure` installed (the command line: no other handler or filter on
-    the way), the line goes to it directly, formatted the same: the logging module's dispatch
-    (record, filters, handler chain, lock) costs more than the line itself. Anywhere else (an
-    application's own logging setup, a test's capture) it is ``logger.info``."""
+    checked ``logger.isEnabledFor(logging.INFO)``). Once :func:`configure` installed the
+    command line's handler, the line is held by it as its parts and, at its next flush (at
+    most ``LineBuffer.DELAY`` later), written directly when that handler is the only one the
+    logger's lines reach (no other handler or filter on the way), formatted the same: the
+    logging module's dispatch (record, filters, handler chain, lock) costs more than the line
+    itself, and so does checking the way per line. Otherwise, then, the line becomes the
+    record ``logger.info`` makes, with the time it was logged, and goes the usual way (an
+    application's own handlers, a test's capture). Without :func:`configure` it is
+    ``logger.info``."""
     sink = _sink
-    if sink is not None and _only_to(sink, logger):
-        sink.hold(logger.name, msg, args)
+    if sink is not None:
+        sink.hold(logger, msg, args)
     else:
         logger.info(msg, *args)
+
+
+def _handle(logger: logging.Logger, msg: str, args: tuple[object, ...], created: float) -> None:
+    """What ``logger.info(msg, *args)`` would have done at ``created``: a held line whose
+    logger reaches other handlers than the command line's by the time it is flushed."""
+    record = logger.makeRecord(logger.name, logging.INFO, "(unknown file)", 0, msg, args, None)
+    record.created = created
+    record.msecs = int((created - int(created)) * 1000) + 0.0  # as LogRecord computes it
+    logger.handle(record)
 
 
 def _only_to(sink: LineBuffer, logger: logging.Logger) -> bool:

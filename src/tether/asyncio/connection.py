@@ -1119,6 +1119,8 @@ def _scatters(loop: asyncio.AbstractEventLoop) -> bool:
 def format_address(address: Any) -> str:
     """host:port, with brackets around IPv6 hosts."""
     if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        host = address[0]
+        if type(host) is not str:
+            host = str(host)
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
     return str(address)
