@@ -223,6 +223,7 @@ class WebSocket(asyncio.Protocol):
         "_close_timer",
         "_heartbeat",
         "_keepalive_ping",
+        "_remote_text",
         "_closed",
         "_lost",
         "_listener",
@@ -254,6 +255,7 @@ class WebSocket(asyncio.Protocol):
         self.request: Request | None = None
         self.response: Response | None = None
         self.remote_address: Any = None
+        self._remote_text: str | None = None  # remote_address as the log lines write it
         self._local_address: Any = _UNKNOWN  # asked of the transport on first use
         self.latency = 0.0
         self.bytes_received = 0
@@ -674,7 +676,7 @@ class WebSocket(asyncio.Protocol):
         log_event(
             logger,
             "event=close remote=%s path=%s code=%s duration=%.3fs in=%dB out=%dB%s",
-            format_address(self.remote_address),
+            self._remote_text or self._remote(),
             self.request.path if self.request is not None else "-",
             self.close_code,
             self.loop.time() - self.opened_at,
@@ -682,6 +684,14 @@ class WebSocket(asyncio.Protocol):
             self.bytes_sent,
             detail,
         )
+
+    def _remote(self) -> str:
+        """``remote_address`` as the log lines write it (host:port, IPv6 in brackets),
+        formatted once per connection."""
+        text = self._remote_text
+        if text is None:
+            text = self._remote_text = format_address(self.remote_address)
+        return text
 
     # -- heartbeat ---------------------------------------------------------------------------
 

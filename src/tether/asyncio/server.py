@@ -351,7 +351,7 @@ class ServerConnection(WebSocket):
             log_event(
                 logger,
                 "event=open remote=%s path=%s user=%s subprotocol=%s compression=%s",
-                format_address(self.remote_address),
+                self._remote(),
                 self.request.path if self.request else "-",
                 self.user if self.user is not None else "-",
                 self.subprotocol or "-",
