@@ -368,12 +368,18 @@ class WebSocket(asyncio.Protocol):
         if batch:  # gather what the events make us write, and write it once, below
             self._pending = []
         protocol.receive_data(data)
-        events = protocol.events_received()
-        woke = self._process_events(events) if events else False
+        # The core's events_received() and data_to_send(), inlined: this runs per read.
+        events = protocol._events
+        if events:
+            protocol._events = []
+            woke = self._process_events(events)
+        else:
+            woke = 0
         if protocol.receive_error is not None and self._close_timer is None:
             self._receive_close()  # a protocol error: answered like a close frame
-        output = protocol.data_to_send()
+        output = protocol._output
         if output:
+            protocol._output = []
             self._write(output)
         if protocol.large_frame is not None and self.transport is not None:
             transport = self.transport
