@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from operator import methodcaller
 from time import perf_counter
 from collections.abc import AsyncIterator, Coroutine, Iterable
-from typing import Any, cast
+from typing import Any
 
 from ..exceptions import (
     ConnectionClosed,
@@ -353,9 +353,11 @@ class WebSocket(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = transport = cast(asyncio.Transport, transport)
-        transport.set_write_buffer_limits(self.write_limit, self.write_limit // 4)
+        # uvloop's transports implement asyncio.Transport without subclassing it (and no
+        # typing.cast(): a call per connection).
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            self.write_limit, self.write_limit // 4)
         self.remote_address = transport.get_extra_info("peername")
         self.opened_at = self.loop.time()
 

@@ -493,6 +493,7 @@ class Server:
             self.origin_policy = allowed_origins
         else:
             self.origin_policy = OriginPolicy(allowed_origins)
+        self._default_guards: RouteGuards | None = None  # guards(): the server's own
         self.process_request = process_request
         self.subprotocols = list(subprotocols)
         self.select_subprotocol = select_subprotocol
@@ -569,7 +570,12 @@ class Server:
             guards = router.guards.get(route)
             if guards is not None:
                 return guards
-        return RouteGuards(self.authenticate, self.origin_policy, None)
+        default = self._default_guards
+        if (default is None or default.authenticate is not self.authenticate
+                or default.origins is not self.origin_policy):  # (both may be set any time)
+            default = self._default_guards = RouteGuards(self.authenticate, self.origin_policy,
+                                                         None)
+        return default
 
     def not_ready(self) -> str | None:
         """Why the server should get no new traffic now, or None when it is ready: shutting

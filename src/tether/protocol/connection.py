@@ -45,6 +45,8 @@ __all__ = ["Connection", "State", "Side", "DEFAULT_MAX_MESSAGE_SIZE"]
 DEFAULT_MAX_MESSAGE_SIZE = 2**20
 
 _UNPACK_H = struct.Struct("!H").unpack_from
+# A named tuple built without its generated Python __new__ (one frame less per close frame).
+_new_tuple = tuple.__new__
 _UNPACK_Q = struct.Struct("!Q").unpack_from
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 
@@ -566,7 +568,7 @@ class Connection:
 
     def _receive_close(self, payload: bytes) -> None:
         code, reason = parse_close(payload)
-        self.close_rcvd = frame = CloseFrame(code, reason)
+        self.close_rcvd = frame = _new_tuple(CloseFrame, (code, reason))
         self._events.append(frame)
         self._discard = True
         self.state = State.CLOSING
@@ -754,7 +756,7 @@ class Connection:
 
     def _send_close_frame(self, code: int, reason: str) -> None:
         payload = serialize_close(code, reason)
-        self.close_sent = CloseFrame(code, reason)
+        self.close_sent = _new_tuple(CloseFrame, (code, reason))
         self._write_frame(True, False, _CLOSE, payload)
         self.state = State.CLOSING
 

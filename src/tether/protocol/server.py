@@ -191,7 +191,7 @@ class ServerProtocol(Connection):
             headers.add("Sec-WebSocket-Protocol", subprotocol)
         response = Response(101, headers, b"", "Switching Protocols")
         self._pending = (extension, subprotocol)
-        if len(headers) == 3:
+        if not extensions_header and subprotocol is None:  # the three fields above only
             # What response.serialize() returns, unless the response is changed before it is
             # sent (send_response checks).
             self._accepted = (response, headers, _ACCEPT_HEAD + accept.encode() + b"\r\n\r\n")
@@ -218,7 +218,7 @@ class ServerProtocol(Connection):
             accepted is not None
             and accepted[0] is response
             and response.headers is accepted[1]
-            and len(accepted[1]) == 3
+            and len(accepted[1]._fields()) == 3  # no field added since
             and response.status == 101
             and response.reason == "Switching Protocols"
             and not response.body
