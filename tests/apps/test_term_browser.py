@@ -198,6 +198,9 @@ def test_ctrl_c_interrupts_sleep(term_servers: TermServerFactory, pages: Pages) 
     while not sleeping():
         assert time.monotonic() < deadline, "sleep 137 never started"
         time.sleep(0.05)
+    # The shell's echo of the command reaches the page after the process may have started
+    # (CI once read the screen before it, and saw the previous prompt as the last line).
+    wait_line(page, PROMPT + "sleep 137")
     assert not term_value(page, last_line_is())  # still running: no prompt yet
     started = time.monotonic()
     page.keyboard.press("Control+C")

@@ -566,9 +566,9 @@ class RedisBackend(Backend):
         try:
             result = await self._run(script, keys, [*args, token, *more], replicas)
             if waiter is not None:
-                if script == "publish":
-                    waiter.expected, waiter.seq, waiter.epoch = 1, int(result[0]), \
-                        result[1].decode()
+                if script == "publish":  # its message: delivered live or by a catch-up
+                    waiter.expected = 1
+                    waiter.seq, waiter.epoch = int(result[0]), result[1].decode()
                 else:
                     waiter.expected = int(result)  # PUBLISHes made
                 waiter.check()

@@ -45,9 +45,9 @@ __all__ = ["Connection", "State", "Side", "DEFAULT_MAX_MESSAGE_SIZE"]
 DEFAULT_MAX_MESSAGE_SIZE = 2**20
 
 _UNPACK_H = struct.Struct("!H").unpack_from
+_UNPACK_Q = struct.Struct("!Q").unpack_from
 # A named tuple built without its generated Python __new__ (one frame less per close frame).
 _new_tuple = tuple.__new__
-_UNPACK_Q = struct.Struct("!Q").unpack_from
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 
 # Frames with payloads up to this size are written as one bytes object (header + payload);
