@@ -247,6 +247,11 @@ class LineBuffer(logging.StreamHandler):  # type: ignore[type-arg]
             self.release()
 
 
+def _msecs(created: float) -> float:
+    """A record's ``msecs`` for the time ``created``, as LogRecord computes it."""
+    return int((created - int(created)) * 1000) + 0.0
+
+
 class _Event:
     """What the formatters and :class:`LineBuffer` read of a record: the direct path of
     :func:`log_event`, which skips the ``LogRecord`` (its constructor alone fills some twenty
@@ -264,7 +269,7 @@ class _Event:
         self.msg = msg
         self.args = args
         self.created = now
-        self.msecs = int((now - int(now)) * 1000) + 0.0  # as LogRecord computes it
+        self.msecs = _msecs(now)
 
     def getMessage(self) -> str:  # noqa: N802 (LogRecord's name)
         return self.msg % self.args if self.args else self.msg
@@ -297,7 +302,7 @@ def _handle(logger: logging.Logger, msg: str, args: tuple[object, ...], created:
     logger reaches other handlers than the command line's by the time it is flushed."""
     record = logger.makeRecord(logger.name, logging.INFO, "(unknown file)", 0, msg, args, None)
     record.created = created
-    record.msecs = int((created - int(created)) * 1000) + 0.0  # as LogRecord computes it
+    record.msecs = _msecs(created)
     logger.handle(record)
 
 
