@@ -424,7 +424,8 @@ class TestServerFlags:
     def test_handshake_limits_origin_and_close_timeout(self) -> None:
         """--open-timeout, --max-pending-handshakes, --max-header-size, --require-origin,
         --close-timeout, on one server."""
-        with server_process("echo", "--open-timeout", "1", "--max-pending-handshakes", "3",
+        # --open-timeout 3: room for a loaded machine between the bounds checked below
+        with server_process("echo", "--open-timeout", "3", "--max-pending-handshakes", "3",
                             "--max-header-size", "1KiB", "--require-origin", "--allow-origin",
                             "https://ok.example", "--close-timeout", "0.5",
                             "--shutdown-timeout", "30") as (server, port):
@@ -453,10 +454,10 @@ class TestServerFlags:
                 # The fourth made the server drop the first: 3 pending at most.
                 reader, connected = slow[0]
                 assert await asyncio.wait_for(reader.read(), 50 * UNIT) == b""
-                assert loop.time() - connected < 0.9
+                assert loop.time() - connected < 2.5
                 for reader, connected in slow[1:]:  # the others: after --open-timeout
                     assert await asyncio.wait_for(reader.read(), 50 * UNIT) == b""
-                    assert 0.9 <= loop.time() - connected < 1 + 30 * UNIT
+                    assert 2.5 <= loop.time() - connected < 3 + 30 * UNIT
                 for writer in writers:
                     writer.close()
                 async with tether.connect(url, origin="https://ok.example") as ws:
@@ -641,7 +642,7 @@ class TestScaleOut:
         from .hub.conftest import redis_running
 
         ttl = 20 * UNIT
-        slack = 2 * UNIT  # the sweep's Redis call, the delivery, a busy test machine
+        slack = 5 * UNIT  # the sweep's Redis call, the delivery, a busy test machine
         (tmp_path / "redis").mkdir()
         with redis_running(tmp_path / "redis") as redis, \
                 server_process("chat", "--redis", redis.url, "--presence-ttl", str(ttl)

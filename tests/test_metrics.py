@@ -162,7 +162,7 @@ class TestHandshakes:
     def test_capacity_timeout_and_dropped(self) -> None:
         async def main() -> None:
             async with tether.serve(echo, "127.0.0.1", 0, max_connections=1,
-                                    open_timeout=5 * UNIT,
+                                    open_timeout=20 * UNIT,  # the second comes well before
                                     max_pending_handshakes=1) as server:
                 registry = registry_for(server)
                 port = server.port_number

@@ -73,6 +73,8 @@ def test_two_pages_chat_and_see_each_other(chat_server: ChatServer, pages: Pages
     expect(bob.locator("[data-testid=message][data-seq='1'] .text")).to_have_text("hello bob")
     send(bob, "hi alice")
     expect(alice.locator("[data-testid=message][data-seq='2'] .text")).to_have_text("hi alice")
+    # bob's own message is pending on his page until the hub's copy reaches it
+    expect(bob.locator("[data-testid=message][data-seq='2'] .text")).to_have_text("hi alice")
 
     expected = [(1, "alice", "hello bob"), (2, "bob", "hi alice")]
     assert messages(alice) == expected

@@ -47,7 +47,13 @@ async def serving(app: ExecApp, **options: Any) -> AsyncIterator[str]:
     """The app on a free loopback port; yields its URL. Afterwards its processes are
     ended: app.close(), then the handlers of connections that already closed are given
     time to end theirs (the server does not wait for those); what still runs is killed,
-    so that no test leaves a process behind."""
+    so that no test leaves a process behind. Only the children started meanwhile count:
+    others (a session's Redis servers) are not this app's."""
+    before = set(children())
+
+    def started() -> set[int]:
+        return set(children()) - before
+
     async with tether.serve(app.router, "127.0.0.1", 0,
                             process_request=app.process_request, **options) as server:
         try:
@@ -55,9 +61,9 @@ async def serving(app: ExecApp, **options: Any) -> AsyncIterator[str]:
         finally:
             await app.close()
             try:
-                await until(lambda: not children(), 100 * UNIT, "the processes to end")
+                await until(lambda: not started(), 100 * UNIT, "the processes to end")
             except AssertionError:
-                for pid in children():
+                for pid in started():
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
 
@@ -385,6 +391,7 @@ class TestLimits:
                     await asyncio.sleep(3 * UNIT)
                     return value
 
+                await until(lambda: not process.stdout.reading, what="stdout paused")
                 deadline = time.monotonic() + 50 * UNIT
                 while (value := await read_so_far()) != process.stdout.bytes_read:
                     assert time.monotonic() < deadline, "stdout is still being read"

@@ -286,8 +286,9 @@ def test_since_older_than_what_is_kept_is_a_gap() -> None:
             await first.expect(rb"\r\n50\r\n")
             await first.close()  # detached: the rest is read into the replay buffer
             session = term.sessions[first.session]
-            await until(lambda: b"END-42" in session.replay.read(
-                session.replay.start, len(session.replay)), what="the end of seq")
+            # the prompt after it too: a later write would move the replay's end
+            await until(lambda: session.replay.read(session.replay.start, len(session.replay))
+                        .endswith(b"END-42\r\n" + PS1.encode()), what="the end of seq")
             replay = session.replay
             assert replay.start > 0
             second = await Page.open(url, session=first.session, since=10)
@@ -318,6 +319,7 @@ def test_a_page_that_never_acks_pauses_the_program() -> None:
         async with serving(term) as url:
             page = await Page.open(url, acking=False)
             session = only_session(term)
+            await until(lambda: not session.stream.reading, what="the PTY paused")
             received = await settled(lambda: len(page.output))
             assert HIGH <= received <= HIGH + 65536
             end = await settled(lambda: session.replay.end)
@@ -511,6 +513,7 @@ def test_viewers_set_the_pace_when_no_writer_is_attached() -> None:
             viewer = await Page.open(url, acking=False)
             assert viewer.attached["role"] == "viewer"
             session = only_session(term)
+            await until(lambda: not session.stream.reading, what="the PTY paused")
             await settled(lambda: session.replay.end)
             assert not session.stream.reading
             await viewer.close()
@@ -553,6 +556,7 @@ def test_exit_comes_after_all_output_of_a_paused_program() -> None:
         async with serving(term) as url:
             page = await Page.open(url, acking=False)
             session = only_session(term)
+            await until(lambda: not session.stream.reading, what="the PTY paused")
             received = await settled(lambda: len(page.output))
             assert received <= 16384 + 65536
             assert session.child.returncode is None  # blocked writing to the PTY
@@ -582,7 +586,7 @@ def test_killed_by_a_signal() -> None:
 
 def test_after_keep_the_program_gets_sighup_and_the_session_is_forgotten() -> None:
     async def main() -> None:
-        term = terminal(["sleep", "1000"], keep=3 * UNIT)
+        term = terminal(["sleep", "1000"], keep=10 * UNIT)
         async with serving(term) as url:
             page = await Page.open(url)
             session = term.sessions[page.session]

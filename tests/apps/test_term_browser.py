@@ -271,7 +271,7 @@ def test_utf8_and_emoji(term_servers: TermServerFactory, pages: Pages) -> None:
 
     # One UTF-8 character split across two reads of the PTY.
     run(page, '"$PY" -c "import sys,time; sys.stdout.buffer.write(b\'A\\xc3\');'
-              ' sys.stdout.flush(); time.sleep(0.3); sys.stdout.buffer.write(b\'\\xa9B\\n\')"')
+              ' sys.stdout.flush(); time.sleep(1); sys.stdout.buffer.write(b\'\\xa9B\\n\')"')
     assert "AéB" in lines(page)
     assert any(frame.endswith(b"A\xc3") for frame in frames), frames[-6:]  # it was split
     assert not any("\ufffd" in line for line in lines(page))

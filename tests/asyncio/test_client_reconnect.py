@@ -131,7 +131,7 @@ class TestReconnect:
 
             async def restart() -> None:
                 await server.close()
-                await asyncio.sleep(6 * UNIT)
+                await asyncio.sleep(20 * UNIT)  # 3 refused attempts at least, stalls or not
                 restarted.append(await tether.serve(echo, "127.0.0.1", port))
 
             restart_task: asyncio.Task[None] | None = None
@@ -298,14 +298,14 @@ class TestReconnect:
             nonlocal opened
             opened += 1
             if opened == 4:
-                await asyncio.sleep(3 * UNIT)
+                await asyncio.sleep(12 * UNIT)
             await ws.close(1011 if opened != 4 else 1012)
 
         async def main() -> None:
             connections = 0
             async with serving(handler) as (_, uri):
                 async for ws in tether.connect(
-                    uri, on_reconnect=recorder(calls), backoff_reset_after=2 * UNIT,
+                    uri, on_reconnect=recorder(calls), backoff_reset_after=10 * UNIT,
                     backoff_initial=0.1 * UNIT, backoff_factor=2.0, backoff_max=UNIT,
                 ):
                     connections += 1

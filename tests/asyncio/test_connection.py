@@ -592,7 +592,8 @@ class TestFlowControl:
                             blocked = True
                             break
                     assert blocked, "send() never waited although the peer reads nothing"
-                    assert ws.buffered_amount > 65536
+                    # Paused above the limit; the kernel may have taken a little since.
+                    assert ws._writing_paused and ws.buffered_amount > 65536 // 4
                     assert ws.transport is not None
                     ws.transport.abort()
 
@@ -633,11 +634,11 @@ class TestHeartbeatWhileNotReading:
     def test_a_live_peer_behind_a_full_queue_stays(self) -> None:
         """Reading is paused (the application is behind), yet the pong is found and the peer,
         which answers, is kept."""
-        interval, timeout = 2 * UNIT, 4 * UNIT  # a generous timeout: a loaded CI machine
+        interval, timeout = 2 * UNIT, 10 * UNIT  # a generous timeout: a loaded CI machine
         queued: list[int] = []
 
         async def slow_reader(ws: WebSocket) -> None:
-            await asyncio.sleep(4 * (interval + timeout))  # far behind: several heartbeats
+            await asyncio.sleep(3 * (interval + timeout))  # far behind: several heartbeats
             queued.append(len(ws._messages))
             async for _ in ws:
                 pass

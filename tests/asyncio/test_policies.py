@@ -73,7 +73,7 @@ class TestTokens:
                 assert response.status == 401
                 assert response.headers.get("WWW-Authenticate") == "Bearer"
                 assert b"token" in response.body
-                assert not server.connections
+                await until(lambda: not server.connections, what="the refused connection gone")
 
         run(main())
 
@@ -325,12 +325,15 @@ class TestHeartbeat:
 
     def test_answering_peer_stays_and_latency_is_measured(self) -> None:
         async def main() -> None:
-            async with serving(echo, ping_interval=UNIT, ping_timeout=UNIT) as (server, url):
+            # A timeout far above the interval: a loop stalled for a moment is no dead peer.
+            async with serving(echo, ping_interval=UNIT, ping_timeout=30 * UNIT) as (
+                server, url
+            ):
                 async with tether.connect(url) as ws:
-                    await asyncio.sleep(8 * UNIT)  # several heartbeats
+                    server_ws = next(iter(server.connections))
+                    await until(lambda: server_ws.latency > 0, what="a pong")
                     await ws.send("alive")
                     assert await ws.recv() == "alive"
-                    server_ws = next(iter(server.connections))
                     assert 0 < server_ws.latency < 20 * UNIT  # measured, and sane
 
         run(main())
@@ -342,6 +345,10 @@ class TestHeartbeat:
         """A peer that answers every ping gets one every max(ping_interval, ping_timeout),
         each with a payload of its own, and stays connected; an application's ping() with
         the next heartbeat's payload meanwhile is answered as usual."""
+        # Two units per step of the parameters: a check of 0.4 s at least, so that a loop
+        # stalled for a moment (the raw client shares it) is no missed pong.
+        interval, timeout = 2 * interval, 2 * timeout
+
         async def main() -> None:
             async with serving(echo, ping_interval=interval * UNIT,
                                ping_timeout=timeout * UNIT) as (server, _):
@@ -354,7 +361,7 @@ class TestHeartbeat:
                 app_ping = asyncio.ensure_future(server_ws.ping(taken))
                 payloads: list[bytes] = []
                 loop = asyncio.get_running_loop()
-                span = 8 * max(interval, timeout) * UNIT
+                span = 6 * max(interval, timeout) * UNIT
                 deadline = loop.time() + span
                 while loop.time() < deadline:
                     try:
@@ -374,7 +381,7 @@ class TestHeartbeat:
                 assert payloads[0] == taken
                 assert taken not in heartbeats
                 assert len(set(heartbeats)) == len(heartbeats), heartbeats
-                assert 5 <= len(heartbeats) <= 9, len(heartbeats)
+                assert 3 <= len(heartbeats) <= 7, len(heartbeats)
                 assert server.connections == {server_ws}  # never closed
                 writer.close()
 
@@ -387,7 +394,8 @@ class TestHeartbeat:
         all get pinged and answered, a closed one leaves the queues at once (nothing keeps
         it), and the others go on being pinged."""
         async def main() -> None:
-            async with serving(echo, ping_interval=2 * UNIT, ping_timeout=2 * UNIT) as (
+            # The checks 5 units after each ping: a loop stalled for a moment drops no peer.
+            async with serving(echo, ping_interval=2 * UNIT, ping_timeout=5 * UNIT) as (
                 server, url
             ):
                 clients = []
@@ -402,8 +410,7 @@ class TestHeartbeat:
                 (heartbeat,) = heartbeats
                 queued = set(heartbeat.first.due) | set(heartbeat.check.due)
                 assert queued == set(sides)
-                await asyncio.sleep(6 * UNIT)  # pings, pongs, checks, again
-                assert all(ws.latency > 0 for ws in sides)
+                await until(lambda: all(ws.latency > 0 for ws in sides), what="every pong")
                 closing = sides[:10]
                 for client in clients[:10]:
                     await client.close()
@@ -412,8 +419,7 @@ class TestHeartbeat:
                 assert queued == set(sides[10:])
                 for ws in sides[10:]:
                     ws.latency = 0.0
-                await asyncio.sleep(6 * UNIT)
-                assert all(ws.latency > 0 for ws in sides[10:])
+                await until(lambda: all(ws.latency > 0 for ws in sides[10:]), what="pongs again")
                 assert server.connections == set(sides[10:])
                 for client in clients[10:]:
                     await client.close()
@@ -573,14 +579,14 @@ class TestBroadcast:
 
                 first._end_turn = broken  # type: ignore[method-assign]
                 assert tether.broadcast(server.connections, "hello") == 3
-                received = 0
-                for ws in conns:
-                    try:
-                        assert await asyncio.wait_for(ws.recv(), 5 * UNIT) == "hello"
-                        received += 1
-                    except asyncio.TimeoutError:
-                        pass
-                assert received == 2  # everyone but the broken one
+                broken_client = next(
+                    ws for ws in conns if ws.transport is not None
+                    and ws.transport.get_extra_info("sockname") == first.remote_address)
+                for ws in conns:  # everyone but the broken one
+                    if ws is not broken_client:
+                        assert await asyncio.wait_for(ws.recv(), 50 * UNIT) == "hello"
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(broken_client.recv(), 2 * UNIT)
                 del first._end_turn
                 first._end_turn()  # its bytes were kept: out now
                 for ws in conns:

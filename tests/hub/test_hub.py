@@ -24,6 +24,7 @@ from tether.hub import (
 from tether.hub.fanout import PRESENCE_WINDOW
 from tether.hub.sqlite import SQLiteBackend
 
+from ..asyncio.conftest import until
 from .conftest import UNIT, BackendKind, HubClient, WrappedBackend, hub_serving, run
 
 
@@ -158,8 +159,7 @@ class TestSubscribeAndPublish:
                 await alice.send(type="publish", topic="a", data=1, id="q")
                 await alice.expect("error", code="not_subscribed", id="q")
                 await alice.close()
-                await asyncio.sleep(UNIT)
-                assert hub.topics() == {}
+                await until(lambda: hub.topics() == {}, what="alice gone")
             await hub.close()
 
         run(main())

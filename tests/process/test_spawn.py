@@ -239,10 +239,12 @@ class TestPtySession:
             tty.type(f'{sys.executable} -S -c "{job_script}"\n'.encode())
             job = int((await tty.expect(rb"pid=(\d+)")).group(1))
             await until(lambda: os.tcgetpgrp(child.fd) == job, what="job in the foreground")
-            ending = asyncio.ensure_future(child.terminate(8 * UNIT))
-            await until(lambda: not running(job), timeout=6 * UNIT, what="the job to end")
+            ending = asyncio.ensure_future(child.terminate(30 * UNIT))
+            await until(lambda: not running(job), timeout=25 * UNIT, what="the job to end")
             assert child.returncode is None  # the shell is still there: the job got SIGHUP
-            # (an interactive bash ignores SIGTERM too: SIGKILL ends it)
+            # (an interactive bash ignores SIGTERM too: SIGKILL ends it; sent now, not after
+            # two graces)
+            child.signal_group(signal.SIGKILL)
             assert await ending == -signal.SIGKILL
             tty.stream.close()
 
