@@ -30,9 +30,10 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-TIMEOUT_MS = 10_000  # default for every Playwright wait
-START_TIMEOUT = 15.0  # seconds for the chat server to answer
-STOP_TIMEOUT = 10.0
+FACTOR = float(os.environ.get("TETHER_TESTS_TIMEOUT_FACTOR", "1"))  # as UNIT's
+TIMEOUT_MS = int(10_000 * FACTOR)  # default for every Playwright wait
+START_TIMEOUT = 15.0 * FACTOR  # seconds for the chat server to answer
+STOP_TIMEOUT = 10.0 * FACTOR
 
 
 def free_port() -> int:

@@ -17,11 +17,12 @@ from types import FrameType
 import pytest
 from playwright.sync_api import Page, expect
 
-from .conftest import ChatServer, Pages, free_port
+from .conftest import FACTOR, ChatServer, Pages, free_port
 
-RECONNECT_TIMEOUT_MS = 25_000  # the page's backoff is capped at 10 s; a restart takes < 2 s
+# the page's backoff is capped at 10 s; a restart takes < 2 s
+RECONNECT_TIMEOUT_MS = int(25_000 * FACTOR)
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "chat.png"
-TEST_TIME_LIMIT = 90  # seconds: a hard bound on each test, setup and teardown included
+TEST_TIME_LIMIT = int(90 * FACTOR)  # seconds: a hard bound on each test, all included
 
 
 @pytest.fixture(autouse=True)

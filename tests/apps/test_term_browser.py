@@ -22,14 +22,14 @@ from typing import Any, Literal
 import pytest
 from playwright.sync_api import Page, expect
 
-from .conftest import Pages, free_port
+from .conftest import FACTOR, Pages, free_port
 from .term_fixtures import PROMPT, TcpProxy, TermServerFactory, descendants
 from .term_fixtures import term_servers  # noqa: F401  (a fixture)
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "term.png"
-TEST_TIME_LIMIT = 60  # seconds: a hard bound on each test, setup and teardown included
-WAIT_MS = 10_000  # for a command's output and the prompt after it
-RECONNECT_MS = 20_000  # the page's backoff doubles from 250 ms (capped at 10 s)
+TEST_TIME_LIMIT = int(60 * FACTOR)  # seconds: a hard bound on each test, all included
+WAIT_MS = int(10_000 * FACTOR)  # for a command's output and the prompt after it
+RECONNECT_MS = int(20_000 * FACTOR)  # the page's backoff doubles from 250 ms (capped at 10 s)
 PROMPT_LINE = PROMPT.rstrip()  # the bare prompt line, trailing blank aside
 
 
