@@ -182,7 +182,7 @@ class ClientProtocol(Connection):
 
     def _fail_handshake(self, exc: HandshakeError) -> None:
         self.handshake_error = exc
-        self._discard = True
+        self.input_closed = True
         self.state = State.CLOSED
         self._send_eof()
 

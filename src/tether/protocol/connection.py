@@ -108,6 +108,8 @@ class Connection:
         close_rcvd_then_sent: whether the peer started the closing handshake.
         receive_error: why the connection was failed while receiving, or ``None``.
         eof_received: whether the peer closed its side of the TCP connection.
+        input_closed: whether no more messages will be received: a close frame arrived, the
+            connection failed, or the TCP connection ended. Incoming bytes are then ignored.
         large_frame: set while a frame over 64 KiB is being received in place: the I/O layer
             may then read straight into :meth:`receive_buffer`.
     """
@@ -130,7 +132,7 @@ class Connection:
         "_output",
         "_buffer",
         "large_frame",
-        "_discard",
+        "input_closed",
         "_msg_opcode",
         "_msg_compressed",
         "_msg_parts",
@@ -169,7 +171,7 @@ class Connection:
         self._buffer = bytearray()
         # The large frame being received in place (see receive_buffer), or None.
         self.large_frame: _LargeFrame | None = None
-        self._discard = False  # ignore incoming bytes: after a close frame or a failure
+        self.input_closed = False  # a plain attribute: read on every recv() that waits
         # The message being received, if it has more than one frame or is compressed.
         self._msg_opcode = 0  # 0 when no message is in progress
         self._msg_compressed = False
@@ -194,12 +196,6 @@ class Connection:
         output, self._output = self._output, []
         return output
 
-    @property
-    def input_closed(self) -> bool:
-        """Whether no more messages will be received: a close frame arrived, the connection
-        failed, or the TCP connection ended."""
-        return self._discard
-
     def close_expected(self) -> bool:
         """Whether the TCP connection is expected to close soon: our close frame is sent, or
         the connection was failed. The I/O layer starts its close timeout then."""
@@ -211,7 +207,7 @@ class Connection:
         """Feed bytes received from the network."""
         if self.state is State.CONNECTING and self._receive_handshake(data):
             return
-        if self._discard or not data:
+        if self.input_closed or not data:
             return
         large = self.large_frame
         if large is not None:
@@ -261,7 +257,7 @@ class Connection:
         if self.eof_received:
             return
         self.eof_received = True
-        self._discard = True
+        self.input_closed = True
         self.state = State.CLOSED
         if not self.eof_sent:
             # RFC 6455 §7.1.1: the TCP connection is closed; close our side too.
@@ -477,14 +473,14 @@ class Connection:
         :meth:`receive_data` as usual. The view is only valid until the next ``receive_*`` call.
         """
         large = self.large_frame
-        if large is None or self._discard:
+        if large is None or self.input_closed:
             return None
         return large.view[large.filled :]
 
     def receive_into(self, nbytes: int) -> None:
         """``nbytes`` bytes were written at the start of the last :meth:`receive_buffer`."""
         large = self.large_frame
-        if large is None or self._discard:
+        if large is None or self.input_closed:
             return
         if not 0 <= nbytes <= large.size - large.filled:
             raise ValueError(f"{nbytes} bytes do not fit the receive buffer")
@@ -570,7 +566,7 @@ class Connection:
         code, reason = parse_close(payload)
         self.close_rcvd = frame = _new_tuple(CloseFrame, (code, reason))
         self._events.append(frame)
-        self._discard = True
+        self.input_closed = True
         self.state = State.CLOSING
         if self.close_sent is None:
             if self.auto_close_reply:
@@ -599,7 +595,7 @@ class Connection:
         if self.auto_close_reply or self.close_sent is not None or self.state is not State.OPEN:
             self.fail(code, reason)
         else:
-            self._discard = True
+            self.input_closed = True
             self.state = State.CLOSING
             self._pending_failure = (code, reason)
 
@@ -738,7 +734,7 @@ class Connection:
         if self.state in (State.OPEN, State.CLOSING) and self.close_sent is None:
             self._send_close_frame(code, reason)
             self.close_rcvd_then_sent = False
-        self._discard = True
+        self.input_closed = True
         if self.state is not State.CLOSED:
             self.state = State.CLOSING
         self._send_eof()

@@ -239,7 +239,7 @@ class ServerProtocol(Connection):
                 self.handshake_error = HandshakeError(
                     f"handshake rejected with HTTP {response.status}", response.status
                 )
-            self._discard = True
+            self.input_closed = True
             self.state = State.CLOSED
             self._send_eof()
 
