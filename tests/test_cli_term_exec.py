@@ -45,6 +45,14 @@ class Server:
         return self.proc.wait(100 * UNIT)
 
 
+def ended(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` is gone, polled for up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(UNIT / 10)
+    return not running(pid)
+
+
 @contextmanager
 def tether_server(tmp_path: Path, command: str, *args: str, host: str = "127.0.0.1",
                   after: tuple[str, ...] = ()) -> Iterator[Server]:
@@ -296,10 +304,7 @@ class TestTermShutdown:
             assert all(code in (1000, 1001) for code in codes), codes
             for pid in pids:  # reaped by the server: no zombie left behind
                 assert not os.path.exists(f"/proc/{pid}"), pid
-            deadline = time.monotonic() + 20 * UNIT  # hung up: it ends when next scheduled
-            while running(job) and time.monotonic() < deadline:
-                time.sleep(UNIT / 10)
-            assert not running(job)
+            assert ended(job, 20 * UNIT), job  # hung up: it ends when next scheduled
             log = server.log()
             assert "event=shutdown" in log and "Traceback" not in log
 
@@ -340,10 +345,7 @@ class TestExec:
             assert running(pid)
             try:
                 assert server.stop() == 0
-                deadline = time.monotonic() + 10 * UNIT
-                while running(pid) and time.monotonic() < deadline:
-                    time.sleep(UNIT / 2)
-                assert not running(pid), f"process {pid} outlived the server"
+                assert ended(pid, 10 * UNIT), f"process {pid} outlived the server"
             finally:
                 if running(pid):
                     os.kill(pid, signal.SIGKILL)
