@@ -525,7 +525,7 @@ class TestDifferential:
 
     def test_same_names(self) -> None:
         names = {"apply_mask", "parse_messages", "frame", "mask_inplace", "new_payload",
-                 "take_payload", "parse_upgrade_head", "pack_fields"}
+                 "take_payload", "parse_upgrade_head", "pack_fields", "fuse"}
         assert set(_python.__all__) == names
         assert all(hasattr(_speedups, name) for name in names)
 

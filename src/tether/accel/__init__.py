@@ -1,4 +1,5 @@
-"""Hot leaf functions, compiled when possible.
+"""Hot leaf functions, compiled when possible, and the fused fast paths of the I/O layer
+(``fuse``: the compiled module only).
 
 The implementation is chosen once, at import: the C extension ``_speedups`` when it was built and
 ``TETHER_NO_EXTENSIONS`` is not set to a true value, else the pure-Python ``_python``, which is
@@ -28,6 +29,7 @@ if os.environ.get("TETHER_NO_EXTENSIONS", "").lower() in ("", "0", "false", "no"
 if TYPE_CHECKING:  # both modules have the same signatures: the specification's
     from ._python import apply_mask as apply_mask
     from ._python import frame as frame
+    from ._python import fuse as fuse
     from ._python import mask_inplace as mask_inplace
     from ._python import new_payload as new_payload
     from ._python import pack_fields as pack_fields

@@ -13,7 +13,7 @@ from ..typing import BytesLike
 
 __all__ = [
     "apply_mask", "parse_messages", "frame", "mask_inplace", "new_payload", "take_payload",
-    "parse_upgrade_head", "pack_fields",
+    "parse_upgrade_head", "pack_fields", "fuse",
 ]
 
 _new_tuple = tuple.__new__
@@ -292,3 +292,18 @@ def pack_fields(fields: list[tuple[str, str]]) -> str | None:
     if ":" in names or "\n" in names or packed.count("\n") != max(len(fields) - 1, 0):
         return None
     return packed
+
+
+def fuse(websocket: type, connection: type, open_state: object, join_limit: int,
+         coalesce_limit: int) -> None:
+    """Give the I/O layer's methods on the path of every message (tether.asyncio.connection's
+    ``WebSocket.data_received``, ``send_nowait``, ``_end_turn`` and ``_flush``) fast paths for
+    their common case: a read of whole messages in plain frames for a Listener, or of one
+    message for a waiting ``recv()``; a server's small uncompressed message; writing what was
+    gathered. ``connection`` is the
+    sans-I/O core whose fields they read, ``open_state`` its OPEN state, and the limits are
+    ``_JOIN_LIMIT`` and ``_COALESCE_LIMIT`` of the modules that own them.
+
+    Here, nothing: the Python methods are the specification, and the compiled module's
+    versions call them for everything that is not their common case.
+    """

@@ -4,6 +4,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -142,15 +143,117 @@ new_event(PyTypeObject *type, PyObject *item)
 
 #define STACK_TEXT 1024
 
+/* Whether buf[pos:end] starts with a whole message in one plain frame: FIN set, RSV clear,
+ * text or binary, the mask bit equal to masked, the length in its minimal encoding and at
+ * most limit (-1: no limit), the whole frame present. If so, sets *header (the header's
+ * size, mask included) and *length (the payload's). UTF-8 is checked later, by
+ * frame_message. */
+static int
+plain_frame(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end, int masked,
+            Py_ssize_t limit, Py_ssize_t *header, Py_ssize_t *length)
+{
+    unsigned char b0, b1;
+    uint64_t n;
+    Py_ssize_t h = 2;
+
+    if (end - pos < 2) {
+        return 0;
+    }
+    b0 = buf[pos];
+    b1 = buf[pos + 1];
+    if ((b0 != 0x81 && b0 != 0x82) || (b1 & 0x80) != (masked ? 0x80 : 0)) {
+        return 0;
+    }
+    n = b1 & 0x7F;
+    if (n == 126) {
+        if (end - pos < 4) {
+            return 0;
+        }
+        n = ((uint64_t)buf[pos + 2] << 8) | buf[pos + 3];
+        if (n < 126) {
+            return 0;
+        }
+        h = 4;
+    }
+    else if (n == 127) {
+        int i;
+        if (end - pos < 10) {
+            return 0;
+        }
+        n = 0;
+        for (i = 0; i < 8; i++) {
+            n = (n << 8) | buf[pos + 2 + i];
+        }
+        if ((n >> 63) || n < 0x10000) {
+            return 0;
+        }
+        h = 10;
+    }
+    if (limit >= 0 && n > (uint64_t)limit) {
+        return 0;
+    }
+    if (masked) {
+        h += 4;
+    }
+    if (end - pos < h || (uint64_t)(end - pos - h) < n) {
+        return 0; /* incomplete */
+    }
+    *header = h;
+    *length = (Py_ssize_t)n;
+    return 1;
+}
+
+/* The message of the plain frame at frame (see plain_frame): str for text, bytes for binary,
+ * unmasked. NULL with an exception set on failure, or NULL without one when a text payload is
+ * not valid UTF-8 (the general parser reports that). */
+static PyObject *
+frame_message(const unsigned char *frame, Py_ssize_t header, Py_ssize_t n, int masked)
+{
+    const unsigned char *payload = frame + header;
+    const unsigned char *mask = masked ? payload - 4 : NULL;
+    const unsigned char *text = payload;
+    unsigned char stack[STACK_TEXT];
+    unsigned char *scratch = NULL;
+    PyObject *message;
+
+    if (frame[0] == 0x82) {
+        message = PyBytes_FromStringAndSize(NULL, n);
+        if (message != NULL) {
+            if (masked) {
+                xor_mask(payload, (unsigned char *)PyBytes_AS_STRING(message), n, mask);
+            }
+            else {
+                memcpy(PyBytes_AS_STRING(message), payload, n);
+            }
+        }
+        return message;
+    }
+    if (masked) {
+        scratch = n <= STACK_TEXT ? stack : PyMem_Malloc(n);
+        if (scratch == NULL) {
+            return PyErr_NoMemory();
+        }
+        xor_mask(payload, scratch, n, mask);
+        text = scratch;
+    }
+    message = PyUnicode_DecodeUTF8((const char *)text, n, NULL);
+    if (scratch != NULL && scratch != stack) {
+        PyMem_Free(scratch);
+    }
+    if (message == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyErr_Clear();
+    }
+    return message;
+}
+
 static PyObject *
 parse_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
-    Py_ssize_t pos, end, limit;
+    Py_ssize_t pos, end, limit, header, n;
     int masked;
     PyObject *events;
     PyTypeObject *text_type, *binary_type;
-    unsigned char stack[STACK_TEXT];
 
     if (nargs != 7) {
         PyErr_Format(PyExc_TypeError, "parse_messages() takes 7 arguments (%zd given)", nargs);
@@ -192,102 +295,15 @@ parse_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
     {
         const unsigned char *buf = (const unsigned char *)view.buf;
-        while (end - pos >= 2) {
-            unsigned char b0 = buf[pos], b1 = buf[pos + 1];
-            uint64_t length = b1 & 0x7F;
-            Py_ssize_t header = 2, n;
-            const unsigned char *payload, *mask = NULL;
-            PyObject *message, *event;
-            int is_text;
-
-            /* FIN set, RSV clear, text or binary: a whole message in one plain frame. */
-            if (b0 != 0x81 && b0 != 0x82) {
-                break;
-            }
-            if ((b1 & 0x80) != (masked ? 0x80 : 0)) {
-                break;
-            }
-            if (length == 126) {
-                if (end - pos < 4) {
-                    break;
-                }
-                length = ((uint64_t)buf[pos + 2] << 8) | buf[pos + 3];
-                if (length < 126) {
-                    break;
-                }
-                header = 4;
-            }
-            else if (length == 127) {
-                int i;
-                if (end - pos < 10) {
-                    break;
-                }
-                length = 0;
-                for (i = 0; i < 8; i++) {
-                    length = (length << 8) | buf[pos + 2 + i];
-                }
-                if ((length >> 63) || length < 0x10000) {
-                    break;
-                }
-                header = 10;
-            }
-            if (limit >= 0 && length > (uint64_t)limit) {
-                break;
-            }
-            if (masked) {
-                header += 4;
-            }
-            if (end - pos < header || (uint64_t)(end - pos - header) < length) {
-                break; /* incomplete */
-            }
-            n = (Py_ssize_t)length;
-            if (masked) {
-                mask = buf + pos + header - 4;
-            }
-            payload = buf + pos + header;
-            is_text = b0 == 0x81;
-            if (!is_text) {
-                message = PyBytes_FromStringAndSize(NULL, n);
-                if (message == NULL) {
+        while (plain_frame(buf, pos, end, masked, limit, &header, &n)) {
+            PyObject *message = frame_message(buf + pos, header, n, masked), *event;
+            if (message == NULL) {
+                if (PyErr_Occurred()) {
                     goto error;
                 }
-                if (masked) {
-                    xor_mask(payload, (unsigned char *)PyBytes_AS_STRING(message), n, mask);
-                }
-                else {
-                    memcpy(PyBytes_AS_STRING(message), payload, n);
-                }
+                break; /* not UTF-8: the general path reports it */
             }
-            else {
-                const unsigned char *text = payload;
-                unsigned char *scratch = NULL;
-                if (masked) {
-                    if (n <= STACK_TEXT) {
-                        scratch = stack;
-                    }
-                    else {
-                        scratch = PyMem_Malloc(n);
-                        if (scratch == NULL) {
-                            PyErr_NoMemory();
-                            goto error;
-                        }
-                    }
-                    xor_mask(payload, scratch, n, mask);
-                    text = scratch;
-                }
-                message = PyUnicode_DecodeUTF8((const char *)text, n, NULL);
-                if (scratch != NULL && scratch != stack) {
-                    PyMem_Free(scratch);
-                }
-                if (message == NULL) {
-                    if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
-                        PyErr_Clear();
-                        break; /* the general path reports it */
-                    }
-                    goto error;
-                }
-            }
-            event = new_event(is_text ? text_type : binary_type, message);
+            event = new_event(buf[pos] == 0x81 ? text_type : binary_type, message);
             if (event == NULL) {
                 goto error;
             }
@@ -307,40 +323,19 @@ error:
     return NULL;
 }
 
-/* The first byte and length bytes of an unmasked frame, then the payload: one bytes object. */
+/* The frame of first byte `first` with n bytes of payload: header and payload, unmasked. */
 static PyObject *
-frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+build_frame(unsigned char first, const void *payload, Py_ssize_t n)
 {
-    Py_buffer data;
-    long first;
-    Py_ssize_t n, header;
-    PyObject *result;
+    Py_ssize_t header = n < 126 ? 2 : n < 0x10000 ? 4 : 10;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, header + n);
     unsigned char *out;
 
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "frame() takes 2 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    first = PyLong_AsLong(args[0]);
-    if (first == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (first < 0 || first > 255) {
-        PyErr_SetString(PyExc_ValueError, "first byte out of range");
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) != 0) {
-        return NULL;
-    }
-    n = data.len;
-    header = n < 126 ? 2 : n < 0x10000 ? 4 : 10;
-    result = PyBytes_FromStringAndSize(NULL, header + n);
     if (result == NULL) {
-        PyBuffer_Release(&data);
         return NULL;
     }
     out = (unsigned char *)PyBytes_AS_STRING(result);
-    out[0] = (unsigned char)first;
+    out[0] = first;
     if (n < 126) {
         out[1] = (unsigned char)n;
     }
@@ -357,7 +352,34 @@ frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             out[9 - i] = (unsigned char)(len >> (8 * i));
         }
     }
-    memcpy(out + header, data.buf, n);
+    memcpy(out + header, payload, n);
+    return result;
+}
+
+/* The first byte and length bytes of an unmasked frame, then the payload: one bytes object. */
+static PyObject *
+frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data;
+    long first;
+    PyObject *result;
+
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "frame() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    first = PyLong_AsLong(args[0]);
+    if (first == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (first < 0 || first > 255) {
+        PyErr_SetString(PyExc_ValueError, "first byte out of range");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) != 0) {
+        return NULL;
+    }
+    result = build_frame((unsigned char)first, data.buf, data.len);
     PyBuffer_Release(&data);
     return result;
 }
@@ -909,6 +931,790 @@ pack_fields(PyObject *self, PyObject *fields)
     return result;
 }
 
+/* ---- The I/O layer's fast paths ------------------------------------------------------------
+ *
+ * fuse() replaces the methods of tether.asyncio.connection.WebSocket on the path of every
+ * message with versions that take their common case in C:
+ *
+ *   data_received: an open connection with nothing half-received reads one or more whole
+ *   messages in plain frames, for a Listener (each to on_message) or for a recv() waiting for
+ *   exactly one (the Future gets it);
+ *   send_nowait: a server sends a small str or bytes message, uncompressed;
+ *   _end_turn and _flush: what was gathered is written.
+ *
+ * Anything else, and any state they do not expect, goes to the Python method they replace,
+ * called with the same arguments before anything changed: those methods are the
+ * specification. The C versions do what they do, in the same order, calling the same Python
+ * methods for the rare branches (_listener_failed, _write, _flush, _receive_close).
+ *
+ * The fields of the WebSocket and of its protocol (a tether.protocol Connection) are their
+ * __slots__, read and written at the offsets of the member descriptors that fuse() finds. An
+ * instance is served only when its class resolves each of those names to the same descriptor
+ * (a subclass that redefines one gets the Python methods), checked once per class. */
+
+
+#define FUSED_BATCH 64 /* more messages in one read: the Python path */
+
+enum {
+    WS_PROTOCOL, WS_TRANSPORT, WS_LISTENER, WS_PENDING, WS_PENDING_SIZE, WS_BYTES_RECEIVED,
+    WS_BYTES_SENT, WS_MESSAGES_RECEIVED, WS_MESSAGES_SENT, WS_WAITER, WS_MESSAGES,
+    WS_PROCESSING, WS_LOST, WS_LOOP, WS_CLOSE_TIMER, WS_SLOTS,
+    /* and the fused methods that the others call inlined: a class must not redefine them */
+    WS_END_TURN = WS_SLOTS, WS_FLUSH, WS_FIELDS
+};
+static const char *const ws_fields[WS_FIELDS] = {
+    "protocol", "transport", "_listener", "_pending", "_pending_size", "bytes_received",
+    "bytes_sent", "messages_received", "messages_sent", "_waiter", "_messages", "_processing",
+    "_lost", "loop", "_close_timer", "_end_turn", "_flush",
+};
+enum {
+    C_STATE, C_INPUT_CLOSED, C_LARGE_FRAME, C_BUFFER, C_MSG_OPCODE, C_IS_SERVER,
+    C_MAX_MESSAGE_SIZE, C_EXTENSION, C_CLOSE_SENT, C_SEND_OPCODE, C_OUTPUT, C_RECEIVE_ERROR,
+    C_FIELDS, C_SLOTS = C_FIELDS
+};
+static const char *const conn_fields[C_FIELDS] = {
+    "state", "input_closed", "large_frame", "_buffer", "_msg_opcode", "_is_server",
+    "max_message_size", "extension", "close_sent", "_send_opcode", "_output", "receive_error",
+};
+
+#define VERIFIED_TYPES 8
+#define MAX_FIELDS 20
+_Static_assert(WS_FIELDS <= MAX_FIELDS && C_FIELDS <= MAX_FIELDS, "MAX_FIELDS too small");
+
+typedef struct {
+    PyObject *descriptors[MAX_FIELDS]; /* what the class resolves each name to */
+    Py_ssize_t offsets[MAX_FIELDS];    /* of the slots: the first `slots` names */
+    int slots;
+    int count;
+    const char *const *names;
+    PyTypeObject *verified[VERIFIED_TYPES]; /* strong references */
+} Layout;
+
+static Layout ws_layout = {.slots = WS_SLOTS, .count = WS_FIELDS, .names = ws_fields};
+static Layout conn_layout = {.slots = C_SLOTS, .count = C_FIELDS, .names = conn_fields};
+static PyTypeObject *ws_type, *conn_type;
+static PyObject *open_state, *zero;
+/* The Python methods that the fused ones replace, in fused_defs' order. */
+enum { FUSED_DATA_RECEIVED, FUSED_SEND_NOWAIT, FUSED_END_TURN, FUSED_FLUSH, FUSED_METHODS };
+static PyObject *generals[FUSED_METHODS];
+#define general_data_received generals[FUSED_DATA_RECEIVED]
+#define general_send_nowait generals[FUSED_SEND_NOWAIT]
+#define general_end_turn generals[FUSED_END_TURN]
+#define general_flush generals[FUSED_FLUSH]
+static PyObject *str_on_message, *str_listener_failed, *str_write, *str_ws_write, *str_flush,
+    *str_receive_close, *str_done, *str_set_result, *str_call_soon, *str_end_turn;
+static Py_ssize_t join_limit, coalesce_limit;
+
+#define FIELD(obj, layout, i) (*(PyObject **)((char *)(obj) + (layout).offsets[i]))
+#define WS(obj, i) FIELD(obj, ws_layout, i)
+#define CONN(obj, i) FIELD(obj, conn_layout, i)
+
+/* Find the slot descriptors of layout's names on type. */
+static int
+layout_init(Layout *layout, PyTypeObject *type)
+{
+    int i;
+    for (i = 0; i < layout->slots; i++) {
+        PyObject *descr = PyObject_GetAttrString((PyObject *)type, layout->names[i]);
+        if (descr == NULL) {
+            return -1;
+        }
+        if (!Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
+            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+            PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", type->tp_name,
+                         layout->names[i]);
+            Py_DECREF(descr);
+            return -1;
+        }
+        layout->offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        layout->descriptors[i] = descr;
+    }
+    return 0;
+}
+
+/* Whether obj's class has layout's slots where layout expects them (see above). */
+static int
+layout_fits(Layout *layout, PyTypeObject *base, PyObject *obj)
+{
+    PyTypeObject *type = Py_TYPE(obj);
+    int i;
+    for (i = 0; i < VERIFIED_TYPES && layout->verified[i] != NULL; i++) {
+        if (layout->verified[i] == type) {
+            return 1;
+        }
+    }
+    if (!PyType_IsSubtype(type, base)) {
+        return 0;
+    }
+    for (int j = 0; j < layout->count; j++) {
+        PyObject *descr = PyObject_GetAttrString((PyObject *)type, layout->names[j]);
+        if (descr == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        Py_DECREF(descr);
+        if (descr != layout->descriptors[j]) {
+            return 0;
+        }
+    }
+    if (i < VERIFIED_TYPES) {
+        Py_INCREF(type);
+        layout->verified[i] = type;
+    }
+    return 1;
+}
+
+/* obj's slot i holds an int: add n to it. */
+static int
+add_to(PyObject *obj, Py_ssize_t offset, Py_ssize_t n)
+{
+    PyObject **slot = (PyObject **)((char *)obj + offset);
+    PyObject *sum, *delta;
+    if (*slot != NULL && PyLong_CheckExact(*slot)) {
+        Py_ssize_t value = PyLong_AsSsize_t(*slot);
+        if (value >= 0 && value <= PY_SSIZE_T_MAX - n) {
+            sum = PyLong_FromSsize_t(value + n);
+            if (sum == NULL) {
+                return -1;
+            }
+            Py_SETREF(*slot, sum);
+            return 0;
+        }
+        PyErr_Clear(); /* negative or huge: as Python adds */
+    }
+    delta = PyLong_FromSsize_t(n);
+    if (delta == NULL) {
+        return -1;
+    }
+    sum = *slot == NULL ? NULL : PyNumber_Add(*slot, delta);
+    Py_DECREF(delta);
+    if (sum == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_AttributeError, "counter not set");
+        }
+        return -1;
+    }
+    Py_SETREF(*slot, sum);
+    return 0;
+}
+
+static void
+set_field(PyObject *obj, Py_ssize_t offset, PyObject *value)
+{
+    PyObject **slot = (PyObject **)((char *)obj + offset);
+    Py_INCREF(value);
+    Py_XSETREF(*slot, value);
+}
+
+#define SET_WS(obj, i, value) set_field(obj, ws_layout.offsets[i], value)
+#define SET_CONN(obj, i, value) set_field(obj, conn_layout.offsets[i], value)
+
+/* ws._listener_failed("on_message") with the current exception as the one being handled,
+ * as an `except Exception:` block would call it. 0, or -1 with an exception set. */
+static int
+listener_failed(PyObject *ws)
+{
+    PyObject *type, *value, *tb, *saved_type, *saved_value, *saved_tb, *result;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    PyErr_GetExcInfo(&saved_type, &saved_value, &saved_tb);
+    PyErr_SetExcInfo(type, value, tb);
+    result = PyObject_CallMethodOneArg(ws, str_listener_failed, str_on_message);
+    PyErr_SetExcInfo(saved_type, saved_value, saved_tb);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+/* b"".join(chunks) for a list of bytes. */
+static PyObject *
+join_chunks(PyObject *chunks)
+{
+    Py_ssize_t i, n = PyList_GET_SIZE(chunks), total = 0;
+    PyObject *joined;
+    char *out;
+    for (i = 0; i < n; i++) {
+        PyObject *chunk = PyList_GET_ITEM(chunks, i);
+        if (!PyBytes_CheckExact(chunk)) {
+            PyErr_SetString(PyExc_TypeError, "pending chunks must be bytes");
+            return NULL;
+        }
+        total += PyBytes_GET_SIZE(chunk);
+    }
+    joined = PyBytes_FromStringAndSize(NULL, total);
+    if (joined == NULL) {
+        return NULL;
+    }
+    out = PyBytes_AS_STRING(joined);
+    for (i = 0; i < n; i++) {
+        PyObject *chunk = PyList_GET_ITEM(chunks, i);
+        memcpy(out, PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk));
+        out += PyBytes_GET_SIZE(chunk);
+    }
+    return joined;
+}
+
+/* WebSocket._end_turn, inlined: write what the turn gathered. */
+static int
+end_turn(PyObject *ws)
+{
+    PyObject *pending = WS(ws, WS_PENDING), *transport, *chunk, *result;
+    Py_ssize_t n;
+    if (pending == NULL) {
+        return 0;
+    }
+    WS(ws, WS_PENDING) = Py_None; /* the reference moves to `pending` */
+    Py_INCREF(Py_None);
+    SET_WS(ws, WS_PENDING_SIZE, zero);
+    transport = WS(ws, WS_TRANSPORT);
+    n = PyList_Check(pending) ? PyList_GET_SIZE(pending) : 0;
+    if (n == 0 || transport == NULL || transport == Py_None || WS(ws, WS_LOST) != Py_False) {
+        Py_DECREF(pending);
+        return 0;
+    }
+    if (n == 1) {
+        chunk = PyList_GET_ITEM(pending, 0);
+        Py_INCREF(chunk);
+    }
+    else {
+        chunk = join_chunks(pending);
+    }
+    Py_DECREF(pending);
+    if (chunk == NULL) {
+        return -1;
+    }
+    Py_INCREF(transport);
+    result = PyObject_CallMethodOneArg(transport, str_write, chunk);
+    Py_DECREF(transport);
+    Py_DECREF(chunk);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+/* A call of the Python method that a fused method replaces: self first, then the arguments. */
+static PyObject *
+call_general(PyObject *function, PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *stack[4];
+    Py_ssize_t i;
+    if (nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "too many arguments");
+        return NULL;
+    }
+    stack[0] = self;
+    for (i = 0; i < nargs; i++) {
+        stack[i + 1] = args[i];
+    }
+    return PyObject_Vectorcall(function, stack, nargs + 1, NULL);
+}
+
+/* The call method(obj) for a method taking no argument; 0, or -1 with an exception set. */
+static int
+call_method_0(PyObject *obj, PyObject *name)
+{
+    PyObject *result = PyObject_CallMethodNoArgs(obj, name);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+static int
+call_method_1(PyObject *obj, PyObject *name, PyObject *arg)
+{
+    PyObject *result = PyObject_CallMethodOneArg(obj, name, arg);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+/* WebSocket.data_received; see the top of this section. */
+static PyObject *
+fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *data, *protocol, *listener, *waiter = NULL, *buffer, *limit_obj, *pending;
+    PyObject *messages[FUSED_BATCH];
+    Py_ssize_t end, pos, header, n, limit, count = 0, most, i;
+    const unsigned char *buf;
+    int masked, woke = 0, failed = 0;
+
+    if (nargs != 1 || !layout_fits(&ws_layout, ws_type, ws)) {
+        goto general;
+    }
+    data = args[0];
+    protocol = WS(ws, WS_PROTOCOL);
+    listener = WS(ws, WS_LISTENER);
+    if (!PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) == 0 || protocol == NULL ||
+        listener == NULL || WS(ws, WS_PENDING) != Py_None ||
+        !layout_fits(&conn_layout, conn_type, protocol)) {
+        goto general;
+    }
+    buffer = CONN(protocol, C_BUFFER);
+    limit_obj = CONN(protocol, C_MAX_MESSAGE_SIZE);
+    if (CONN(protocol, C_STATE) != open_state || CONN(protocol, C_INPUT_CLOSED) != Py_False ||
+        CONN(protocol, C_LARGE_FRAME) != Py_None || CONN(protocol, C_MSG_OPCODE) != zero ||
+        CONN(protocol, C_RECEIVE_ERROR) != Py_None || buffer == NULL ||
+        !PyByteArray_CheckExact(buffer) || PyByteArray_GET_SIZE(buffer) != 0 ||
+        limit_obj == NULL || (limit_obj != Py_None && !PyLong_CheckExact(limit_obj))) {
+        goto general;
+    }
+    if (CONN(protocol, C_IS_SERVER) == Py_True) {
+        masked = 1;
+    }
+    else if (CONN(protocol, C_IS_SERVER) == Py_False) {
+        masked = 0;
+    }
+    else {
+        goto general;
+    }
+    if (limit_obj == Py_None) {
+        limit = -1;
+    }
+    else {
+        limit = PyLong_AsSsize_t(limit_obj);
+        if (limit < 0) {
+            PyErr_Clear();
+            goto general;
+        }
+    }
+    if (listener == Py_None) {
+        /* A coroutine: only for one message to a recv() already waiting. */
+        PyObject *queued = WS(ws, WS_MESSAGES), *done;
+        waiter = WS(ws, WS_WAITER);
+        if (waiter == NULL || waiter == Py_None || queued == NULL || PyObject_Size(queued) != 0) {
+            PyErr_Clear();
+            goto general;
+        }
+        done = PyObject_CallMethodNoArgs(waiter, str_done);
+        if (done != Py_False) {
+            Py_XDECREF(done);
+            PyErr_Clear(); /* (the Python method meets it again, where it would) */
+            goto general;
+        }
+        Py_DECREF(done);
+        most = 1;
+    }
+    else {
+        most = FUSED_BATCH;
+    }
+
+    /* Whole messages in plain frames and nothing else, or the Python path: first the frames,
+     * then the messages (a text that is not UTF-8 is the general parser's to report). */
+    buf = (const unsigned char *)PyBytes_AS_STRING(data);
+    end = PyBytes_GET_SIZE(data);
+    for (pos = 0; pos < end; pos += header + n) {
+        if (count == most || !plain_frame(buf, pos, end, masked, limit, &header, &n)) {
+            goto general;
+        }
+        count++;
+    }
+    for (pos = 0, i = 0; i < count; i++, pos += header + n) {
+        plain_frame(buf, pos, end, masked, limit, &header, &n);
+        messages[i] = frame_message(buf + pos, header, n, masked);
+        if (messages[i] == NULL) {
+            while (i > 0) {
+                Py_DECREF(messages[--i]);
+            }
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            goto general;
+        }
+    }
+
+    /* From here on, as the Python methods do it. */
+    Py_INCREF(protocol);
+    Py_INCREF(listener);
+    if (add_to(ws, ws_layout.offsets[WS_BYTES_RECEIVED], end) < 0) {
+        failed = 1;
+        goto done;
+    }
+    pending = PyList_New(0);
+    if (pending == NULL) {
+        failed = 1;
+        goto done;
+    }
+    Py_SETREF(WS(ws, WS_PENDING), pending);
+    if (listener != Py_None) {
+        for (i = 0; i < count; i++) {
+            PyObject *call[3] = {listener, ws, messages[i]};
+            PyObject *result = PyObject_VectorcallMethod(str_on_message, call, 3, NULL);
+            if (result != NULL) {
+                Py_DECREF(result);
+            }
+            else if (!PyErr_ExceptionMatches(PyExc_Exception) || listener_failed(ws) < 0) {
+                failed = 1;
+                goto done;
+            }
+        }
+    }
+    else {
+        PyObject *end_turn_method;
+        Py_INCREF(waiter);
+        SET_WS(ws, WS_WAITER, Py_None);
+        SET_WS(ws, WS_PROCESSING, Py_True);
+        if (call_method_1(waiter, str_set_result, messages[0]) < 0) {
+            Py_DECREF(waiter);
+            failed = 1;
+            goto done;
+        }
+        Py_DECREF(waiter);
+        end_turn_method = PyObject_GetAttr(ws, str_end_turn);
+        if (end_turn_method == NULL) {
+            failed = 1;
+            goto done;
+        }
+        failed = WS(ws, WS_LOOP) == NULL ||
+                 call_method_1(WS(ws, WS_LOOP), str_call_soon, end_turn_method) < 0;
+        Py_DECREF(end_turn_method);
+        if (failed) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_AttributeError, "loop");
+            }
+            goto done;
+        }
+        woke = 1;
+    }
+    if (add_to(ws, ws_layout.offsets[WS_MESSAGES_RECEIVED], count) < 0) {
+        failed = 1;
+        goto done;
+    }
+
+    /* data_received's end. */
+    if (CONN(protocol, C_RECEIVE_ERROR) != Py_None && WS(ws, WS_CLOSE_TIMER) == Py_None &&
+        call_method_0(ws, str_receive_close) < 0) {
+        failed = 1;
+        goto done;
+    }
+    {
+        PyObject *output = CONN(protocol, C_OUTPUT);
+        if (output != NULL && PyList_Check(output) && PyList_GET_SIZE(output) > 0) {
+            PyObject *fresh = PyList_New(0);
+            if (fresh == NULL) {
+                failed = 1;
+                goto done;
+            }
+            Py_INCREF(output);
+            Py_SETREF(CONN(protocol, C_OUTPUT), fresh);
+            failed = call_method_1(ws, str_ws_write, output) < 0;
+            Py_DECREF(output);
+            if (failed) {
+                goto done;
+            }
+        }
+    }
+    /* (A large frame cannot start here: only a read starts one, and this read had none.) */
+    if (woke) {
+        pending = WS(ws, WS_PENDING);
+        if (pending != NULL && PyObject_IsTrue(pending) == 1 && call_method_0(ws, str_flush) < 0) {
+            failed = 1;
+        }
+    }
+    else if (end_turn(ws) < 0) {
+        failed = 1;
+    }
+
+done:
+    for (i = 0; i < count; i++) {
+        Py_DECREF(messages[i]);
+    }
+    Py_DECREF(listener);
+    Py_DECREF(protocol);
+    if (failed) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+
+general:
+    return call_general(general_data_received, ws, args, nargs);
+}
+
+/* WebSocket.send_nowait; see the top of this section. */
+static PyObject *
+fused_send_nowait(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *message, *protocol, *output, *chunk, *pending;
+    const char *data;
+    Py_ssize_t n, size, pending_size;
+    unsigned char first;
+
+    if (nargs != 1 || !layout_fits(&ws_layout, ws_type, ws)) {
+        goto general;
+    }
+    message = args[0];
+    protocol = WS(ws, WS_PROTOCOL);
+    if (protocol == NULL || !layout_fits(&conn_layout, conn_type, protocol)) {
+        goto general;
+    }
+    if (PyUnicode_CheckExact(message)) {
+        data = PyUnicode_AsUTF8AndSize(message, &n);
+        if (data == NULL) {
+            PyErr_Clear(); /* lone surrogates: the Python method raises */
+            goto general;
+        }
+        first = 0x81;
+    }
+    else if (PyBytes_CheckExact(message)) {
+        data = PyBytes_AS_STRING(message);
+        n = PyBytes_GET_SIZE(message);
+        first = 0x82;
+    }
+    else {
+        goto general;
+    }
+    output = CONN(protocol, C_OUTPUT);
+    /* Connection.frame_message's conditions. */
+    if (n > join_limit || CONN(protocol, C_IS_SERVER) != Py_True ||
+        CONN(protocol, C_EXTENSION) != Py_None || CONN(protocol, C_STATE) != open_state ||
+        CONN(protocol, C_CLOSE_SENT) != Py_None || CONN(protocol, C_SEND_OPCODE) != zero ||
+        output == NULL || !PyList_CheckExact(output) || PyList_GET_SIZE(output) != 0) {
+        goto general;
+    }
+    chunk = build_frame(first, data, n);
+    if (chunk == NULL) {
+        return NULL;
+    }
+    size = PyBytes_GET_SIZE(chunk);
+    if (add_to(ws, ws_layout.offsets[WS_MESSAGES_SENT], 1) < 0) {
+        Py_DECREF(chunk);
+        return NULL;
+    }
+    pending = WS(ws, WS_PENDING);
+    pending_size = -1;
+    if (pending != NULL && pending != Py_None && PyList_CheckExact(pending) &&
+        WS(ws, WS_PENDING_SIZE) != NULL) {
+        pending_size = PyLong_AsSsize_t(WS(ws, WS_PENDING_SIZE));
+        if (pending_size == -1 && PyErr_Occurred()) {
+            Py_DECREF(chunk);
+            return NULL;
+        }
+    }
+    if (pending_size >= 0 && pending_size + size <= coalesce_limit) {
+        PyObject *new_size = PyLong_FromSsize_t(pending_size + size);
+        if (new_size == NULL || add_to(ws, ws_layout.offsets[WS_BYTES_SENT], size) < 0 ||
+            PyList_Append(pending, chunk) < 0) {
+            Py_XDECREF(new_size);
+            Py_DECREF(chunk);
+            return NULL;
+        }
+        Py_SETREF(WS(ws, WS_PENDING_SIZE), new_size);
+        Py_DECREF(chunk);
+    }
+    else {
+        PyObject *chunks = PyList_New(1);
+        if (chunks == NULL) {
+            Py_DECREF(chunk);
+            return NULL;
+        }
+        PyList_SET_ITEM(chunks, 0, chunk);
+        if (call_method_1(ws, str_ws_write, chunks) < 0) {
+            Py_DECREF(chunks);
+            return NULL;
+        }
+        Py_DECREF(chunks);
+    }
+    Py_RETURN_NONE;
+
+general:
+    return call_general(general_send_nowait, ws, args, nargs);
+}
+
+/* WebSocket._end_turn; see the top of this section. */
+static PyObject *
+fused_end_turn(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 0 || !layout_fits(&ws_layout, ws_type, ws)) {
+        return call_general(general_end_turn, ws, args, nargs);
+    }
+    if (end_turn(ws) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* WebSocket._flush: write what was gathered, and go on gathering. */
+static PyObject *
+fused_flush(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *pending, *transport, *chunk, *result;
+    Py_ssize_t n;
+    if (nargs != 0 || !layout_fits(&ws_layout, ws_type, ws)) {
+        return call_general(general_flush, ws, args, nargs);
+    }
+    pending = WS(ws, WS_PENDING);
+    if (pending == NULL || !PyList_CheckExact(pending)) {
+        return call_general(general_flush, ws, args, nargs);
+    }
+    n = PyList_GET_SIZE(pending);
+    if (n == 0) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(pending);
+    transport = WS(ws, WS_TRANSPORT);
+    if (transport != NULL && transport != Py_None && WS(ws, WS_LOST) == Py_False) {
+        if (n == 1) {
+            chunk = PyList_GET_ITEM(pending, 0);
+            Py_INCREF(chunk);
+        }
+        else {
+            chunk = join_chunks(pending);
+        }
+        Py_INCREF(transport);
+        result = chunk == NULL ? NULL : PyObject_CallMethodOneArg(transport, str_write, chunk);
+        Py_DECREF(transport);
+        Py_XDECREF(chunk);
+        if (result == NULL) {
+            Py_DECREF(pending);
+            return NULL;
+        }
+        Py_DECREF(result);
+    }
+    n = PyList_SetSlice(pending, 0, PyList_GET_SIZE(pending), NULL);
+    Py_DECREF(pending);
+    if (n < 0) {
+        return NULL;
+    }
+    SET_WS(ws, WS_PENDING_SIZE, zero);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef fused_defs[] = {
+    {"data_received", (PyCFunction)(void (*)(void))fused_data_received, METH_FASTCALL, NULL},
+    {"send_nowait", (PyCFunction)(void (*)(void))fused_send_nowait, METH_FASTCALL, NULL},
+    {"_end_turn", (PyCFunction)(void (*)(void))fused_end_turn, METH_FASTCALL, NULL},
+    {"_flush", (PyCFunction)(void (*)(void))fused_flush, METH_FASTCALL, NULL},
+};
+static const char *const fused_signatures[FUSED_METHODS] = {
+    "data_received($self, data, /)\n--\n\n",
+    "send_nowait($self, message, /)\n--\n\n",
+    "_end_turn($self, /)\n--\n\n",
+    "_flush($self, /)\n--\n\n",
+};
+
+/* The Python method `name` of type, kept as the general path; its docstring, with the text
+ * signature `signature`, becomes the fused method's. */
+static PyObject *
+take_general(PyTypeObject *type, PyMethodDef *def, const char *signature)
+{
+    PyObject *function = PyDict_GetItemString(type->tp_dict, def->ml_name), *doc;
+    const char *text = "";
+    char *copy;
+    size_t size;
+    if (function == NULL || !PyFunction_Check(function)) {
+        PyErr_Format(PyExc_TypeError, "%s.%s is not a Python function", type->tp_name,
+                     def->ml_name);
+        return NULL;
+    }
+    doc = PyObject_GetAttrString(function, "__doc__");
+    if (doc == NULL) {
+        return NULL;
+    }
+    if (PyUnicode_Check(doc)) {
+        text = PyUnicode_AsUTF8(doc);
+        if (text == NULL) {
+            Py_DECREF(doc);
+            return NULL;
+        }
+    }
+    size = strlen(signature) + strlen(text) + 1;
+    copy = PyMem_Malloc(size); /* kept: the method lives as long as the process */
+    if (copy == NULL) {
+        Py_DECREF(doc);
+        return PyErr_NoMemory();
+    }
+    snprintf(copy, size, "%s%s", signature, text);
+    Py_DECREF(doc);
+    def->ml_doc = copy;
+    Py_INCREF(function);
+    return function;
+}
+
+static PyObject *
+fuse(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int i;
+    PyObject *descr;
+
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "fuse() takes 5 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (!PyType_Check(args[0]) || !PyType_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "fuse() needs the WebSocket and Connection classes");
+        return NULL;
+    }
+    if (ws_type != NULL) {
+        if ((PyObject *)ws_type == args[0]) {
+            Py_RETURN_NONE; /* already done */
+        }
+        PyErr_SetString(PyExc_RuntimeError, "fuse() was already called for another class");
+        return NULL;
+    }
+    join_limit = PyLong_AsSsize_t(args[3]);
+    coalesce_limit = PyLong_AsSsize_t(args[4]);
+    if ((join_limit == -1 || coalesce_limit == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+#define INTERN(var, text) \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+    INTERN(str_on_message, "on_message");
+    INTERN(str_listener_failed, "_listener_failed");
+    INTERN(str_write, "write");
+    INTERN(str_ws_write, "_write");
+    INTERN(str_flush, "_flush");
+    INTERN(str_receive_close, "_receive_close");
+    INTERN(str_done, "done");
+    INTERN(str_set_result, "set_result");
+    INTERN(str_call_soon, "call_soon");
+    INTERN(str_end_turn, "_end_turn");
+#undef INTERN
+    zero = PyLong_FromLong(0);
+    if (zero == NULL || layout_init(&ws_layout, (PyTypeObject *)args[0]) < 0 ||
+        layout_init(&conn_layout, (PyTypeObject *)args[1]) < 0) {
+        return NULL;
+    }
+    for (i = 0; i < FUSED_METHODS; i++) {
+        generals[i] = take_general((PyTypeObject *)args[0], &fused_defs[i],
+                                   fused_signatures[i]);
+        if (generals[i] == NULL) {
+            return NULL;
+        }
+    }
+    Py_INCREF(args[2]);
+    open_state = args[2];
+    Py_INCREF(args[0]);
+    Py_INCREF(args[1]);
+    ws_type = (PyTypeObject *)args[0];
+    conn_type = (PyTypeObject *)args[1];
+    for (i = 0; i < FUSED_METHODS; i++) {
+        descr = PyDescr_NewMethod(ws_type, &fused_defs[i]);
+        if (descr == NULL ||
+            PyObject_SetAttrString((PyObject *)ws_type, fused_defs[i].ml_name, descr) < 0) {
+            Py_XDECREF(descr);
+            return NULL;
+        }
+        if (i == FUSED_END_TURN || i == FUSED_FLUSH) {
+            /* kept: a class with its own _end_turn or _flush gets the Python methods */
+            ws_layout.descriptors[i == FUSED_END_TURN ? WS_END_TURN : WS_FLUSH] = descr;
+        }
+        else {
+            Py_DECREF(descr);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL,
      "apply_mask(data, mask) -> bytes\n\nXOR data with the 4-byte mask repeated "
@@ -931,6 +1737,10 @@ static PyMethodDef speedups_methods[] = {
     {"pack_fields", (PyCFunction)pack_fields, METH_O,
      "pack_fields(fields) -> str | None\n\nHeader fields as \"name:value\" lines in one string, "
      "or None when that would not unpack to the same fields."},
+    {"fuse", (PyCFunction)(void (*)(void))fuse, METH_FASTCALL,
+     "fuse(websocket, connection, open_state, join_limit, coalesce_limit) -> None\n\n"
+     "Give websocket's data_received and send_nowait their compiled fast paths; see "
+     "tether/accel/_python.py."},
     {NULL, NULL, 0, NULL},
 };
 

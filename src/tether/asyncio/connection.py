@@ -26,8 +26,9 @@ from ..exceptions import (
     ConnectionClosedOK,
     InvalidState,
 )
+from .. import accel
 from ..logformat import log_event
-from ..protocol.connection import Connection, Side, State
+from ..protocol.connection import _JOIN_LIMIT, Connection, Side, State
 from ..protocol.events import BinaryMessage, CloseFrame, Pong, TextMessage
 from ..protocol.http11 import Request, Response
 from ..typing import Data
@@ -1036,6 +1037,12 @@ class WebSocket(asyncio.Protocol):
         if self.protocol.state is not State.OPEN:
             self._start_close_timer()
             await self._wait_lost()
+
+
+# With the C accelerator, data_received and send_nowait take their common case (whole
+# messages in plain frames for a Listener or a waiting recv(); a server's small message) in
+# C, and call the methods above for everything else: see accel.fuse.
+accel.fuse(WebSocket, Connection, State.OPEN, _JOIN_LIMIT, _COALESCE_LIMIT)
 
 
 class TurnEnd:

@@ -1,0 +1,106 @@
+"""The C accelerator's WebSocket.data_received and send_nowait (accel.fuse) against the Python
+methods they stand in for.
+
+fused_driver.py feeds the same random reads (every kind of frame, cut anywhere; a Listener that
+echoes, raises, closes and sends large messages; a coroutine that echoes) to WebSockets, once
+with the accelerator and once without it, each in its own process: the messages delivered, the
+bytes written (write by write), the log lines, the counters and the final state must be the
+same. Both runs happen in either pass of the suite: the environment variable is set per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SEEDS = 300
+
+
+def run(no_extensions: bool) -> dict[str, Any]:
+    env = {**os.environ, "TETHER_NO_EXTENSIONS": "1" if no_extensions else "0"}
+    result = subprocess.run([sys.executable, "-m", "tests.asyncio.fused_driver", str(SEEDS)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                            check=True)
+    output: dict[str, Any] = json.loads(result.stdout)
+    return output
+
+
+def built() -> bool:
+    try:
+        from tether.accel import _speedups  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def runs() -> tuple[dict[str, Any], dict[str, Any]]:
+    return run(no_extensions=False), run(no_extensions=True)
+
+
+def test_python_run_uses_the_python_methods(runs: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    _, python = runs
+    assert python["implementation"] == "python"
+    assert not python["fused"]
+    assert python["python_calls"]["data_received"] > 0
+
+
+@pytest.mark.skipif(not built(), reason="the C accelerator is not built here")
+def test_c_run_takes_the_common_case_in_c(runs: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    """Small messages in plain frames, a read each: no call of the Python methods at all."""
+    c, _ = runs
+    assert c["implementation"] == "c"
+    assert c["fused"]
+    assert c["python_calls"] == {"data_received": 0, "send_nowait": 0}
+
+
+@pytest.mark.parametrize("api", ["with_listener", "with_coroutine"])
+def test_same_outcome(runs: tuple[dict[str, Any], dict[str, Any]], api: str) -> None:
+    c, python = runs
+    assert len(c["results"][api]) == len(python["results"][api]) == SEEDS
+    for seed, (fused, plain) in enumerate(zip(c["results"][api], python["results"][api])):
+        assert fused == plain, f"seed {seed}"
+    # The runs did what they are for: messages echoed, errors met, connections closed.
+    outcomes = python["results"][api]
+    assert sum(len(o["writes"]) for o in outcomes) > SEEDS
+    assert any(o["state"] != "OPEN" for o in outcomes)
+    assert any(o["state"] == "OPEN" and o["messages_received"] > 5 for o in outcomes)
+    if api == "with_listener":
+        assert any("on purpose" in line for o in outcomes for line in o["log_lines"])
+
+
+def test_a_subclass_with_its_own_end_of_turn_gets_it_called() -> None:
+    """The fused data_received writes a read's replies itself; for a class that redefines
+    _end_turn or _flush it stands aside, so that those are called as the Python method calls
+    them."""
+    import asyncio
+
+    from tether.asyncio.connection import WebSocket
+    from tether.protocol.connection import Connection, Side
+
+    from .fused_driver import Echo, Transport
+
+    calls: list[str] = []
+
+    class Mine(WebSocket):
+        def _end_turn(self) -> None:
+            calls.append("end of turn")
+            super()._end_turn()
+
+    async def main() -> list[str]:
+        ws = Mine(Connection(Side.SERVER))
+        transport = Transport(ws)
+        ws.connection_made(transport)  # type: ignore[arg-type]
+        ws._listener = Echo([])
+        ws.data_received(bytes([0x81, 0x82, 0, 0, 0, 0]) + b"hi")
+        return transport.chunks
+
+    assert asyncio.run(main()) == ["81026869"]
+    assert calls == ["end of turn"]
