@@ -90,7 +90,7 @@ def frame(rng: random.Random, opcode: int, payload: bytes, fin: bool = True, rsv
 
 
 SIMPLE = ["hello", "héllo wörld", "x" * 300, "日本語"]
-ALL = [*SIMPLE, "raise", "close", "big", "", "y" * 5000]
+ALL = [*SIMPLE, "raise", "close", "big", "bytes-like", "hand over", "", "y" * 5000]
 
 
 def text(rng: random.Random, words: list[str]) -> bytes:
@@ -99,11 +99,12 @@ def text(rng: random.Random, words: list[str]) -> bytes:
 
 def stream(rng: random.Random, mode: str) -> list[bytes]:
     """Frames a client might send: "mixed" (every kind), "plain" (whole messages in plain
-    frames) or "simple" (plain frames of small messages an echo answers in one frame)."""
+    frames), "simple" (plain frames of small messages an echo answers in one frame) or "many"
+    (a hundred or so simple ones)."""
     frames = []
-    for _ in range(rng.randrange(1, 12)):
+    for _ in range(rng.randrange(70, 150) if mode == "many" else rng.randrange(1, 12)):
         kind = rng.randrange(12) if mode == "mixed" else 0
-        if mode == "simple":
+        if mode in ("simple", "many"):
             frames.append(frame(rng, rng.choice([1, 2]), text(rng, SIMPLE)))
         elif kind <= 4:
             frames.append(frame(rng, 1, text(rng, ALL)))
@@ -128,11 +129,14 @@ def stream(rng: random.Random, mode: str) -> list[bytes]:
 
 
 def reads(rng: random.Random, mode: str) -> list[bytes]:
-    """A stream of frames cut at random points; in "simple" mode, a read per frame."""
+    """A stream of frames cut at random points; in "simple" mode, a read per frame; in
+    "many", one read."""
     frames = stream(rng, mode)
     if mode == "simple":
         return frames
     data = b"".join(frames)
+    if mode == "many":
+        return [data]
     points = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randrange(4))))
     points = [0, *points, len(data)]
     return [data[a:b] for a, b in zip(points, points[1:])]
@@ -152,6 +156,11 @@ class Echo(Listener):
                 return
             if message.startswith("big"):
                 ws.send_nowait(b"z" * 5000)
+            if message.startswith("bytes-like"):  # large payloads are queued as they are
+                ws.send_nowait(bytearray(5000))
+                ws.send_nowait(memoryview(bytes(6000)))
+            if message.startswith("hand over"):  # the rest of the read goes to the queue
+                ws._listener = None
         ws.send_nowait(message)
 
 
@@ -215,6 +224,9 @@ async def with_coroutine(seed: int, mode: str) -> dict[str, Any]:
         try:
             async for message in ws:
                 log.append(message if isinstance(message, str) else message.hex())
+                if len(message) > 4096:  # bytes-like, then a small one: written together
+                    await ws.send(bytearray(message.encode() if isinstance(message, str)
+                                            else message))
                 await ws.send(message)
         except Exception as exc:  # noqa: BLE001 - recorded for the comparison
             log.append(type(exc).__name__)
@@ -247,8 +259,8 @@ def main() -> None:
     async def run() -> dict[str, Any]:
         results: dict[str, Any] = {}
         for api in (with_listener, with_coroutine):
-            modes = ["mixed", "plain", "simple"]
-            results[api.__name__] = [await api(seed, modes[seed % 3]) for seed in range(seeds)]
+            modes = ["mixed", "plain", "simple", "mixed", "plain", "many"]
+            results[api.__name__] = [await api(seed, modes[seed % 6]) for seed in range(seeds)]
             # The common case: small messages in plain frames, each read whole frames.
             sys.setprofile(profile)
             try:

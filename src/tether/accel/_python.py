@@ -294,15 +294,16 @@ def pack_fields(fields: list[tuple[str, str]]) -> str | None:
     return packed
 
 
-def fuse(websocket: type, connection: type, open_state: object, join_limit: int,
-         coalesce_limit: int) -> None:
+def fuse(websocket: type, connection: type, open_state: object, text_type: type[Any],
+         binary_type: type[Any], join_limit: int, coalesce_limit: int) -> None:
     """Give the I/O layer's methods on the path of every message (tether.asyncio.connection's
     ``WebSocket.data_received``, ``send_nowait``, ``_end_turn`` and ``_flush``) fast paths for
     their common case: a read of whole messages in plain frames for a Listener, or of one
     message for a waiting ``recv()``; a server's small uncompressed message; writing what was
-    gathered. ``connection`` is the
-    sans-I/O core whose fields they read, ``open_state`` its OPEN state, and the limits are
-    ``_JOIN_LIMIT`` and ``_COALESCE_LIMIT`` of the modules that own them.
+    gathered. ``connection`` is the sans-I/O core whose fields they read, ``open_state`` its
+    OPEN state, the two types its text and binary message events (for messages handed back to
+    ``_process_events``), and the limits ``_JOIN_LIMIT`` and ``_COALESCE_LIMIT`` of the
+    modules that own them. Only the first class given is served.
 
     Here, nothing: the Python methods are the specification, and the compiled module's
     versions call them for everything that is not their common case.

@@ -4,7 +4,10 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
+#if PY_VERSION_HEX < 0x030C0000
+#include <structmember.h> /* T_OBJECT_EX, Py_T_OBJECT_EX since 3.12 */
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#endif
 #include <stdint.h>
 #include <string.h>
 
@@ -949,37 +952,42 @@ pack_fields(PyObject *self, PyObject *fields)
  *
  * The fields of the WebSocket and of its protocol (a tether.protocol Connection) are their
  * __slots__, read and written at the offsets of the member descriptors that fuse() finds. An
- * instance is served only when its class resolves each of those names to the same descriptor
- * (a subclass that redefines one gets the Python methods), checked once per class. */
+ * instance is served only when its class resolves each of those names, and each method the
+ * fused code does the work of, to what WebSocket and Connection do: a subclass that redefines
+ * one gets the Python methods. That is checked once per class, and again after the class (or
+ * a base) is changed, as its version tag tells. Of the methods, only _end_turn is also looked
+ * for on the instance (an attribute set on one connection: a test's broken transport).
+ *
+ * fuse() serves one class: a second call (the module imported again) leaves the new class
+ * with its Python methods. */
 
-
-#define FUSED_BATCH 64 /* more messages in one read: the Python path */
+#define FUSED_STACK 64 /* messages of one read held on the stack; more on the heap */
 
 enum {
     WS_PROTOCOL, WS_TRANSPORT, WS_LISTENER, WS_PENDING, WS_PENDING_SIZE, WS_BYTES_RECEIVED,
     WS_BYTES_SENT, WS_MESSAGES_RECEIVED, WS_MESSAGES_SENT, WS_WAITER, WS_MESSAGES,
     WS_PROCESSING, WS_LOST, WS_LOOP, WS_CLOSE_TIMER, WS_SLOTS,
-    /* and the fused methods that the others call inlined: a class must not redefine them */
-    WS_END_TURN = WS_SLOTS, WS_FLUSH, WS_FIELDS
+    /* and the methods whose work the fused ones do themselves */
+    WS_END_TURN = WS_SLOTS, WS_FLUSH, WS_PROCESS_EVENTS, WS_FIELDS
 };
 static const char *const ws_fields[WS_FIELDS] = {
     "protocol", "transport", "_listener", "_pending", "_pending_size", "bytes_received",
     "bytes_sent", "messages_received", "messages_sent", "_waiter", "_messages", "_processing",
-    "_lost", "loop", "_close_timer", "_end_turn", "_flush",
+    "_lost", "loop", "_close_timer", "_end_turn", "_flush", "_process_events",
 };
 enum {
     C_STATE, C_INPUT_CLOSED, C_LARGE_FRAME, C_BUFFER, C_MSG_OPCODE, C_IS_SERVER,
     C_MAX_MESSAGE_SIZE, C_EXTENSION, C_CLOSE_SENT, C_SEND_OPCODE, C_OUTPUT, C_RECEIVE_ERROR,
-    C_FIELDS, C_SLOTS = C_FIELDS
+    C_EVENTS, C_SLOTS, C_RECEIVE_DATA = C_SLOTS, C_FRAME_MESSAGE, C_FIELDS
 };
 static const char *const conn_fields[C_FIELDS] = {
     "state", "input_closed", "large_frame", "_buffer", "_msg_opcode", "_is_server",
     "max_message_size", "extension", "close_sent", "_send_opcode", "_output", "receive_error",
+    "_events", "receive_data", "frame_message",
 };
 
 #define VERIFIED_TYPES 8
 #define MAX_FIELDS 20
-_Static_assert(WS_FIELDS <= MAX_FIELDS && C_FIELDS <= MAX_FIELDS, "MAX_FIELDS too small");
 
 typedef struct {
     PyObject *descriptors[MAX_FIELDS]; /* what the class resolves each name to */
@@ -988,12 +996,13 @@ typedef struct {
     int count;
     const char *const *names;
     PyTypeObject *verified[VERIFIED_TYPES]; /* strong references */
+    unsigned int tags[VERIFIED_TYPES];      /* their version tags when checked (0: none) */
 } Layout;
 
 static Layout ws_layout = {.slots = WS_SLOTS, .count = WS_FIELDS, .names = ws_fields};
 static Layout conn_layout = {.slots = C_SLOTS, .count = C_FIELDS, .names = conn_fields};
 static PyTypeObject *ws_type, *conn_type;
-static PyObject *open_state, *zero;
+static PyObject *open_state, *zero, *empty_bytes, *text_type, *binary_type;
 /* The Python methods that the fused ones replace, in fused_defs' order. */
 enum { FUSED_DATA_RECEIVED, FUSED_SEND_NOWAIT, FUSED_END_TURN, FUSED_FLUSH, FUSED_METHODS };
 static PyObject *generals[FUSED_METHODS];
@@ -1002,16 +1011,17 @@ static PyObject *generals[FUSED_METHODS];
 #define general_end_turn generals[FUSED_END_TURN]
 #define general_flush generals[FUSED_FLUSH]
 static PyObject *str_on_message, *str_listener_failed, *str_write, *str_ws_write, *str_flush,
-    *str_receive_close, *str_done, *str_set_result, *str_call_soon, *str_end_turn;
+    *str_receive_close, *str_done, *str_set_result, *str_call_soon, *str_end_turn,
+    *str_process_events, *str_join;
 static Py_ssize_t join_limit, coalesce_limit;
 
 #define FIELD(obj, layout, i) (*(PyObject **)((char *)(obj) + (layout).offsets[i]))
 #define WS(obj, i) FIELD(obj, ws_layout, i)
 #define CONN(obj, i) FIELD(obj, conn_layout, i)
 
-/* Find the slot descriptors of layout's names on type. */
+/* Find the slots of layout's names on type (strong references to their descriptors). */
 static int
-layout_init(Layout *layout, PyTypeObject *type)
+layout_slots(Layout *layout, PyTypeObject *type)
 {
     int i;
     for (i = 0; i < layout->slots; i++) {
@@ -1020,7 +1030,7 @@ layout_init(Layout *layout, PyTypeObject *type)
             return -1;
         }
         if (!Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
-            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+            ((PyMemberDescrObject *)descr)->d_member->type != Py_T_OBJECT_EX) {
             PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", type->tp_name,
                          layout->names[i]);
             Py_DECREF(descr);
@@ -1032,21 +1042,50 @@ layout_init(Layout *layout, PyTypeObject *type)
     return 0;
 }
 
-/* Whether obj's class has layout's slots where layout expects them (see above). */
+/* What type resolves layout's method names to, once the fused methods are in place. */
+static int
+layout_methods(Layout *layout, PyTypeObject *type)
+{
+    int i;
+    for (i = layout->slots; i < layout->count; i++) {
+        layout->descriptors[i] = PyObject_GetAttrString((PyObject *)type, layout->names[i]);
+        if (layout->descriptors[i] == NULL) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static unsigned int
+version_tag(PyTypeObject *type)
+{
+#ifdef Py_TPFLAGS_VALID_VERSION_TAG
+    if (!(type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
+        return 0;
+    }
+#endif
+    return type->tp_version_tag;
+}
+
+/* Whether obj's class resolves layout's names as base does (see above). */
 static int
 layout_fits(Layout *layout, PyTypeObject *base, PyObject *obj)
 {
     PyTypeObject *type = Py_TYPE(obj);
-    int i;
+    unsigned int tag;
+    int i, j;
     for (i = 0; i < VERIFIED_TYPES && layout->verified[i] != NULL; i++) {
         if (layout->verified[i] == type) {
-            return 1;
+            if (layout->tags[i] != 0 && layout->tags[i] == version_tag(type)) {
+                return 1;
+            }
+            break; /* changed since it was checked */
         }
     }
     if (!PyType_IsSubtype(type, base)) {
         return 0;
     }
-    for (int j = 0; j < layout->count; j++) {
+    for (j = 0; j < layout->count; j++) {
         PyObject *descr = PyObject_GetAttrString((PyObject *)type, layout->names[j]);
         if (descr == NULL) {
             PyErr_Clear();
@@ -1054,12 +1093,19 @@ layout_fits(Layout *layout, PyTypeObject *base, PyObject *obj)
         }
         Py_DECREF(descr);
         if (descr != layout->descriptors[j]) {
+            if (i < VERIFIED_TYPES && layout->verified[i] == type) {
+                layout->tags[i] = 0;
+            }
             return 0;
         }
     }
+    tag = version_tag(type); /* (the lookups above gave it one if it had none) */
     if (i < VERIFIED_TYPES) {
-        Py_INCREF(type);
-        layout->verified[i] = type;
+        if (layout->verified[i] == NULL) {
+            Py_INCREF(type);
+            layout->verified[i] = type;
+        }
+        layout->tags[i] = tag;
     }
     return 1;
 }
@@ -1131,7 +1177,7 @@ listener_failed(PyObject *ws)
     return 0;
 }
 
-/* b"".join(chunks) for a list of bytes. */
+/* b"".join(chunks) for a list of chunks. */
 static PyObject *
 join_chunks(PyObject *chunks)
 {
@@ -1140,9 +1186,8 @@ join_chunks(PyObject *chunks)
     char *out;
     for (i = 0; i < n; i++) {
         PyObject *chunk = PyList_GET_ITEM(chunks, i);
-        if (!PyBytes_CheckExact(chunk)) {
-            PyErr_SetString(PyExc_TypeError, "pending chunks must be bytes");
-            return NULL;
+        if (!PyBytes_CheckExact(chunk)) { /* a large payload as it was sent: bytes-like */
+            return PyObject_CallMethodOneArg(empty_bytes, str_join, chunks);
         }
         total += PyBytes_GET_SIZE(chunk);
     }
@@ -1159,22 +1204,15 @@ join_chunks(PyObject *chunks)
     return joined;
 }
 
-/* WebSocket._end_turn, inlined: write what the turn gathered. */
+/* The Python methods' `self.transport.write(pending[0] if len(pending) == 1 else
+ * b"".join(pending))`, when pending (a list) holds something, the transport is there and the
+ * connection is not lost. 0, or -1 with an exception set. */
 static int
-end_turn(PyObject *ws)
+write_pending(PyObject *ws, PyObject *pending)
 {
-    PyObject *pending = WS(ws, WS_PENDING), *transport, *chunk, *result;
-    Py_ssize_t n;
-    if (pending == NULL) {
-        return 0;
-    }
-    WS(ws, WS_PENDING) = Py_None; /* the reference moves to `pending` */
-    Py_INCREF(Py_None);
-    SET_WS(ws, WS_PENDING_SIZE, zero);
-    transport = WS(ws, WS_TRANSPORT);
-    n = PyList_Check(pending) ? PyList_GET_SIZE(pending) : 0;
+    PyObject *transport = WS(ws, WS_TRANSPORT), *chunk, *result;
+    Py_ssize_t n = PyList_GET_SIZE(pending);
     if (n == 0 || transport == NULL || transport == Py_None || WS(ws, WS_LOST) != Py_False) {
-        Py_DECREF(pending);
         return 0;
     }
     if (n == 1) {
@@ -1183,10 +1221,9 @@ end_turn(PyObject *ws)
     }
     else {
         chunk = join_chunks(pending);
-    }
-    Py_DECREF(pending);
-    if (chunk == NULL) {
-        return -1;
+        if (chunk == NULL) {
+            return -1;
+        }
     }
     Py_INCREF(transport);
     result = PyObject_CallMethodOneArg(transport, str_write, chunk);
@@ -1197,6 +1234,23 @@ end_turn(PyObject *ws)
     }
     Py_DECREF(result);
     return 0;
+}
+
+/* WebSocket._end_turn: write what the turn gathered, and gather no more. */
+static int
+end_turn(PyObject *ws)
+{
+    PyObject *pending = WS(ws, WS_PENDING);
+    int written;
+    if (pending == NULL) {
+        return 0;
+    }
+    WS(ws, WS_PENDING) = Py_None; /* the reference moves to `pending` */
+    Py_INCREF(Py_None);
+    SET_WS(ws, WS_PENDING_SIZE, zero);
+    written = PyList_Check(pending) ? write_pending(ws, pending) : 0;
+    Py_DECREF(pending);
+    return written;
 }
 
 /* A call of the Python method that a fused method replaces: self first, then the arguments. */
@@ -1239,13 +1293,49 @@ call_method_1(PyObject *obj, PyObject *name, PyObject *arg)
     return 0;
 }
 
+/* ws._process_events() for the messages a changed listener left: what it returns (whether a
+ * waiting recv() got one), or -1 with an exception set. */
+static int
+hand_over(PyObject *ws, PyObject **messages, Py_ssize_t n)
+{
+    PyObject *events = PyList_New(n), *result;
+    Py_ssize_t i;
+    long woke;
+    if (events == NULL) {
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *event;
+        Py_INCREF(messages[i]);
+        event = new_event((PyTypeObject *)(PyUnicode_CheckExact(messages[i]) ? text_type
+                                                                                : binary_type),
+                          messages[i]);
+        if (event == NULL) {
+            Py_DECREF(events);
+            return -1;
+        }
+        PyList_SET_ITEM(events, i, event);
+    }
+    result = PyObject_CallMethodOneArg(ws, str_process_events, events);
+    Py_DECREF(events);
+    if (result == NULL) {
+        return -1;
+    }
+    woke = PyLong_AsLong(result);
+    Py_DECREF(result);
+    if (woke == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return woke != 0;
+}
+
 /* WebSocket.data_received; see the top of this section. */
 static PyObject *
 fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *data, *protocol, *listener, *waiter = NULL, *buffer, *limit_obj, *pending;
-    PyObject *messages[FUSED_BATCH];
-    Py_ssize_t end, pos, header, n, limit, count = 0, most, i;
+    PyObject *data, *protocol, *listener, *waiter = NULL, *buffer, *limit_obj, *pending, *events;
+    PyObject *stack[FUSED_STACK], **messages = stack;
+    Py_ssize_t end, pos, header, n, limit, count = 0, delivered, most, i;
     const unsigned char *buf;
     int masked, woke = 0, failed = 0;
 
@@ -1262,7 +1352,9 @@ fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
     }
     buffer = CONN(protocol, C_BUFFER);
     limit_obj = CONN(protocol, C_MAX_MESSAGE_SIZE);
+    events = CONN(protocol, C_EVENTS);
     if (CONN(protocol, C_STATE) != open_state || CONN(protocol, C_INPUT_CLOSED) != Py_False ||
+        events == NULL || !PyList_CheckExact(events) || PyList_GET_SIZE(events) != 0 ||
         CONN(protocol, C_LARGE_FRAME) != Py_None || CONN(protocol, C_MSG_OPCODE) != zero ||
         CONN(protocol, C_RECEIVE_ERROR) != Py_None || buffer == NULL ||
         !PyByteArray_CheckExact(buffer) || PyByteArray_GET_SIZE(buffer) != 0 ||
@@ -1306,7 +1398,7 @@ fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
         most = 1;
     }
     else {
-        most = FUSED_BATCH;
+        most = PY_SSIZE_T_MAX;
     }
 
     /* Whole messages in plain frames and nothing else, or the Python path: first the frames,
@@ -1319,12 +1411,22 @@ fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
         }
         count++;
     }
+    if (count > FUSED_STACK) {
+        messages = PyMem_Malloc(count * sizeof(PyObject *));
+        if (messages == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+    }
     for (pos = 0, i = 0; i < count; i++, pos += header + n) {
         plain_frame(buf, pos, end, masked, limit, &header, &n);
         messages[i] = frame_message(buf + pos, header, n, masked);
         if (messages[i] == NULL) {
             while (i > 0) {
                 Py_DECREF(messages[--i]);
+            }
+            if (messages != stack) {
+                PyMem_Free(messages);
             }
             if (PyErr_Occurred()) {
                 return NULL;
@@ -1334,6 +1436,7 @@ fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
     }
 
     /* From here on, as the Python methods do it. */
+    delivered = count;
     Py_INCREF(protocol);
     Py_INCREF(listener);
     if (add_to(ws, ws_layout.offsets[WS_BYTES_RECEIVED], end) < 0) {
@@ -1356,6 +1459,16 @@ fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
             else if (!PyErr_ExceptionMatches(PyExc_Exception) || listener_failed(ws) < 0) {
                 failed = 1;
                 goto done;
+            }
+            if (WS(ws, WS_LISTENER) != listener && i + 1 < count) {
+                /* The listener changed (handed over to recv(), say): the rest as events. */
+                woke = hand_over(ws, messages + i + 1, count - i - 1);
+                if (woke < 0) {
+                    failed = 1;
+                    goto done;
+                }
+                delivered = i + 1;
+                break;
             }
         }
     }
@@ -1386,7 +1499,7 @@ fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
         }
         woke = 1;
     }
-    if (add_to(ws, ws_layout.offsets[WS_MESSAGES_RECEIVED], count) < 0) {
+    if (add_to(ws, ws_layout.offsets[WS_MESSAGES_RECEIVED], delivered) < 0) {
         failed = 1;
         goto done;
     }
@@ -1417,17 +1530,22 @@ fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
     /* (A large frame cannot start here: only a read starts one, and this read had none.) */
     if (woke) {
         pending = WS(ws, WS_PENDING);
-        if (pending != NULL && PyObject_IsTrue(pending) == 1 && call_method_0(ws, str_flush) < 0) {
+        if (pending != NULL && pending != Py_None &&
+            (!PyList_CheckExact(pending) || PyList_GET_SIZE(pending) > 0) &&
+            call_method_0(ws, str_flush) < 0) {
             failed = 1;
         }
     }
-    else if (end_turn(ws) < 0) {
+    else if (call_method_0(ws, str_end_turn) < 0) { /* (by name: an instance's own counts) */
         failed = 1;
     }
 
 done:
     for (i = 0; i < count; i++) {
         Py_DECREF(messages[i]);
+    }
+    if (messages != stack) {
+        PyMem_Free(messages);
     }
     Py_DECREF(listener);
     Py_DECREF(protocol);
@@ -1444,7 +1562,7 @@ general:
 static PyObject *
 fused_send_nowait(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *message, *protocol, *output, *chunk, *pending;
+    PyObject *message, *protocol, *output, *chunk, *pending, *encoded = NULL;
     const char *data;
     Py_ssize_t n, size, pending_size;
     unsigned char first;
@@ -1457,11 +1575,37 @@ fused_send_nowait(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
     if (protocol == NULL || !layout_fits(&conn_layout, conn_type, protocol)) {
         goto general;
     }
+    output = CONN(protocol, C_OUTPUT);
+    /* Connection.frame_message's conditions, but the size. */
+    if (CONN(protocol, C_IS_SERVER) != Py_True || CONN(protocol, C_EXTENSION) != Py_None ||
+        CONN(protocol, C_STATE) != open_state || CONN(protocol, C_CLOSE_SENT) != Py_None ||
+        CONN(protocol, C_SEND_OPCODE) != zero || output == NULL ||
+        !PyList_CheckExact(output) || PyList_GET_SIZE(output) != 0) {
+        goto general;
+    }
     if (PyUnicode_CheckExact(message)) {
-        data = PyUnicode_AsUTF8AndSize(message, &n);
-        if (data == NULL) {
-            PyErr_Clear(); /* lone surrogates: the Python method raises */
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(message) < 0) {
+            PyErr_Clear();
             goto general;
+        }
+#endif
+        if (PyUnicode_GET_LENGTH(message) > join_limit) {
+            goto general; /* (its UTF-8 is at least as long) */
+        }
+        if (PyUnicode_IS_ASCII(message)) {
+            data = (const char *)PyUnicode_DATA(message); /* ASCII is UTF-8 */
+            n = PyUnicode_GET_LENGTH(message);
+        }
+        else {
+            /* Encoded apart: PyUnicode_AsUTF8AndSize would keep a copy on the str. */
+            encoded = PyUnicode_AsUTF8String(message);
+            if (encoded == NULL) {
+                PyErr_Clear(); /* lone surrogates: the Python method raises */
+                goto general;
+            }
+            data = PyBytes_AS_STRING(encoded);
+            n = PyBytes_GET_SIZE(encoded);
         }
         first = 0x81;
     }
@@ -1473,15 +1617,12 @@ fused_send_nowait(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
     else {
         goto general;
     }
-    output = CONN(protocol, C_OUTPUT);
-    /* Connection.frame_message's conditions. */
-    if (n > join_limit || CONN(protocol, C_IS_SERVER) != Py_True ||
-        CONN(protocol, C_EXTENSION) != Py_None || CONN(protocol, C_STATE) != open_state ||
-        CONN(protocol, C_CLOSE_SENT) != Py_None || CONN(protocol, C_SEND_OPCODE) != zero ||
-        output == NULL || !PyList_CheckExact(output) || PyList_GET_SIZE(output) != 0) {
+    if (n > join_limit) {
+        Py_XDECREF(encoded);
         goto general;
     }
     chunk = build_frame(first, data, n);
+    Py_XDECREF(encoded);
     if (chunk == NULL) {
         return NULL;
     }
@@ -1547,8 +1688,8 @@ fused_end_turn(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 fused_flush(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *pending, *transport, *chunk, *result;
-    Py_ssize_t n;
+    PyObject *pending;
+    int failed;
     if (nargs != 0 || !layout_fits(&ws_layout, ws_type, ws)) {
         return call_general(general_flush, ws, args, nargs);
     }
@@ -1556,33 +1697,14 @@ fused_flush(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
     if (pending == NULL || !PyList_CheckExact(pending)) {
         return call_general(general_flush, ws, args, nargs);
     }
-    n = PyList_GET_SIZE(pending);
-    if (n == 0) {
+    if (PyList_GET_SIZE(pending) == 0) {
         Py_RETURN_NONE;
     }
     Py_INCREF(pending);
-    transport = WS(ws, WS_TRANSPORT);
-    if (transport != NULL && transport != Py_None && WS(ws, WS_LOST) == Py_False) {
-        if (n == 1) {
-            chunk = PyList_GET_ITEM(pending, 0);
-            Py_INCREF(chunk);
-        }
-        else {
-            chunk = join_chunks(pending);
-        }
-        Py_INCREF(transport);
-        result = chunk == NULL ? NULL : PyObject_CallMethodOneArg(transport, str_write, chunk);
-        Py_DECREF(transport);
-        Py_XDECREF(chunk);
-        if (result == NULL) {
-            Py_DECREF(pending);
-            return NULL;
-        }
-        Py_DECREF(result);
-    }
-    n = PyList_SetSlice(pending, 0, PyList_GET_SIZE(pending), NULL);
+    failed = write_pending(ws, pending) < 0 ||
+             PyList_SetSlice(pending, 0, PyList_GET_SIZE(pending), NULL) < 0;
     Py_DECREF(pending);
-    if (n < 0) {
+    if (failed) {
         return NULL;
     }
     SET_WS(ws, WS_PENDING_SIZE, zero);
@@ -1646,23 +1768,23 @@ fuse(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     int i;
     PyObject *descr;
 
-    if (nargs != 5) {
-        PyErr_Format(PyExc_TypeError, "fuse() takes 5 arguments (%zd given)", nargs);
+    Py_BUILD_ASSERT(WS_FIELDS <= MAX_FIELDS && C_FIELDS <= MAX_FIELDS);
+    if (nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "fuse() takes 7 arguments (%zd given)", nargs);
         return NULL;
     }
-    if (!PyType_Check(args[0]) || !PyType_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "fuse() needs the WebSocket and Connection classes");
+    if (!PyType_Check(args[0]) || !PyType_Check(args[1]) || !PyType_Check(args[3]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[3], &PyTuple_Type) || !PyType_Check(args[4]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[4], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "fuse() needs the WebSocket and Connection classes "
+                                         "and the two message events' (tuple subclasses)");
         return NULL;
     }
     if (ws_type != NULL) {
-        if ((PyObject *)ws_type == args[0]) {
-            Py_RETURN_NONE; /* already done */
-        }
-        PyErr_SetString(PyExc_RuntimeError, "fuse() was already called for another class");
-        return NULL;
+        Py_RETURN_NONE; /* done once: another class keeps its Python methods */
     }
-    join_limit = PyLong_AsSsize_t(args[3]);
-    coalesce_limit = PyLong_AsSsize_t(args[4]);
+    join_limit = PyLong_AsSsize_t(args[5]);
+    coalesce_limit = PyLong_AsSsize_t(args[6]);
     if ((join_limit == -1 || coalesce_limit == -1) && PyErr_Occurred()) {
         return NULL;
     }
@@ -1678,10 +1800,14 @@ fuse(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     INTERN(str_set_result, "set_result");
     INTERN(str_call_soon, "call_soon");
     INTERN(str_end_turn, "_end_turn");
+    INTERN(str_process_events, "_process_events");
+    INTERN(str_join, "join");
 #undef INTERN
     zero = PyLong_FromLong(0);
-    if (zero == NULL || layout_init(&ws_layout, (PyTypeObject *)args[0]) < 0 ||
-        layout_init(&conn_layout, (PyTypeObject *)args[1]) < 0) {
+    empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
+    if (zero == NULL || empty_bytes == NULL ||
+        layout_slots(&ws_layout, (PyTypeObject *)args[0]) < 0 ||
+        layout_slots(&conn_layout, (PyTypeObject *)args[1]) < 0) {
         return NULL;
     }
     for (i = 0; i < FUSED_METHODS; i++) {
@@ -1691,12 +1817,14 @@ fuse(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
-    Py_INCREF(args[2]);
-    open_state = args[2];
-    Py_INCREF(args[0]);
-    Py_INCREF(args[1]);
+    for (i = 0; i < 5; i++) {
+        Py_INCREF(args[i]);
+    }
     ws_type = (PyTypeObject *)args[0];
     conn_type = (PyTypeObject *)args[1];
+    open_state = args[2];
+    text_type = args[3];
+    binary_type = args[4];
     for (i = 0; i < FUSED_METHODS; i++) {
         descr = PyDescr_NewMethod(ws_type, &fused_defs[i]);
         if (descr == NULL ||
@@ -1704,13 +1832,10 @@ fuse(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_XDECREF(descr);
             return NULL;
         }
-        if (i == FUSED_END_TURN || i == FUSED_FLUSH) {
-            /* kept: a class with its own _end_turn or _flush gets the Python methods */
-            ws_layout.descriptors[i == FUSED_END_TURN ? WS_END_TURN : WS_FLUSH] = descr;
-        }
-        else {
-            Py_DECREF(descr);
-        }
+        Py_DECREF(descr);
+    }
+    if (layout_methods(&ws_layout, ws_type) < 0 || layout_methods(&conn_layout, conn_type) < 0) {
+        return NULL;
     }
     Py_RETURN_NONE;
 }
@@ -1738,7 +1863,8 @@ static PyMethodDef speedups_methods[] = {
      "pack_fields(fields) -> str | None\n\nHeader fields as \"name:value\" lines in one string, "
      "or None when that would not unpack to the same fields."},
     {"fuse", (PyCFunction)(void (*)(void))fuse, METH_FASTCALL,
-     "fuse(websocket, connection, open_state, join_limit, coalesce_limit) -> None\n\n"
+     "fuse(websocket, connection, open_state, text_type, binary_type, join_limit, "
+     "coalesce_limit) -> None\n\n"
      "Give websocket's data_received and send_nowait their compiled fast paths; see "
      "tether/accel/_python.py."},
     {NULL, NULL, 0, NULL},

@@ -1042,7 +1042,8 @@ class WebSocket(asyncio.Protocol):
 # With the C accelerator, data_received and send_nowait take their common case (whole
 # messages in plain frames for a Listener or a waiting recv(); a server's small message) in
 # C, and call the methods above for everything else: see accel.fuse.
-accel.fuse(WebSocket, Connection, State.OPEN, _JOIN_LIMIT, _COALESCE_LIMIT)
+accel.fuse(WebSocket, Connection, State.OPEN, TextMessage, BinaryMessage, _JOIN_LIMIT,
+           _COALESCE_LIMIT)
 
 
 class TurnEnd:
