@@ -1039,9 +1039,10 @@ class WebSocket(asyncio.Protocol):
             await self._wait_lost()
 
 
-# With the C accelerator, data_received and send_nowait take their common case (whole
-# messages in plain frames for a Listener or a waiting recv(); a server's small message) in
-# C, and call the methods above for everything else: see accel.fuse.
+# With the C accelerator, data_received, send_nowait, _end_turn and _flush take their common
+# case (whole messages in plain frames for a Listener or a waiting recv(); a server's small
+# message; the turn's write) in C, and call the methods above, their specification, for
+# everything else: see accel.fuse and tests/asyncio/test_fused.py.
 accel.fuse(WebSocket, Connection, State.OPEN, TextMessage, BinaryMessage, _JOIN_LIMIT,
            _COALESCE_LIMIT)
 
