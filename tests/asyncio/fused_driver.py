@@ -18,6 +18,8 @@ from tether import accel
 from tether.asyncio.connection import Listener, WebSocket
 from tether.protocol.connection import Connection, Side
 
+from ..protocol.conftest import frame as build_frame
+
 
 class Transport:
     """What a WebSocket needs of a transport, writing into a list."""
@@ -72,21 +74,11 @@ class Transport:
         self.reading = True
 
 
-def frame(rng: random.Random, opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
-          masked: bool = True) -> bytes:
-    n = len(payload)
-    head = bytes([(0x80 if fin else 0) | rsv | opcode])
-    bit = 0x80 if masked else 0
-    if n < 126:
-        head += bytes([bit | n])
-    elif n < 0x10000:
-        head += bytes([bit | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([bit | 127]) + n.to_bytes(8, "big")
-    if not masked:
-        return head + payload
-    mask = rng.randbytes(4)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+def frame(rng: random.Random, opcode: int, payload: bytes, fin: bool = True,
+          rsv1: bool = False, masked: bool = True) -> bytes:
+    """A client's frame (tests/protocol's builder), masked with a key from ``rng``."""
+    return build_frame(opcode, payload, fin=fin, rsv1=rsv1,
+                       mask=rng.randbytes(4) if masked else None)
 
 
 SIMPLE = ["hello", "héllo wörld", "x" * 300, "日本語"]
@@ -120,7 +112,7 @@ def stream(rng: random.Random, mode: str) -> list[bytes]:
         elif kind == 8:  # not UTF-8
             frames.append(frame(rng, 1, b"\xff\xfe" + rng.randbytes(3)))
         elif kind == 9:  # unmasked, or with a reserved bit: a protocol error
-            frames.append(frame(rng, 1, b"bad", masked=rng.random() < 0.5, rsv=0x40))
+            frames.append(frame(rng, 1, b"bad", masked=rng.random() < 0.5, rsv1=True))
         elif kind == 10:
             frames.append(frame(rng, 8, (1000).to_bytes(2, "big") + b"bye"))
         else:  # over max_message_size
@@ -197,17 +189,27 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def with_listener(seed: int, mode: str) -> dict[str, Any]:
-    rng = random.Random(seed)
-    log: list[Any] = []
+def open_connection() -> tuple[WebSocket, Transport]:
     ws = WebSocket(Connection(Side.SERVER, max_message_size=65536), max_queue=4)
     transport = Transport(ws)
     ws.connection_made(transport)  # type: ignore[arg-type]
-    ws._listener = Echo(log)
+    return ws, transport
+
+
+async def feed(transport: Transport, rng: random.Random, mode: str) -> None:
+    """One to three streams of ``mode``, read by read, the loop settling after each."""
     for _ in range(rng.randrange(1, 4)):
         for chunk in reads(rng, mode):
             transport.protocol.data_received(chunk)
             await settle()
+
+
+async def with_listener(seed: int, mode: str) -> dict[str, Any]:
+    rng = random.Random(seed)
+    log: list[Any] = []
+    ws, transport = open_connection()
+    ws._listener = Echo(log)
+    await feed(transport, rng, mode)
     result = outcome(ws, transport, log)
     ws.connection_lost(None)
     return result
@@ -216,9 +218,7 @@ async def with_listener(seed: int, mode: str) -> dict[str, Any]:
 async def with_coroutine(seed: int, mode: str) -> dict[str, Any]:
     rng = random.Random(seed)
     log: list[Any] = []
-    ws = WebSocket(Connection(Side.SERVER, max_message_size=65536), max_queue=4)
-    transport = Transport(ws)
-    ws.connection_made(transport)  # type: ignore[arg-type]
+    ws, transport = open_connection()
 
     async def handler() -> None:
         try:
@@ -233,10 +233,7 @@ async def with_coroutine(seed: int, mode: str) -> dict[str, Any]:
 
     task = asyncio.get_running_loop().create_task(handler())
     await settle()
-    for _ in range(rng.randrange(1, 4)):
-        for chunk in reads(rng, mode):
-            transport.protocol.data_received(chunk)
-            await settle()
+    await feed(transport, rng, mode)
     result = outcome(ws, transport, log)
     ws.connection_lost(None)
     await task

@@ -952,11 +952,13 @@ pack_fields(PyObject *self, PyObject *fields)
  *
  * The fields of the WebSocket and of its protocol (a tether.protocol Connection) are their
  * __slots__, read and written at the offsets of the member descriptors that fuse() finds. An
- * instance is served only when its class resolves each of those names, and each method the
- * fused code does the work of, to what WebSocket and Connection do: a subclass that redefines
- * one gets the Python methods. That is checked once per class, and again after the class (or
- * a base) is changed, as its version tag tells. Of the methods, only _end_turn is also looked
- * for on the instance (an attribute set on one connection: a test's broken transport).
+ * instance is served only when its class resolves each of those names, and each method whose
+ * work the fused code does inline (_process_events, the core's receive_data and
+ * frame_message), to what WebSocket and Connection do: a subclass that redefines one gets the
+ * Python methods. That is checked once per class, and again after the class (or a base) is
+ * changed, as its version tag tells. The methods the fused code calls (_end_turn, _flush,
+ * _write, _listener_failed, ...) it calls by name, as the Python methods do, so that a class's
+ * or an instance's own is the one called.
  *
  * fuse() serves one class: a second call (the module imported again) leaves the new class
  * with its Python methods. */
@@ -968,12 +970,12 @@ enum {
     WS_BYTES_SENT, WS_MESSAGES_RECEIVED, WS_MESSAGES_SENT, WS_WAITER, WS_MESSAGES,
     WS_PROCESSING, WS_LOST, WS_LOOP, WS_CLOSE_TIMER, WS_SLOTS,
     /* and the methods whose work the fused ones do themselves */
-    WS_END_TURN = WS_SLOTS, WS_FLUSH, WS_PROCESS_EVENTS, WS_FIELDS
+    WS_PROCESS_EVENTS = WS_SLOTS, WS_FIELDS
 };
 static const char *const ws_fields[WS_FIELDS] = {
     "protocol", "transport", "_listener", "_pending", "_pending_size", "bytes_received",
     "bytes_sent", "messages_received", "messages_sent", "_waiter", "_messages", "_processing",
-    "_lost", "loop", "_close_timer", "_end_turn", "_flush", "_process_events",
+    "_lost", "loop", "_close_timer", "_process_events",
 };
 enum {
     C_STATE, C_INPUT_CLOSED, C_LARGE_FRAME, C_BUFFER, C_MSG_OPCODE, C_IS_SERVER,
