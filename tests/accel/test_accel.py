@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import array
+import asyncio
+import contextvars
 import os
 import random
 import subprocess
@@ -489,6 +491,105 @@ class TestPackFields:
             accel.pack_fields(fields)
 
 
+class TestWaiter:
+    """What a waiting recv() awaits: asyncio's Future in Python (the specification), a compiled
+    one in C, which must behave the same to a Task and to anyone calling its methods."""
+
+    def test_awaited_by_a_task(self, accel: ModuleType) -> None:
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            waiter = accel.Waiter(loop=loop)
+            assert asyncio.isfuture(waiter) and waiter.get_loop() is loop
+            assert not waiter.done() and not waiter.cancelled()
+
+            async def wait() -> object:
+                return await waiter
+
+            task = asyncio.ensure_future(wait())
+            await asyncio.sleep(0)
+            assert not task.done()
+            waiter.set_result(("a", "tuple"))  # (a tuple result is returned whole)
+            assert waiter.done() and not task.done()  # the wake-up is queued, not run
+            assert await task == ("a", "tuple")
+            assert waiter.result() == ("a", "tuple") and waiter.exception() is None
+            with pytest.raises(asyncio.InvalidStateError):
+                waiter.set_result(1)
+
+        asyncio.run(main())
+
+    def test_cancelled_through_the_task(self, accel: ModuleType) -> None:
+        async def main() -> None:
+            waiter = accel.Waiter(loop=asyncio.get_running_loop())
+
+            async def wait() -> object:
+                return await waiter
+
+            task = asyncio.ensure_future(wait())
+            await asyncio.sleep(0)
+            task.cancel("why")
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert waiter.cancelled() and waiter.done()
+            with pytest.raises(asyncio.CancelledError):
+                waiter.result()
+            assert waiter.cancel() is False
+
+        asyncio.run(main())
+
+    def test_exception_and_callbacks(self, accel: ModuleType) -> None:
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            waiter = accel.Waiter(loop=loop)
+            with pytest.raises(asyncio.InvalidStateError):
+                waiter.result()
+            with pytest.raises(asyncio.InvalidStateError):
+                waiter.exception()
+            calls: list[tuple[str, object]] = []
+            first = lambda future: calls.append(("first", future))  # noqa: E731
+            second = lambda future: calls.append(("second", future))  # noqa: E731
+            waiter.add_done_callback(first)
+            waiter.add_done_callback(second)
+            waiter.add_done_callback(second)
+            assert waiter.remove_done_callback(second) == 2
+            with pytest.raises(TypeError):
+                waiter.set_exception(StopIteration())
+            waiter.set_exception(ValueError)
+            assert calls == []  # queued for the loop
+            await asyncio.sleep(0)
+            assert calls == [("first", waiter)]
+            assert isinstance(waiter.exception(), ValueError)
+            with pytest.raises(ValueError):
+                waiter.result()
+            waiter.add_done_callback(second)  # done: queued at once
+            await asyncio.sleep(0)
+            assert calls == [("first", waiter), ("second", waiter)]
+
+            async def wait() -> object:
+                return await waiter
+
+            with pytest.raises(ValueError):
+                await wait()
+
+        asyncio.run(main())
+
+    def test_callback_context(self, accel: ModuleType) -> None:
+        variable: contextvars.ContextVar[str] = contextvars.ContextVar("variable", default="")
+
+        async def main() -> None:
+            waiter = accel.Waiter(loop=asyncio.get_running_loop())
+            context = contextvars.copy_context()
+            context.run(variable.set, "theirs")
+            seen: list[str] = []
+            waiter.add_done_callback(lambda _: seen.append(variable.get()), context=context)
+            waiter.add_done_callback(lambda _: seen.append(variable.get()))
+            variable.set("ours")
+            waiter.set_result(None)
+            await asyncio.sleep(0)
+            assert seen == ["theirs", ""]
+
+        asyncio.run(main())
+
+
 class TestDifferential:
     """The compiled implementation against its specification, on random inputs."""
 
@@ -525,7 +626,7 @@ class TestDifferential:
 
     def test_same_names(self) -> None:
         names = {"apply_mask", "parse_messages", "frame", "mask_inplace", "new_payload",
-                 "take_payload", "parse_upgrade_head", "pack_fields", "fuse"}
+                 "take_payload", "parse_upgrade_head", "pack_fields", "fuse", "Waiter"}
         assert set(_python.__all__) == names
         assert all(hasattr(_speedups, name) for name in names)
 

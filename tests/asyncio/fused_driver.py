@@ -197,10 +197,13 @@ def open_connection() -> tuple[WebSocket, Transport]:
 
 
 async def feed(transport: Transport, rng: random.Random, mode: str) -> None:
-    """One to three streams of ``mode``, read by read, the loop settling after each."""
+    """One to three streams of ``mode``, read by read, the loop settling after each. Each read
+    is delivered as a transport delivers it: by the loop, outside any task (where the fused read
+    runs a waiting recv()'s step at once)."""
+    loop = asyncio.get_running_loop()
     for _ in range(rng.randrange(1, 4)):
         for chunk in reads(rng, mode):
-            transport.protocol.data_received(chunk)
+            loop.call_soon(lambda chunk=chunk: transport.protocol.data_received(chunk))
             await settle()
 
 
@@ -224,6 +227,15 @@ async def with_coroutine(seed: int, mode: str) -> dict[str, Any]:
         try:
             async for message in ws:
                 log.append(message if isinstance(message, str) else message.hex())
+                if isinstance(message, str):
+                    if message.startswith("raise"):  # the handler ends amid a read
+                        raise ValueError("on purpose")
+                    if message.startswith("close"):
+                        ws.close_nowait(1000, "asked")
+                    if message.startswith("hand over"):  # waits elsewhere: the rest queues
+                        await asyncio.sleep(0)
+                    if message.startswith("big"):
+                        await ws.send("z" * 5000)
                 if len(message) > 4096:  # bytes-like, then a small one: written together
                     await ws.send(bytearray(message.encode() if isinstance(message, str)
                                             else message))
@@ -245,7 +257,7 @@ def main() -> None:
     logger = logging.getLogger("tether")
     logger.addHandler(RECORDS)
     logger.propagate = False
-    calls = {"data_received": 0, "send_nowait": 0}
+    calls = {"data_received": 0, "send_nowait": 0, "recv": 0, "__anext__": 0, "_receive": 0}
 
     def profile(frame: Any, event: str, arg: Any) -> None:
         name = frame.f_code.co_name

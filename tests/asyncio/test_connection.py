@@ -4,6 +4,7 @@ ping, close codes, flow control both ways."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 from typing import Any
 
@@ -108,6 +109,126 @@ class TestMessages:
                 assert ws.close_code == 1000
 
         run(main())
+
+
+class TestRecvIsACoroutine:
+    """recv() and ``async for`` as asyncio sees them: with the C accelerator they return a
+    compiled coroutine awaiting a compiled Future (accel.fuse, accel.Waiter), and run the
+    handler's step inside the read; everything asyncio does with a coroutine must still work."""
+
+    def test_wait_for_timeout_then_recv_again(self) -> None:
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(ws.recv(), UNIT)
+                assert ws._waiter is None  # the cancelled wait let go of its Future
+                await ws.send("after")
+                assert await ws.recv() == "after"
+
+        run(main())
+
+    def test_a_task_of_recv_cancelled_then_recv_again(self) -> None:
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                coro = ws.recv()
+                assert asyncio.iscoroutine(coro)
+                task = asyncio.create_task(coro)
+                await asyncio.sleep(UNIT)
+                assert ws._waiter is not None and not task.done()
+                task.cancel("enough")
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert ws._waiter is None
+                await ws.send("next")
+                assert await ws.recv() == "next"
+
+        run(main())
+
+    def test_an_unawaited_recv_changes_nothing(self) -> None:
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                ws.recv().close()
+                ws.__anext__().close()
+                assert ws._waiter is None
+                await ws.send("x")
+                assert await ws.recv() == "x"
+
+        run(main())
+
+    def test_throw_into_a_waiting_recv(self) -> None:
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                coro = ws.recv()
+                future = coro.send(None)  # what it waits on, as a Task would get it
+                assert asyncio.isfuture(future)
+                assert ws._waiter is future
+                with pytest.raises(KeyError):
+                    coro.throw(KeyError("mine"))
+                assert ws._waiter is None
+                with pytest.raises(RuntimeError):
+                    coro.send(None)  # finished
+
+        run(main())
+
+    def test_gather_and_shield(self) -> None:
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                await ws.send("a")
+                first, other = await asyncio.gather(ws.recv(), asyncio.sleep(0, "x"))
+                assert (first, other) == ("a", "x")
+                await ws.send("b")
+                assert await asyncio.shield(ws.recv()) == "b"
+
+        run(main())
+
+    def test_handler_steps_keep_their_task_and_context(self) -> None:
+        """Each step of a handler runs in its own Task and context, whether the loop or the
+        read resumes it; one read of many messages reaches the handler in order."""
+        variable: contextvars.ContextVar[str] = contextvars.ContextVar("variable")
+        seen: list[tuple[str, bool, str]] = []
+
+        async def handler(ws: WebSocket) -> None:
+            variable.set("the handler's")
+            task = asyncio.current_task()
+            async for message in ws:
+                seen.append((message, asyncio.current_task() is task, variable.get()))
+                await ws.send(message)
+
+        async def main() -> None:
+            variable.set("the test's")
+            async with serving(handler) as (_, url), tether.connect(url) as ws:
+                for i in range(30):
+                    ws.protocol.send_text(str(i).encode())
+                ws._write(ws.protocol.data_to_send())  # one write: mostly one read there
+                assert [await ws.recv() for _ in range(30)] == [str(i) for i in range(30)]
+                assert variable.get() == "the test's"
+            assert seen == [(str(i), True, "the handler's") for i in range(30)]
+
+        run(main())
+
+    def test_end_of_stream_in_async_for_and_recv(self) -> None:
+        async def handler(ws: WebSocket) -> None:
+            async for message in ws:
+                await ws.send(message)
+            with pytest.raises(tether.ConnectionClosedOK):
+                await ws.recv()
+            ended.set_result(ws.close_code)
+
+        async def main() -> None:
+            async with serving(handler) as (_, url):
+                async with tether.connect(url) as ws:
+                    await ws.send("x")
+                    assert await ws.recv() == "x"
+                assert await asyncio.wait_for(ended, 50 * UNIT) == 1000
+
+        ended: asyncio.Future[int]
+
+        async def start() -> None:
+            nonlocal ended
+            ended = asyncio.get_running_loop().create_future()
+            await main()
+
+        run(start())
 
 
 class TestLargeMessagesStream:

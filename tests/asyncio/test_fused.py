@@ -58,7 +58,8 @@ def test_c_run_takes_the_common_case_in_c(runs: tuple[dict[str, Any], dict[str, 
     c, _ = runs
     assert c["implementation"] == "c"
     assert c["fused"]
-    assert c["python_calls"] == {"data_received": 0, "send_nowait": 0}
+    assert c["python_calls"] == {"data_received": 0, "send_nowait": 0, "recv": 0,
+                                 "__anext__": 0, "_receive": 0}
 
 
 @pytest.mark.parametrize("api", ["with_listener", "with_coroutine"])
@@ -104,3 +105,49 @@ def test_a_subclass_with_its_own_end_of_turn_gets_it_called() -> None:
 
     assert asyncio.run(main()) == ["81026869"]
     assert calls == ["end of turn"]
+
+
+def test_a_waiting_handler_runs_inside_the_read() -> None:
+    """With the accelerator, a read for a recv() that waits runs the handler's step for each
+    message inside data_received (no Future queued, no loop turn); in Python the steps run
+    after it, from the queue. The replies go out the same: once, at the read's end."""
+    import asyncio
+    import random
+
+    from tether import accel
+
+    from .fused_driver import frame, open_connection
+
+    async def main() -> tuple[list[tuple[str, bool]], list[str]]:
+        ws, transport = open_connection()
+        reading = False
+        seen: list[tuple[str, bool]] = []
+
+        async def handler() -> None:
+            async for message in ws:
+                seen.append((str(message), reading))
+                await ws.send(message)
+
+        def deliver(data: bytes) -> None:
+            nonlocal reading
+            reading = True
+            try:
+                ws.data_received(data)
+            finally:
+                reading = False
+
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(handler())
+        await asyncio.sleep(0)
+        rng = random.Random(5)
+        loop.call_soon(deliver, b"".join(frame(rng, 1, f"m{i}".encode()) for i in range(3)))
+        for _ in range(4):
+            await asyncio.sleep(0)
+        ws.connection_lost(None)
+        await asyncio.gather(task, return_exceptions=True)
+        return seen, transport.chunks
+
+    seen, writes = asyncio.run(main())
+    inside = accel.IMPLEMENTATION == "c"
+    assert seen == [("m0", inside), ("m1", inside), ("m2", inside)]
+    assert writes == ["81026d3081026d3181026d32"]

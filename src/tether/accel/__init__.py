@@ -36,5 +36,6 @@ if TYPE_CHECKING:  # both modules have the same signatures: the specification's
     from ._python import parse_messages as parse_messages
     from ._python import parse_upgrade_head as parse_upgrade_head
     from ._python import take_payload as take_payload
+    from ._python import Waiter as Waiter
 else:
     globals().update({name: getattr(_module, name) for name in _python.__all__})

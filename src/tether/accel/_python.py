@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import mmap
 import struct
+from asyncio import Future
 from typing import Any
 
 from ..typing import BytesLike
 
 __all__ = [
     "apply_mask", "parse_messages", "frame", "mask_inplace", "new_payload", "take_payload",
-    "parse_upgrade_head", "pack_fields", "fuse",
+    "parse_upgrade_head", "pack_fields", "fuse", "Waiter",
 ]
 
 _new_tuple = tuple.__new__
@@ -294,16 +295,39 @@ def pack_fields(fields: list[tuple[str, str]]) -> str | None:
     return packed
 
 
+#: What a waiting ``recv()`` awaits (``Waiter(loop=loop)``): here asyncio's Future, which is
+#: the compiled Waiter's specification. The compiled one is a Future in every way a Task or a
+#: caller can see, and one thing more, for the fused read alone (see ``fuse``): it can be
+#: resumed at once, its callbacks (the waiting Task's wake-up) run in the read rather than
+#: queued for the loop's next turn.
+Waiter = Future
+
+
 def fuse(websocket: type, connection: type, open_state: object, text_type: type[Any],
-         binary_type: type[Any], join_limit: int, coalesce_limit: int) -> None:
+         binary_type: type[Any], join_limit: int, coalesce_limit: int,
+         current_tasks: dict[Any, Any] | None, closed: object,
+         connection_closed: type[BaseException]) -> None:
     """Give the I/O layer's methods on the path of every message (tether.asyncio.connection's
-    ``WebSocket.data_received``, ``send_nowait``, ``_end_turn`` and ``_flush``) fast paths for
-    their common case: a read of whole messages in plain frames for a Listener, or of one
-    message for a waiting ``recv()``; a server's small uncompressed message; writing what was
-    gathered. ``connection`` is the sans-I/O core whose fields they read, ``open_state`` its
-    OPEN state, the two types its text and binary message events (for messages handed back to
+    ``WebSocket.data_received``, ``send_nowait``, ``_end_turn``, ``_flush``, ``recv``,
+    ``__anext__`` and ``send``) fast paths for
+    their common case: a read of whole messages in plain frames for a Listener, or for a
+    waiting ``recv()``; a server's small uncompressed message; writing what was gathered.
+    ``connection`` is the sans-I/O core whose fields they read, ``open_state`` its OPEN state,
+    the two types its text and binary message events (for messages handed back to
     ``_process_events``), and the limits ``_JOIN_LIMIT`` and ``_COALESCE_LIMIT`` of the
     modules that own them. Only the first class given is served.
+
+    A read for a ``recv()`` waiting on a compiled ``Waiter`` hands it each message in turn and
+    runs the waiting Task's step at once, inside the read (``_in_read`` set: ``recv()`` leaves
+    the replies to the read's end, which writes them once), when ``current_tasks`` (asyncio's
+    ``{loop: running Task}``) says no Task is running on the loop; otherwise, and when nobody
+    waits any more, the messages go to ``_process_events`` as here. ``recv()`` and
+    ``__anext__`` return a compiled coroutine that does ``_receive``'s common case (nothing
+    queued, the connection open: wait on a new Waiter) and hands any other to ``_receive``;
+    ``closed`` is the sentinel that wakes a waiting ``recv()`` when the connection closes.
+    ``send()`` returns one that calls ``send_nowait`` and is done unless writing is paused
+    (then ``_drain()``'s), or the Python ``send``'s when the connection is closed (the
+    ``connection_closed`` exception).
 
     Here, nothing: the Python methods are the specification, and the compiled module's
     versions call them for everything that is not their common case.

@@ -934,16 +934,740 @@ pack_fields(PyObject *self, PyObject *fields)
     return result;
 }
 
+/* ---- Waiter: recv()'s Future, which a fused read can resume at once --------------------------
+ *
+ * What a waiting recv() awaits: an asyncio Future as far as anyone can tell (a Task awaits it
+ * through the protocol of "Future-compatible" objects: _asyncio_future_blocking,
+ * add_done_callback, result, cancel; set_result and cancel schedule the callbacks with the
+ * loop's call_soon, as asyncio.Future does). Its specification is asyncio.Future, which the
+ * pure-Python build uses in its place.
+ *
+ * The one thing more: waiter_resume(), which only the fused data_received calls. It sets the
+ * result and runs the callbacks (the waiting Task's wake-up) at once, each in its context,
+ * where set_result would queue them for the loop: the handler's step runs inside the read,
+ * before its next message is looked at, and costs no Future, no Handle and no loop turn. The
+ * fused read calls it only when no Task is running on the loop (the step enters its own). */
+
+enum { WAITER_PENDING, WAITER_FINISHED, WAITER_CANCELLED };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *loop;
+    PyObject *result;    /* once finished */
+    PyObject *exception; /* once finished with one */
+    PyObject *cancel_msg;
+    PyObject *callback, *context; /* the first callback (a Task's wake-up), kept apart */
+    PyObject *callbacks;          /* a list of (callback, context) for any more */
+    char state;
+    char blocking;  /* _asyncio_future_blocking */
+    char yielded;
+} WaiterObject;
+
+static PyTypeObject WaiterType;
+static PyObject *str_call_soon_w, *context_kwnames;
+
+static int
+waiter_traverse(WaiterObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->loop);
+    Py_VISIT(self->result);
+    Py_VISIT(self->exception);
+    Py_VISIT(self->cancel_msg);
+    Py_VISIT(self->callback);
+    Py_VISIT(self->context);
+    Py_VISIT(self->callbacks);
+    return 0;
+}
+
+static int
+waiter_clear(WaiterObject *self)
+{
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->result);
+    Py_CLEAR(self->exception);
+    Py_CLEAR(self->cancel_msg);
+    Py_CLEAR(self->callback);
+    Py_CLEAR(self->context);
+    Py_CLEAR(self->callbacks);
+    return 0;
+}
+
+static void
+waiter_dealloc(WaiterObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    waiter_clear(self);
+    PyObject_GC_Del(self);
+}
+
+/* Waiter(loop=loop), as asyncio.Future(loop=loop) is called (loop also positional). */
+static PyObject *
+waiter_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *loop;
+    WaiterObject *self;
+    if (nargs == 1 && kwnames == NULL) {
+        loop = args[0];
+    }
+    else if (nargs == 0 && kwnames != NULL && PyTuple_GET_SIZE(kwnames) == 1 &&
+             PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0)) &&
+             PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "loop") == 0) {
+        loop = args[0];
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError, "Waiter() takes one argument: loop");
+        return NULL;
+    }
+    self = PyObject_GC_New(WaiterObject, &WaiterType);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(loop);
+    self->loop = loop;
+    self->result = self->exception = self->cancel_msg = NULL;
+    self->callback = self->context = self->callbacks = NULL;
+    self->state = WAITER_PENDING;
+    self->blocking = 0;
+    self->yielded = 0;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static PyObject *
+waiter_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"loop", NULL};
+    PyObject *loop;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Waiter", names, &loop)) {
+        return NULL;
+    }
+    return waiter_vectorcall((PyObject *)type, &loop, 1, NULL);
+}
+
+static PyObject *
+asyncio_error(const char *name)
+{
+    PyObject *module = PyImport_ImportModule("asyncio.exceptions"), *error;
+    if (module == NULL) {
+        return NULL;
+    }
+    error = PyObject_GetAttrString(module, name);
+    Py_DECREF(module);
+    return error;
+}
+
+/* Raise asyncio's `name` (CancelledError, InvalidStateError) with arg (NULL: none). */
+static PyObject *
+raise_asyncio(const char *name, PyObject *arg)
+{
+    PyObject *error = asyncio_error(name), *exc;
+    if (error == NULL) {
+        return NULL;
+    }
+    exc = arg == NULL ? PyObject_CallNoArgs(error) : PyObject_CallOneArg(error, arg);
+    if (exc != NULL) {
+        PyErr_SetObject(error, exc);
+        Py_DECREF(exc);
+    }
+    Py_DECREF(error);
+    return NULL;
+}
+
+static PyObject *
+raise_cancelled(WaiterObject *self)
+{
+    return raise_asyncio("CancelledError", self->cancel_msg);
+}
+
+/* loop.call_soon(callback, self, context=context) */
+static int
+schedule(WaiterObject *self, PyObject *callback, PyObject *context)
+{
+    PyObject *stack[4] = {self->loop, callback, (PyObject *)self, context};
+    PyObject *result = PyObject_VectorcallMethod(
+        str_call_soon_w, stack, 3,
+        context != NULL && context != Py_None ? context_kwnames : NULL);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+/* Take the callbacks off self: a new list of (callback, context) pairs. */
+static PyObject *
+take_callbacks(WaiterObject *self)
+{
+    PyObject *all = self->callbacks, *pair;
+    self->callbacks = NULL;
+    if (self->callback == NULL) {
+        return all != NULL ? all : PyList_New(0);
+    }
+    pair = PyTuple_Pack(2, self->callback, self->context != NULL ? self->context : Py_None);
+    Py_CLEAR(self->callback);
+    Py_CLEAR(self->context);
+    if (all == NULL) {
+        all = PyList_New(0);
+    }
+    if (pair == NULL || all == NULL || PyList_Insert(all, 0, pair) < 0) {
+        Py_XDECREF(pair);
+        Py_XDECREF(all);
+        return NULL;
+    }
+    Py_DECREF(pair);
+    return all;
+}
+
+/* As asyncio.Future's __schedule_callbacks. */
+static int
+schedule_callbacks(WaiterObject *self)
+{
+    PyObject *all = take_callbacks(self);
+    Py_ssize_t i;
+    if (all == NULL) {
+        return -1;
+    }
+    for (i = 0; i < PyList_GET_SIZE(all); i++) {
+        PyObject *pair = PyList_GET_ITEM(all, i);
+        if (schedule(self, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1)) < 0) {
+            Py_DECREF(all);
+            return -1;
+        }
+    }
+    Py_DECREF(all);
+    return 0;
+}
+
+/* What a Task's wake-up is given in place of the Waiter: asyncio's own Future, done, with no
+ * exception. The wake-up only asks its argument whether it failed (its result goes unused:
+ * the step resumes the coroutine, whose `await` takes the Waiter's), and asks asyncio's
+ * Future without a call of its result() method. Its "loop" is a namespace whose get_debug()
+ * is bool() (all a Future asks of its loop before it has callbacks): it keeps no loop alive.
+ * NULL when it cannot be made. */
+static PyObject *
+done_future(void)
+{
+    static PyObject *future;
+    if (future == NULL) {
+        PyObject *module = PyImport_ImportModule("_asyncio"), *type, *made, *result, *loop;
+        if (module == NULL) {
+            PyErr_Clear();
+            return NULL;
+        }
+        type = PyObject_GetAttrString(module, "Future");
+        Py_DECREF(module);
+        module = PyImport_ImportModule("types");
+        loop = module == NULL ? NULL
+                              : PyObject_CallMethod(module, "SimpleNamespace", NULL);
+        Py_XDECREF(module);
+        if (type == NULL || loop == NULL ||
+            PyObject_SetAttrString(loop, "get_debug", (PyObject *)&PyBool_Type) < 0) {
+            PyErr_Clear();
+            Py_XDECREF(type);
+            Py_XDECREF(loop);
+            return NULL;
+        }
+        {
+            PyObject *stack[1] = {loop}, *kwnames = Py_BuildValue("(s)", "loop");
+            made = kwnames == NULL ? NULL : PyObject_Vectorcall(type, stack, 0, kwnames);
+            Py_XDECREF(kwnames);
+        }
+        Py_DECREF(loop);
+        Py_DECREF(type);
+        if (made == NULL) {
+            PyErr_Clear();
+            return NULL;
+        }
+        result = PyObject_CallMethod(made, "set_result", "O", Py_None);
+        if (result == NULL) {
+            PyErr_Clear();
+            Py_DECREF(made);
+            return NULL;
+        }
+        Py_DECREF(result);
+        future = made;
+    }
+    return future;
+}
+
+/* Whether callback is the wake-up of asyncio's compiled Task (a builtin bound to the Task). */
+static int
+is_task_wakeup(PyObject *callback)
+{
+    return PyCFunction_Check(callback) &&
+           strcmp(((PyCFunctionObject *)callback)->m_ml->ml_name, "task_wakeup") == 0;
+}
+
+/* The fused read's set_result: the callbacks run now, each in its context (see above). A
+ * callback that fails is reported as unraisable (a Task's wake-up does not fail: the Task
+ * keeps its coroutine's exceptions), but for KeyboardInterrupt and SystemExit, which go on up
+ * as they would from the loop's Handle: -1 with the exception set. -1 also when the Waiter was
+ * done (nothing run then). */
+static int
+waiter_resume(WaiterObject *self, PyObject *value)
+{
+    PyObject *callback = self->callback, *context = self->context, *rest = self->callbacks;
+    PyObject *exit_type = NULL, *exit_value = NULL, *exit_tb = NULL;
+    Py_ssize_t i;
+    if (self->state != WAITER_PENDING) {
+        PyErr_SetString(PyExc_RuntimeError, "the waiter is done");
+        return -1;
+    }
+    Py_INCREF(value);
+    self->result = value;
+    self->state = WAITER_FINISHED;
+    self->callback = self->context = self->callbacks = NULL;
+    if (callback != NULL) {
+        PyObject *result;
+        int entered = context != NULL && context != Py_None;
+        if (entered && PyContext_Enter(context) < 0) {
+            /* (entered already: only a strange caller's doing) queued, as set_result does */
+            PyErr_Clear();
+            entered = 0;
+            if (schedule(self, callback, context) < 0) {
+                PyErr_WriteUnraisable(callback);
+            }
+        }
+        else {
+            PyObject *argument = is_task_wakeup(callback) ? done_future() : NULL;
+            result = PyObject_CallOneArg(callback,
+                                         argument != NULL ? argument : (PyObject *)self);
+            if (result == NULL) {
+                if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) ||
+                    PyErr_ExceptionMatches(PyExc_SystemExit)) {
+                    PyErr_Fetch(&exit_type, &exit_value, &exit_tb);
+                }
+                else {
+                    PyErr_WriteUnraisable(callback);
+                }
+            }
+            Py_XDECREF(result);
+            if (entered && PyContext_Exit(context) < 0) {
+                PyErr_WriteUnraisable(context);
+            }
+        }
+        Py_DECREF(callback);
+        Py_XDECREF(context);
+    }
+    if (rest != NULL) {
+        for (i = 0; i < PyList_GET_SIZE(rest); i++) { /* more than one: queued, in order */
+            PyObject *pair = PyList_GET_ITEM(rest, i);
+            if (schedule(self, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1)) < 0) {
+                PyErr_WriteUnraisable(PyTuple_GET_ITEM(pair, 0));
+            }
+        }
+        Py_DECREF(rest);
+    }
+    if (exit_type != NULL) {
+        PyErr_Restore(exit_type, exit_value, exit_tb);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+waiter_done(WaiterObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(self->state != WAITER_PENDING);
+}
+
+static PyObject *
+waiter_cancelled(WaiterObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(self->state == WAITER_CANCELLED);
+}
+
+static PyObject *
+waiter_result(WaiterObject *self, PyObject *unused)
+{
+    if (self->state == WAITER_CANCELLED) {
+        return raise_cancelled(self);
+    }
+    if (self->state == WAITER_PENDING) {
+        PyObject *text = PyUnicode_FromString("Result is not ready.");
+        if (text != NULL) {
+            raise_asyncio("InvalidStateError", text);
+            Py_DECREF(text);
+        }
+        return NULL;
+    }
+    if (self->exception != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(self->exception), self->exception);
+        return NULL;
+    }
+    Py_INCREF(self->result);
+    return self->result;
+}
+
+static PyObject *
+waiter_exception(WaiterObject *self, PyObject *unused)
+{
+    if (self->state == WAITER_CANCELLED) {
+        return raise_cancelled(self);
+    }
+    if (self->state == WAITER_PENDING) {
+        PyObject *text = PyUnicode_FromString("Exception is not set.");
+        if (text != NULL) {
+            raise_asyncio("InvalidStateError", text);
+            Py_DECREF(text);
+        }
+        return NULL;
+    }
+    if (self->exception != NULL) {
+        Py_INCREF(self->exception);
+        return self->exception;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+invalid_state(WaiterObject *self)
+{
+    const char *names[] = {"PENDING", "FINISHED", "CANCELLED"};
+    PyObject *text = PyUnicode_FromFormat("invalid state: %s", names[(int)self->state]);
+    if (text != NULL) {
+        raise_asyncio("InvalidStateError", text);
+        Py_DECREF(text);
+    }
+    return NULL;
+}
+
+static PyObject *
+waiter_set_result(WaiterObject *self, PyObject *value)
+{
+    if (self->state != WAITER_PENDING) {
+        return invalid_state(self);
+    }
+    Py_INCREF(value);
+    self->result = value;
+    self->state = WAITER_FINISHED;
+    if (schedule_callbacks(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+waiter_set_exception(WaiterObject *self, PyObject *exception)
+{
+    PyObject *value;
+    if (self->state != WAITER_PENDING) {
+        return invalid_state(self);
+    }
+    if (PyExceptionClass_Check(exception)) {
+        value = PyObject_CallNoArgs(exception);
+        if (value == NULL) {
+            return NULL;
+        }
+    }
+    else if (PyExceptionInstance_Check(exception)) {
+        Py_INCREF(exception);
+        value = exception;
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError, "invalid exception object");
+        return NULL;
+    }
+    if (PyErr_GivenExceptionMatches(value, PyExc_StopIteration)) {
+        Py_DECREF(value);
+        PyErr_SetString(PyExc_TypeError,
+                        "StopIteration interacts badly with generators and cannot be raised "
+                        "into a Future");
+        return NULL;
+    }
+    self->exception = value;
+    self->state = WAITER_FINISHED;
+    if (schedule_callbacks(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+waiter_cancel(WaiterObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"msg", NULL};
+    PyObject *msg = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:cancel", names, &msg)) {
+        return NULL;
+    }
+    if (self->state != WAITER_PENDING) {
+        Py_RETURN_FALSE;
+    }
+    self->state = WAITER_CANCELLED;
+    if (msg != Py_None) {
+        Py_INCREF(msg);
+        self->cancel_msg = msg;
+    }
+    if (schedule_callbacks(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+waiter_add_done_callback(WaiterObject *self, PyObject *const *args, Py_ssize_t nargs,
+                         PyObject *kwnames)
+{
+    PyObject *callback, *context = Py_None, *pair;
+    if (nargs != 1 || (kwnames != NULL &&
+                       (PyTuple_GET_SIZE(kwnames) != 1 ||
+                        PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0),
+                                                         "context") != 0))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "add_done_callback() takes a callback and, by keyword, a context");
+        return NULL;
+    }
+    callback = args[0];
+    if (kwnames != NULL) {
+        context = args[1];
+    }
+    if (context == Py_None) {
+        context = PyContext_CopyCurrent(); /* as asyncio.Future does */
+        if (context == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        Py_INCREF(context);
+    }
+    if (self->state != WAITER_PENDING) {
+        int failed = schedule(self, callback, context) < 0;
+        Py_DECREF(context);
+        if (failed) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    if (self->callback == NULL && self->callbacks == NULL) {
+        Py_INCREF(callback);
+        self->callback = callback;
+        self->context = context;
+        Py_RETURN_NONE;
+    }
+    pair = PyTuple_Pack(2, callback, context);
+    Py_DECREF(context);
+    if (pair == NULL) {
+        return NULL;
+    }
+    if (self->callbacks == NULL && (self->callbacks = PyList_New(0)) == NULL) {
+        Py_DECREF(pair);
+        return NULL;
+    }
+    if (PyList_Append(self->callbacks, pair) < 0) {
+        Py_DECREF(pair);
+        return NULL;
+    }
+    Py_DECREF(pair);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+waiter_remove_done_callback(WaiterObject *self, PyObject *callback)
+{
+    PyObject *all, *kept;
+    Py_ssize_t i, removed = 0;
+    if (self->state != WAITER_PENDING) {
+        return PyLong_FromLong(0);
+    }
+    all = take_callbacks(self);
+    if (all == NULL) {
+        return NULL;
+    }
+    kept = PyList_New(0);
+    if (kept == NULL) {
+        self->callbacks = all;
+        return NULL;
+    }
+    for (i = 0; i < PyList_GET_SIZE(all); i++) {
+        PyObject *pair = PyList_GET_ITEM(all, i);
+        int equal = PyObject_RichCompareBool(PyTuple_GET_ITEM(pair, 0), callback, Py_EQ);
+        if (equal < 0) {
+            Py_DECREF(kept);
+            self->callbacks = all;
+            return NULL;
+        }
+        if (equal) {
+            removed++;
+        }
+        else if (PyList_Append(kept, pair) < 0) {
+            Py_DECREF(kept);
+            self->callbacks = all;
+            return NULL;
+        }
+    }
+    Py_DECREF(all);
+    if (PyList_GET_SIZE(kept) > 0) {
+        self->callbacks = kept;
+    }
+    else {
+        Py_DECREF(kept);
+    }
+    return PyLong_FromSsize_t(removed);
+}
+
+static PyObject *
+waiter_get_loop(WaiterObject *self, PyObject *unused)
+{
+    Py_INCREF(self->loop);
+    return self->loop;
+}
+
+/* `await waiter`: itself, until it is done; then its result (asyncio.Future.__await__). */
+static PySendResult
+waiter_am_send(PyObject *obj, PyObject *arg, PyObject **result)
+{
+    WaiterObject *self = (WaiterObject *)obj;
+    if (self->state == WAITER_PENDING) {
+        if (self->yielded) {
+            PyErr_SetString(PyExc_RuntimeError, "await wasn't used with future");
+            return PYGEN_ERROR;
+        }
+        self->yielded = 1;
+        self->blocking = 1;
+        Py_INCREF(obj);
+        *result = obj;
+        return PYGEN_NEXT;
+    }
+    *result = waiter_result(self, NULL);
+    return *result == NULL ? PYGEN_ERROR : PYGEN_RETURN;
+}
+
+/* Raise StopIteration(value) (a reference taken), as a generator returns value; NULL. */
+static PyObject *
+stop_iteration(PyObject *value)
+{
+    if (value == Py_None) {
+        PyErr_SetNone(PyExc_StopIteration);
+    }
+    else {
+        PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+        if (stop != NULL) {
+            PyErr_SetObject(PyExc_StopIteration, stop);
+            Py_DECREF(stop);
+        }
+    }
+    Py_DECREF(value);
+    return NULL;
+}
+
+static PyObject *
+waiter_iternext(PyObject *obj)
+{
+    PyObject *result;
+    switch (waiter_am_send(obj, Py_None, &result)) {
+    case PYGEN_NEXT:
+        return result;
+    case PYGEN_RETURN:
+        return stop_iteration(result);
+    default:
+        return NULL;
+    }
+}
+
+static PyObject *
+waiter_await(PyObject *self)
+{
+    Py_INCREF(self);
+    return self;
+}
+
+static PyObject *
+waiter_get_blocking(WaiterObject *self, void *closure)
+{
+    return PyBool_FromLong(self->blocking);
+}
+
+static int
+waiter_set_blocking(WaiterObject *self, PyObject *value, void *closure)
+{
+    int truth;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete attribute");
+        return -1;
+    }
+    truth = PyObject_IsTrue(value);
+    if (truth < 0) {
+        return -1;
+    }
+    self->blocking = (char)truth;
+    return 0;
+}
+
+static PyObject *
+waiter_get_loop_attr(WaiterObject *self, void *closure)
+{
+    Py_INCREF(self->loop);
+    return self->loop;
+}
+
+static PyObject *
+waiter_repr(WaiterObject *self)
+{
+    const char *names[] = {"pending", "finished", "cancelled"};
+    return PyUnicode_FromFormat("<Waiter %s>", names[(int)self->state]);
+}
+
+static PyMethodDef waiter_methods[] = {
+    {"done", (PyCFunction)waiter_done, METH_NOARGS, NULL},
+    {"cancelled", (PyCFunction)waiter_cancelled, METH_NOARGS, NULL},
+    {"result", (PyCFunction)waiter_result, METH_NOARGS, NULL},
+    {"exception", (PyCFunction)waiter_exception, METH_NOARGS, NULL},
+    {"set_result", (PyCFunction)waiter_set_result, METH_O, NULL},
+    {"set_exception", (PyCFunction)waiter_set_exception, METH_O, NULL},
+    {"cancel", (PyCFunction)(void (*)(void))waiter_cancel, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"add_done_callback", (PyCFunction)(void (*)(void))waiter_add_done_callback,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"remove_done_callback", (PyCFunction)waiter_remove_done_callback, METH_O, NULL},
+    {"get_loop", (PyCFunction)waiter_get_loop, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef waiter_getset[] = {
+    {"_asyncio_future_blocking", (getter)waiter_get_blocking, (setter)waiter_set_blocking, NULL,
+     NULL},
+    {"_loop", (getter)waiter_get_loop_attr, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyAsyncMethods waiter_async = {
+    .am_await = waiter_await,
+    .am_send = waiter_am_send,
+};
+
+static PyTypeObject WaiterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tether.accel._speedups.Waiter",
+    .tp_doc = "Waiter(loop)\n--\n\nWhat a waiting recv() awaits: an asyncio.Future (its "
+              "specification) that a fused read can resume at once.",
+    .tp_basicsize = sizeof(WaiterObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = waiter_new,
+    .tp_vectorcall = waiter_vectorcall,
+    .tp_dealloc = (destructor)waiter_dealloc,
+    .tp_traverse = (traverseproc)waiter_traverse,
+    .tp_clear = (inquiry)waiter_clear,
+    .tp_repr = (reprfunc)waiter_repr,
+    .tp_as_async = &waiter_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = waiter_iternext,
+    .tp_methods = waiter_methods,
+    .tp_getset = waiter_getset,
+};
+
 /* ---- The I/O layer's fast paths ------------------------------------------------------------
  *
  * fuse() replaces the methods of tether.asyncio.connection.WebSocket on the path of every
  * message with versions that take their common case in C:
  *
  *   data_received: an open connection with nothing half-received reads one or more whole
- *   messages in plain frames, for a Listener (each to on_message) or for a recv() waiting for
- *   exactly one (the Future gets it);
+ *   messages in plain frames, for a Listener (each to on_message) or for a recv() that waits:
+ *   on a Waiter, each message resumes the waiting Task's step at once, inside the read (see
+ *   Waiter above); on another Future, that one message is its result;
  *   send_nowait: a server sends a small str or bytes message, uncompressed;
- *   _end_turn and _flush: what was gathered is written.
+ *   _end_turn and _flush: what was gathered is written;
+ *   recv, __anext__ and send: a Coroutine (below) that does their common case.
  *
  * Anything else, and any state they do not expect, goes to the Python method they replace,
  * called with the same arguments before anything changed: those methods are the
@@ -968,14 +1692,15 @@ pack_fields(PyObject *self, PyObject *fields)
 enum {
     WS_PROTOCOL, WS_TRANSPORT, WS_LISTENER, WS_PENDING, WS_PENDING_SIZE, WS_BYTES_RECEIVED,
     WS_BYTES_SENT, WS_MESSAGES_RECEIVED, WS_MESSAGES_SENT, WS_WAITER, WS_MESSAGES,
-    WS_PROCESSING, WS_LOST, WS_LOOP, WS_CLOSE_TIMER, WS_SLOTS,
+    WS_PROCESSING, WS_LOST, WS_LOOP, WS_CLOSE_TIMER, WS_IN_READ, WS_WRITING_PAUSED, WS_SLOTS,
     /* and the methods whose work the fused ones do themselves */
-    WS_PROCESS_EVENTS = WS_SLOTS, WS_FIELDS
+    WS_PROCESS_EVENTS = WS_SLOTS, WS_RECEIVE, WS_FIELDS
 };
 static const char *const ws_fields[WS_FIELDS] = {
     "protocol", "transport", "_listener", "_pending", "_pending_size", "bytes_received",
     "bytes_sent", "messages_received", "messages_sent", "_waiter", "_messages", "_processing",
-    "_lost", "loop", "_close_timer", "_process_events",
+    "_lost", "loop", "_close_timer", "_in_read", "_writing_paused", "_process_events",
+    "_receive",
 };
 enum {
     C_STATE, C_INPUT_CLOSED, C_LARGE_FRAME, C_BUFFER, C_MSG_OPCODE, C_IS_SERVER,
@@ -1005,13 +1730,20 @@ static Layout ws_layout = {.slots = WS_SLOTS, .count = WS_FIELDS, .names = ws_fi
 static Layout conn_layout = {.slots = C_SLOTS, .count = C_FIELDS, .names = conn_fields};
 static PyTypeObject *ws_type, *conn_type;
 static PyObject *open_state, *zero, *empty_bytes, *text_type, *binary_type;
+static PyObject *current_tasks; /* asyncio's {loop: the Task running}, or NULL */
 /* The Python methods that the fused ones replace, in fused_defs' order. */
-enum { FUSED_DATA_RECEIVED, FUSED_SEND_NOWAIT, FUSED_END_TURN, FUSED_FLUSH, FUSED_METHODS };
+enum {
+    FUSED_DATA_RECEIVED, FUSED_SEND_NOWAIT, FUSED_END_TURN, FUSED_FLUSH, FUSED_RECV,
+    FUSED_ANEXT, FUSED_SEND, FUSED_METHODS
+};
 static PyObject *generals[FUSED_METHODS];
 #define general_data_received generals[FUSED_DATA_RECEIVED]
 #define general_send_nowait generals[FUSED_SEND_NOWAIT]
 #define general_end_turn generals[FUSED_END_TURN]
 #define general_flush generals[FUSED_FLUSH]
+#define general_recv generals[FUSED_RECV]
+#define general_anext generals[FUSED_ANEXT]
+#define general_send_function generals[FUSED_SEND]
 static PyObject *str_on_message, *str_listener_failed, *str_write, *str_ws_write, *str_flush,
     *str_receive_close, *str_done, *str_set_result, *str_call_soon, *str_end_turn,
     *str_process_events, *str_join;
@@ -1295,6 +2027,22 @@ call_method_1(PyObject *obj, PyObject *name, PyObject *arg)
     return 0;
 }
 
+/* Whether no Task runs on loop now: a Task's step can be entered from here. */
+static int
+no_task_running(PyObject *loop)
+{
+    PyObject *task;
+    if (current_tasks == NULL || loop == NULL) {
+        return 0;
+    }
+    task = PyDict_GetItemWithError(current_tasks, loop);
+    if (task == NULL && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return task == NULL;
+}
+
 /* ws._process_events() for the messages a changed listener left: what it returns (whether a
  * waiting recv() got one), or -1 with an exception set. */
 static int
@@ -1331,6 +2079,355 @@ hand_over(PyObject *ws, PyObject **messages, Py_ssize_t n)
     return woke != 0;
 }
 
+/* ---- recv(), `async for` and send(): Coroutine ---------------------------------------------
+ *
+ * WebSocket.recv() and __anext__ return WebSocket._receive(iterating), and send(message) is a
+ * coroutine function; the fused ones return a Coroutine, a coroutine in every way asyncio asks
+ * (send, throw, close, __await__: asyncio.iscoroutine() says yes, so create_task(ws.recv())
+ * works; nothing happens until it is awaited), that does the common case without a Python
+ * frame:
+ *
+ *   _receive: nothing queued, the connection open, nobody else waiting: flush the replies
+ *   (unless _in_read), await a new Waiter, clear it, return its message;
+ *   send: send_nowait(message), and done unless writing is paused.
+ *
+ * Any other case, found before anything changed, is the Python coroutine's: the Coroutine
+ * creates it (ws._receive(iterating), the Python send(message), or ws._drain() once the
+ * message is sent and writing is paused) and passes everything on to it. */
+
+enum { CORO_FRESH, CORO_WAITING, CORO_INNER, CORO_DONE };
+enum { CORO_RECEIVE, CORO_SEND };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *ws;
+    PyObject *message; /* send's */
+    PyObject *waiter;  /* _receive's, while waiting */
+    PyObject *inner;   /* the Python coroutine it passes everything to */
+    char kind;
+    char iterating;
+    char state;
+} CoroutineObject;
+
+static PyTypeObject CoroutineType;
+static PyObject *closed_sentinel, *connection_closed, *str_receive, *str_end_error,
+    *str_send_nowait, *str_drain;
+
+static int
+coroutine_traverse(CoroutineObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->ws);
+    Py_VISIT(self->message);
+    Py_VISIT(self->waiter);
+    Py_VISIT(self->inner);
+    return 0;
+}
+
+static int
+coroutine_clear(CoroutineObject *self)
+{
+    Py_CLEAR(self->ws);
+    Py_CLEAR(self->message);
+    Py_CLEAR(self->waiter);
+    Py_CLEAR(self->inner);
+    return 0;
+}
+
+static void
+coroutine_dealloc(CoroutineObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    coroutine_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+new_coroutine(PyObject *ws, int kind, int iterating, PyObject *message)
+{
+    CoroutineObject *self = PyObject_GC_New(CoroutineObject, &CoroutineType);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(ws);
+    self->ws = ws;
+    Py_XINCREF(message);
+    self->message = message;
+    self->waiter = self->inner = NULL;
+    self->kind = (char)kind;
+    self->iterating = (char)iterating;
+    self->state = CORO_FRESH;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+/* From here on, everything to the Python coroutine `inner` (a new reference, or NULL). */
+static PySendResult
+pass_on(CoroutineObject *self, PyObject *inner, PyObject **result)
+{
+    self->inner = inner;
+    if (inner == NULL) {
+        self->state = CORO_DONE;
+        return PYGEN_ERROR;
+    }
+    self->state = CORO_INNER;
+    return PyIter_Send(inner, Py_None, result);
+}
+
+/* send's first step. */
+static PySendResult
+send_start(CoroutineObject *self, PyObject **result)
+{
+    PyObject *stack[2] = {self->ws, self->message}, *sent;
+    sent = PyObject_VectorcallMethod(str_send_nowait, stack, 2, NULL); /* (by name) */
+    if (sent == NULL) {
+        if (!PyErr_ExceptionMatches(connection_closed)) {
+            self->state = CORO_DONE;
+            return PYGEN_ERROR;
+        }
+        /* Closed: the Python send's to answer, which meets it again (a closed connection's
+         * send_nowait raises before it changes anything) and waits for the closing. */
+        PyErr_Clear();
+        return pass_on(self, call_general(general_send_function, self->ws, &self->message, 1),
+                       result);
+    }
+    Py_DECREF(sent);
+    if (WS(self->ws, WS_WRITING_PAUSED) != Py_False) {
+        return pass_on(self, PyObject_CallMethodNoArgs(self->ws, str_drain), result);
+    }
+    Py_CLEAR(self->message);
+    self->state = CORO_DONE;
+    Py_INCREF(Py_None);
+    *result = Py_None;
+    return PYGEN_RETURN;
+}
+
+/* _receive's `finally`: the Waiter is no longer ws._waiter once the wait ends. */
+static void
+receive_finish(CoroutineObject *self)
+{
+    PyObject *ws = self->ws, *waiter = self->waiter;
+    if (waiter != NULL && WS(ws, WS_WAITER) == waiter) {
+        SET_WS(ws, WS_WAITER, Py_None);
+    }
+    Py_CLEAR(self->waiter);
+    self->state = CORO_DONE;
+}
+
+/* _receive's first step. */
+static PySendResult
+receive_start(CoroutineObject *self, PyObject **result)
+{
+    PyObject *ws = self->ws, *protocol = WS(ws, WS_PROTOCOL), *messages = WS(ws, WS_MESSAGES);
+    PyObject *pending = WS(ws, WS_PENDING), *loop = WS(ws, WS_LOOP), *waiter;
+    PyObject *stack[1];
+    Py_ssize_t queued = messages == NULL ? -1 : PyObject_Size(messages);
+    if (queued < 0) {
+        PyErr_Clear();
+    }
+    if (queued == 0 && WS(ws, WS_LOST) == Py_False && WS(ws, WS_WAITER) == Py_None && loop != NULL &&
+        WS(ws, WS_IN_READ) != NULL && protocol != NULL &&
+        layout_fits(&conn_layout, conn_type, protocol) &&
+        CONN(protocol, C_INPUT_CLOSED) == Py_False) {
+        SET_WS(ws, WS_PROCESSING, Py_False);
+        if (pending != NULL && PyList_CheckExact(pending) && PyList_GET_SIZE(pending) > 0 &&
+            WS(ws, WS_IN_READ) == Py_False && call_method_0(ws, str_flush) < 0) {
+            self->state = CORO_DONE;
+            return PYGEN_ERROR;
+        }
+        if (WS(ws, WS_WAITER) != Py_None) { /* (the flush ran code that waits: its error) */
+            goto python;
+        }
+        stack[0] = loop;
+        waiter = waiter_vectorcall((PyObject *)&WaiterType, stack, 1, NULL);
+        if (waiter == NULL) {
+            self->state = CORO_DONE;
+            return PYGEN_ERROR;
+        }
+        SET_WS(ws, WS_WAITER, waiter);
+        self->waiter = waiter;
+        self->state = CORO_WAITING;
+        return waiter_am_send(waiter, Py_None, result); /* itself, to the Task */
+    }
+python:
+    return pass_on(self,
+                   PyObject_CallMethodOneArg(ws, str_receive,
+                                             self->iterating ? Py_True : Py_False),
+                   result);
+}
+
+static PySendResult
+coroutine_am_send(PyObject *obj, PyObject *arg, PyObject **result)
+{
+    CoroutineObject *self = (CoroutineObject *)obj;
+    PySendResult status;
+    PyObject *error;
+    switch (self->state) {
+    case CORO_FRESH:
+        if (arg != Py_None) {
+            PyErr_SetString(PyExc_TypeError,
+                            "can't send non-None value to a just-started coroutine");
+            return PYGEN_ERROR;
+        }
+        return self->kind == CORO_SEND ? send_start(self, result) : receive_start(self, result);
+    case CORO_WAITING:
+        status = waiter_am_send(self->waiter, arg, result);
+        if (status == PYGEN_NEXT) { /* (it raises rather than yield twice) */
+            return status;
+        }
+        receive_finish(self);
+        if (status == PYGEN_RETURN && *result == closed_sentinel) {
+            Py_DECREF(*result);
+            *result = NULL;
+            error = PyObject_CallMethodOneArg(self->ws, str_end_error,
+                                              self->iterating ? Py_True : Py_False);
+            if (error != NULL) {
+                PyErr_SetObject((PyObject *)Py_TYPE(error), error);
+                Py_DECREF(error);
+            }
+            return PYGEN_ERROR;
+        }
+        return status;
+    case CORO_INNER:
+        status = PyIter_Send(self->inner, arg, result);
+        if (status != PYGEN_NEXT) {
+            Py_CLEAR(self->inner);
+            self->state = CORO_DONE;
+        }
+        return status;
+    default:
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return PYGEN_ERROR;
+    }
+}
+
+static PyObject *
+coroutine_send(PyObject *obj, PyObject *arg)
+{
+    PyObject *result;
+    switch (coroutine_am_send(obj, arg, &result)) {
+    case PYGEN_NEXT:
+        return result;
+    case PYGEN_RETURN:
+        return stop_iteration(result);
+    default:
+        return NULL;
+    }
+}
+
+static PyObject *
+coroutine_iternext(PyObject *obj)
+{
+    return coroutine_send(obj, Py_None);
+}
+
+/* coroutine.throw(): into the Python coroutine if it has one; else raised where the
+ * coroutine stands (waiting: after _receive's `finally`). */
+static PyObject *
+coroutine_throw(PyObject *obj, PyObject *const *args, Py_ssize_t nargs)
+{
+    CoroutineObject *self = (CoroutineObject *)obj;
+    PyObject *type, *value, *tb;
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw() takes 1 to 3 arguments");
+        return NULL;
+    }
+    if (self->state == CORO_INNER) {
+        PyObject *method = PyObject_GetAttrString(self->inner, "throw"), *result;
+        if (method == NULL) {
+            return NULL;
+        }
+        result = PyObject_Vectorcall(method, args, nargs, NULL);
+        Py_DECREF(method);
+        if (result == NULL) {
+            Py_CLEAR(self->inner);
+            self->state = CORO_DONE;
+        }
+        return result;
+    }
+    if (self->state == CORO_WAITING) {
+        receive_finish(self);
+    }
+    self->state = CORO_DONE;
+    type = args[0];
+    value = nargs > 1 ? args[1] : Py_None;
+    tb = nargs > 2 ? args[2] : Py_None;
+    if (tb != Py_None && !PyTraceBack_Check(tb)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return NULL;
+    }
+    if (PyExceptionInstance_Check(type)) {
+        if (value != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+            return NULL;
+        }
+        if (tb != Py_None && PyException_SetTraceback(type, tb) < 0) {
+            return NULL;
+        }
+        PyErr_SetObject((PyObject *)Py_TYPE(type), type);
+        return NULL;
+    }
+    if (PyExceptionClass_Check(type)) {
+        PyErr_SetObject(type, value);
+        return NULL;
+    }
+    PyErr_Format(PyExc_TypeError,
+                 "exceptions must be classes or instances deriving from BaseException, not %s",
+                 Py_TYPE(type)->tp_name);
+    return NULL;
+}
+
+static PyObject *
+coroutine_close(PyObject *obj, PyObject *unused)
+{
+    CoroutineObject *self = (CoroutineObject *)obj;
+    if (self->state == CORO_INNER) {
+        PyObject *result = PyObject_CallMethod(self->inner, "close", NULL);
+        Py_CLEAR(self->inner);
+        self->state = CORO_DONE;
+        return result;
+    }
+    if (self->state == CORO_WAITING) {
+        receive_finish(self);
+    }
+    self->state = CORO_DONE;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+coroutine_await(PyObject *self)
+{
+    Py_INCREF(self);
+    return self;
+}
+
+static PyMethodDef coroutine_methods[] = {
+    {"send", (PyCFunction)coroutine_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))coroutine_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)coroutine_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods coroutine_async = {
+    .am_await = coroutine_await,
+    .am_send = coroutine_am_send,
+};
+
+static PyTypeObject CoroutineType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tether.accel._speedups.Coroutine",
+    .tp_doc = "What the compiled WebSocket.recv(), __anext__() and send() return: a coroutine "
+              "that does their common case in C.",
+    .tp_basicsize = sizeof(CoroutineObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)coroutine_dealloc,
+    .tp_traverse = (traverseproc)coroutine_traverse,
+    .tp_clear = (inquiry)coroutine_clear,
+    .tp_as_async = &coroutine_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = coroutine_iternext,
+    .tp_methods = coroutine_methods,
+};
+
 /* WebSocket.data_received; see the top of this section. */
 static PyObject *
 fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
@@ -1339,7 +2436,7 @@ fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
     PyObject *stack[FUSED_STACK], **messages = stack;
     Py_ssize_t end, pos, header, n, limit, count = 0, delivered, most, i;
     const unsigned char *buf;
-    int masked, woke = 0, failed = 0;
+    int masked, woke = 0, failed = 0, resume = 0;
 
     if (nargs != 1 || !layout_fits(&ws_layout, ws_type, ws)) {
         goto general;
@@ -1383,21 +2480,34 @@ fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     if (listener == Py_None) {
-        /* A coroutine: only for one message to a recv() already waiting. */
+        /* A coroutine, for a recv() already waiting: on a Waiter, each message in turn, its
+         * step run at once (waiter_resume); on another Future, or while a Task runs (the step
+         * could not enter its own), one message, as _process_events gives it. */
         PyObject *queued = WS(ws, WS_MESSAGES), *done;
         waiter = WS(ws, WS_WAITER);
         if (waiter == NULL || waiter == Py_None || queued == NULL || PyObject_Size(queued) != 0) {
             PyErr_Clear();
             goto general;
         }
-        done = PyObject_CallMethodNoArgs(waiter, str_done);
-        if (done != Py_False) {
+        if (Py_IS_TYPE(waiter, &WaiterType) && WS(ws, WS_IN_READ) == Py_False &&
+            no_task_running(WS(ws, WS_LOOP))) {
+            if (((WaiterObject *)waiter)->state != WAITER_PENDING) {
+                goto general;
+            }
+            resume = 1;
+        }
+        if (resume) {
+            most = PY_SSIZE_T_MAX;
+        }
+        else if ((done = PyObject_CallMethodNoArgs(waiter, str_done)) != Py_False) {
             Py_XDECREF(done);
             PyErr_Clear(); /* (the Python method meets it again, where it would) */
             goto general;
         }
-        Py_DECREF(done);
-        most = 1;
+        else {
+            Py_DECREF(done);
+            most = 1;
+        }
     }
     else {
         most = PY_SSIZE_T_MAX;
@@ -1474,6 +2584,39 @@ fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
             }
         }
     }
+    else if (resume) {
+        /* Each message to the recv() waiting for it, whose step runs now and, waiting again,
+         * leaves the next Waiter: replies gather in the batch, which this read's end writes
+         * (_receive does not flush while _in_read). Once nobody waits (the handler awaits
+         * something else, has ended, or set a listener), the rest as events. */
+        delivered = 0; /* counted one by one: the step sees its message counted */
+        SET_WS(ws, WS_IN_READ, Py_True);
+        for (i = 0; i < count; i++) {
+            PyObject *next = WS(ws, WS_WAITER);
+            int resumed;
+            if (WS(ws, WS_LISTENER) != Py_None || next == NULL || !Py_IS_TYPE(next, &WaiterType) ||
+                ((WaiterObject *)next)->state != WAITER_PENDING) {
+                SET_WS(ws, WS_IN_READ, Py_False);
+                woke = hand_over(ws, messages + i, count - i);
+                if (woke < 0) {
+                    failed = 1;
+                    goto done;
+                }
+                break;
+            }
+            Py_INCREF(next);
+            SET_WS(ws, WS_WAITER, Py_None);
+            SET_WS(ws, WS_PROCESSING, Py_True);
+            resumed = add_to(ws, ws_layout.offsets[WS_MESSAGES_RECEIVED], 1) == 0 &&
+                      waiter_resume((WaiterObject *)next, messages[i]) == 0;
+            Py_DECREF(next);
+            if (!resumed) {
+                failed = 1;
+                goto done;
+            }
+        }
+        SET_WS(ws, WS_IN_READ, Py_False);
+    }
     else {
         PyObject *end_turn_method;
         Py_INCREF(waiter);
@@ -1543,6 +2686,9 @@ fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
     }
 
 done:
+    if (resume) {
+        SET_WS(ws, WS_IN_READ, Py_False);
+    }
     for (i = 0; i < count; i++) {
         Py_DECREF(messages[i]);
     }
@@ -1713,17 +2859,51 @@ fused_flush(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* WebSocket.recv and __anext__: a Receive (see above). */
+static PyObject *
+fused_recv(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 0 || !layout_fits(&ws_layout, ws_type, ws)) {
+        return call_general(general_recv, ws, args, nargs);
+    }
+    return new_coroutine(ws, CORO_RECEIVE, 0, NULL);
+}
+
+static PyObject *
+fused_anext(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 0 || !layout_fits(&ws_layout, ws_type, ws)) {
+        return call_general(general_anext, ws, args, nargs);
+    }
+    return new_coroutine(ws, CORO_RECEIVE, 1, NULL);
+}
+
+static PyObject *
+fused_send(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1 || !layout_fits(&ws_layout, ws_type, ws)) {
+        return call_general(general_send_function, ws, args, nargs);
+    }
+    return new_coroutine(ws, CORO_SEND, 0, args[0]);
+}
+
 static PyMethodDef fused_defs[] = {
     {"data_received", (PyCFunction)(void (*)(void))fused_data_received, METH_FASTCALL, NULL},
     {"send_nowait", (PyCFunction)(void (*)(void))fused_send_nowait, METH_FASTCALL, NULL},
     {"_end_turn", (PyCFunction)(void (*)(void))fused_end_turn, METH_FASTCALL, NULL},
     {"_flush", (PyCFunction)(void (*)(void))fused_flush, METH_FASTCALL, NULL},
+    {"recv", (PyCFunction)(void (*)(void))fused_recv, METH_FASTCALL, NULL},
+    {"__anext__", (PyCFunction)(void (*)(void))fused_anext, METH_FASTCALL, NULL},
+    {"send", (PyCFunction)(void (*)(void))fused_send, METH_FASTCALL, NULL},
 };
 static const char *const fused_signatures[FUSED_METHODS] = {
     "data_received($self, data, /)\n--\n\n",
     "send_nowait($self, message, /)\n--\n\n",
     "_end_turn($self, /)\n--\n\n",
     "_flush($self, /)\n--\n\n",
+    "recv($self, /)\n--\n\n",
+    "__anext__($self, /)\n--\n\n",
+    "send($self, message, /)\n--\n\n",
 };
 
 /* The Python method `name` of type, kept as the general path; its docstring, with the text
@@ -1771,15 +2951,17 @@ fuse(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *descr;
 
     Py_BUILD_ASSERT(WS_FIELDS <= MAX_FIELDS && C_FIELDS <= MAX_FIELDS);
-    if (nargs != 7) {
-        PyErr_Format(PyExc_TypeError, "fuse() takes 7 arguments (%zd given)", nargs);
+    if (nargs != 10) {
+        PyErr_Format(PyExc_TypeError, "fuse() takes 10 arguments (%zd given)", nargs);
         return NULL;
     }
     if (!PyType_Check(args[0]) || !PyType_Check(args[1]) || !PyType_Check(args[3]) ||
+        !PyExceptionClass_Check(args[9]) ||
         !PyType_IsSubtype((PyTypeObject *)args[3], &PyTuple_Type) || !PyType_Check(args[4]) ||
         !PyType_IsSubtype((PyTypeObject *)args[4], &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "fuse() needs the WebSocket and Connection classes "
-                                         "and the two message events' (tuple subclasses)");
+        PyErr_SetString(PyExc_TypeError, "fuse() needs the WebSocket and Connection classes, "
+                                         "the two message events' (tuple subclasses) and an "
+                                         "exception class");
         return NULL;
     }
     if (ws_type != NULL) {
@@ -1804,6 +2986,10 @@ fuse(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     INTERN(str_end_turn, "_end_turn");
     INTERN(str_process_events, "_process_events");
     INTERN(str_join, "join");
+    INTERN(str_receive, "_receive");
+    INTERN(str_end_error, "_end_error");
+    INTERN(str_send_nowait, "send_nowait");
+    INTERN(str_drain, "_drain");
 #undef INTERN
     zero = PyLong_FromLong(0);
     empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
@@ -1824,6 +3010,14 @@ fuse(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     ws_type = (PyTypeObject *)args[0];
     conn_type = (PyTypeObject *)args[1];
+    Py_INCREF(args[8]);
+    closed_sentinel = args[8];
+    Py_INCREF(args[9]);
+    connection_closed = args[9];
+    if (PyDict_CheckExact(args[7])) { /* else no step is run from a read: Waiters are queued */
+        Py_INCREF(args[7]);
+        current_tasks = args[7];
+    }
     open_state = args[2];
     text_type = args[3];
     binary_type = args[4];
@@ -1866,7 +3060,7 @@ static PyMethodDef speedups_methods[] = {
      "or None when that would not unpack to the same fields."},
     {"fuse", (PyCFunction)(void (*)(void))fuse, METH_FASTCALL,
      "fuse(websocket, connection, open_state, text_type, binary_type, join_limit, "
-     "coalesce_limit) -> None\n\n"
+     "coalesce_limit, current_tasks, closed, connection_closed) -> None\n\n"
      "Give websocket's data_received and send_nowait their compiled fast paths; see "
      "tether/accel/_python.py."},
     {NULL, NULL, 0, NULL},
@@ -1885,8 +3079,25 @@ PyInit__speedups(void)
     __builtin_cpu_init();
     have_avx2 = __builtin_cpu_supports("avx2");
 #endif
-    if (PyType_Ready(&PayloadType) < 0) {
+    PyObject *module;
+    if (PyType_Ready(&PayloadType) < 0 || PyType_Ready(&WaiterType) < 0 ||
+        PyType_Ready(&CoroutineType) < 0) {
         return NULL;
     }
-    return PyModule_Create(&speedups_module);
+    str_call_soon_w = PyUnicode_InternFromString("call_soon");
+    context_kwnames = Py_BuildValue("(s)", "context");
+    if (str_call_soon_w == NULL || context_kwnames == NULL) {
+        return NULL;
+    }
+    module = PyModule_Create(&speedups_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&WaiterType);
+    if (PyModule_AddObject(module, "Waiter", (PyObject *)&WaiterType) < 0) {
+        Py_DECREF(&WaiterType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -37,6 +37,9 @@ __all__ = ["WebSocket", "Listener"]
 
 logger = logging.getLogger("tether")
 
+# What a waiting recv() awaits: an asyncio.Future, or with the C accelerator one that the
+# compiled read can resume without a loop turn (see accel.Waiter).
+_Waiter: Any = accel.Waiter
 _CLOSED: Any = object()  # wakes a waiting recv() when the connection closes
 _UNKNOWN: Any = object()
 # No ping waiting for its pong: shared by every such connection, and never modified.
@@ -216,6 +219,7 @@ class WebSocket(asyncio.Protocol):
         "_messages",
         "_waiter",
         "_processing",
+        "_in_read",
         "_reading_paused",
         "_hunting",
         "_writing_paused",
@@ -270,11 +274,15 @@ class WebSocket(asyncio.Protocol):
         # The messages waiting for the application; an empty tuple until the first one (an
         # empty deque costs 600 bytes, and most connections never queue anything).
         self._messages: deque[Data] | tuple[()] = ()
-        self._waiter: asyncio.Future[Any] | None = None
+        self._waiter: asyncio.Future[Any] | None = None  # an accel.Waiter
         # True from handing a message to the application until it asks for the next one:
         # meanwhile it may still answer that message, so a close reply waits (see
         # _receive_close).
         self._processing = False
+        # True while the compiled read hands its messages to recv() one at a time, running
+        # the handler's step inside the read (see accel.fuse): recv() then leaves the replies
+        # to the read's end, which writes them at once. Always False in pure Python.
+        self._in_read = False
         self._reading_paused = False
         # Reading on past max_queue to find a heartbeat pong (see _heartbeat_lost).
         self._hunting = False
@@ -809,9 +817,9 @@ class WebSocket(asyncio.Protocol):
             raise self._end_error(iterating)
         if self._waiter is not None:
             raise RuntimeError("another coroutine is already waiting for the next message")
-        if self._pending:
+        if self._pending and not self._in_read:
             self._flush()  # the replies to what was read: out now, before waiting
-        waiter = self._waiter = self.loop.create_future()
+        waiter = self._waiter = _Waiter(loop=self.loop)
         try:
             message = await waiter
         finally:
@@ -1039,12 +1047,14 @@ class WebSocket(asyncio.Protocol):
             await self._wait_lost()
 
 
-# With the C accelerator, data_received, send_nowait, _end_turn and _flush take their common
-# case (whole messages in plain frames for a Listener or a waiting recv(); a server's small
-# message; the turn's write) in C, and call the methods above, their specification, for
-# everything else: see accel.fuse and tests/asyncio/test_fused.py.
+# With the C accelerator, data_received, send_nowait, _end_turn, _flush, recv, __anext__ and
+# send take their common case (whole messages in plain frames for a Listener or a waiting
+# recv(), whose step runs inside the read; a server's small message; the turn's write; a
+# recv() that waits; a send() that need not) in C, and call the methods above, their specification, for everything else: see
+# accel.fuse and tests/asyncio/test_fused.py.
 accel.fuse(WebSocket, Connection, State.OPEN, TextMessage, BinaryMessage, _JOIN_LIMIT,
-           _COALESCE_LIMIT)
+           _COALESCE_LIMIT, getattr(asyncio.tasks, "_current_tasks", None), _CLOSED,
+           ConnectionClosed)
 
 
 class TurnEnd:
