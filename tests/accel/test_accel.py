@@ -551,8 +551,14 @@ class TestWaiter:
             waiter.add_done_callback(second)
             waiter.add_done_callback(second)
             assert waiter.remove_done_callback(second) == 2
-            with pytest.raises(TypeError):
-                waiter.set_exception(StopIteration())
+            stopped = accel.Waiter(loop=loop)
+            if sys.version_info >= (3, 13):  # kept as a RuntimeError caused by it
+                stopped.set_exception(StopIteration())
+                assert isinstance(stopped.exception(), RuntimeError)
+                assert isinstance(stopped.exception().__cause__, StopIteration)
+            else:
+                with pytest.raises(TypeError):
+                    stopped.set_exception(StopIteration())
             waiter.set_exception(ValueError)
             assert calls == []  # queued for the loop
             await asyncio.sleep(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import random
 from typing import Any
 
@@ -152,6 +153,43 @@ class TestRecvIsACoroutine:
                 assert ws._waiter is None
                 await ws.send("x")
                 assert await ws.recv() == "x"
+
+        run(main())
+
+    def test_unawaited_and_abandoned_recv(self) -> None:
+        """A recv() never awaited warns, as a coroutine does; one dropped while it waits lets
+        go of the connection's Future (its ``finally``), so the next recv() works."""
+
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                with pytest.warns(RuntimeWarning, match="never awaited"):
+                    ws.recv()
+                    gc.collect()
+                coro = ws.recv()
+                coro.send(None)  # waiting, as a Task would leave it
+                assert ws._waiter is not None
+                del coro
+                gc.collect()
+                assert ws._waiter is None
+                await ws.send("again")
+                assert await ws.recv() == "again"
+
+        run(main())
+
+    def test_awaited_twice(self) -> None:
+        async def main() -> None:
+            async with serving() as (_, url), tether.connect(url) as ws:
+                coro = ws.recv()
+                first = asyncio.ensure_future(coro)
+                await asyncio.sleep(UNIT)
+
+                async def again() -> object:
+                    return await coro
+
+                with pytest.raises(RuntimeError, match="awaited already"):
+                    await again()
+                await ws.send("hello")
+                assert await first == "hello"  # the first awaiter is not disturbed
 
         run(main())
 

@@ -151,3 +151,52 @@ def test_a_waiting_handler_runs_inside_the_read() -> None:
     inside = accel.IMPLEMENTATION == "c"
     assert seen == [("m0", inside), ("m1", inside), ("m2", inside)]
     assert writes == ["81026d3081026d3181026d32"]
+
+
+def test_system_exit_amid_a_read_ends_the_read_first() -> None:
+    """KeyboardInterrupt or SystemExit from a handler's step goes up (as from the loop's
+    Handle), but only after the read has ended as it would: the rest queued, the turn's
+    replies written."""
+    import asyncio
+    import random
+
+    from .fused_driver import frame, open_connection
+
+    loop = asyncio.new_event_loop()
+    try:
+        ws, transport = open_connection_in(loop, open_connection)
+        got: list[str] = []
+
+        async def handler() -> None:
+            while True:
+                message = str(await ws.recv())
+                got.append(message)
+                ws.send_nowait("reply-" + message)
+                if message == "a":
+                    raise SystemExit("bye")
+
+        task = loop.create_task(handler())
+        loop.run_until_complete(asyncio.sleep(0))
+        rng = random.Random(3)
+        loop.call_soon(ws.data_received, b"".join(frame(rng, 1, m.encode()) for m in "abc"))
+        with pytest.raises(SystemExit):
+            loop.run_forever()
+        loop.run_until_complete(asyncio.sleep(0))  # the application goes on (a shutdown)
+        assert got == ["a"]
+        assert list(ws._messages) == ["b", "c"]
+        assert ws._pending is None and ws.messages_received == 3
+        assert transport.chunks == [(b"\x81\x07reply-a").hex()]
+        assert task.done()
+        task.exception()  # (retrieved)
+        ws.connection_lost(None)
+    finally:
+        loop.close()
+
+
+def open_connection_in(loop: Any, opener: Any) -> Any:
+    """``opener()`` (it needs a running loop) run in ``loop``."""
+
+    async def opened() -> Any:
+        return opener()
+
+    return loop.run_until_complete(opened())

@@ -305,11 +305,10 @@ Waiter = Future
 
 def fuse(websocket: type, connection: type, open_state: object, text_type: type[Any],
          binary_type: type[Any], join_limit: int, coalesce_limit: int,
-         current_tasks: dict[Any, Any] | None, closed: object,
-         connection_closed: type[BaseException]) -> None:
+         current_tasks: dict[Any, Any] | None, closed: object) -> None:
     """Give the I/O layer's methods on the path of every message (tether.asyncio.connection's
-    ``WebSocket.data_received``, ``send_nowait``, ``_end_turn``, ``_flush``, ``recv``,
-    ``__anext__`` and ``send``) fast paths for
+    ``WebSocket.data_received``, ``send_nowait``, ``_end_turn``, ``_flush``, ``recv`` and
+    ``__anext__``) fast paths for
     their common case: a read of whole messages in plain frames for a Listener, or for a
     waiting ``recv()``; a server's small uncompressed message; writing what was gathered.
     ``connection`` is the sans-I/O core whose fields they read, ``open_state`` its OPEN state,
@@ -325,9 +324,6 @@ def fuse(websocket: type, connection: type, open_state: object, text_type: type[
     ``__anext__`` return a compiled coroutine that does ``_receive``'s common case (nothing
     queued, the connection open: wait on a new Waiter) and hands any other to ``_receive``;
     ``closed`` is the sentinel that wakes a waiting ``recv()`` when the connection closes.
-    ``send()`` returns one that calls ``send_nowait`` and is done unless writing is paused
-    (then ``_drain()``'s), or the Python ``send``'s when the connection is closed (the
-    ``connection_closed`` exception).
 
     Here, nothing: the Python methods are the specification, and the compiled module's
     versions call them for everything that is not their common case.

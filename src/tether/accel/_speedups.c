@@ -1084,6 +1084,10 @@ raise_cancelled(WaiterObject *self)
 static int
 schedule(WaiterObject *self, PyObject *callback, PyObject *context)
 {
+    if (self->loop == NULL) { /* (cleared by the collector) */
+        PyErr_SetString(PyExc_RuntimeError, "the Waiter has no loop");
+        return -1;
+    }
     PyObject *stack[4] = {self->loop, callback, (PyObject *)self, context};
     PyObject *result = PyObject_VectorcallMethod(
         str_call_soon_w, stack, 3,
@@ -1370,11 +1374,25 @@ waiter_set_exception(WaiterObject *self, PyObject *exception)
         return NULL;
     }
     if (PyErr_GivenExceptionMatches(value, PyExc_StopIteration)) {
+#if PY_VERSION_HEX >= 0x030D0000
+        /* 3.13's Future keeps a RuntimeError caused by it */
+        PyObject *error = PyObject_CallFunction(
+            PyExc_RuntimeError, "s",
+            "StopIteration interacts badly with generators and cannot be raised into a Future");
+        if (error == NULL) {
+            Py_DECREF(value);
+            return NULL;
+        }
+        PyException_SetCause(error, Py_NewRef(value));
+        PyException_SetContext(error, value); /* (the reference moves) */
+        value = error;
+#else
         Py_DECREF(value);
         PyErr_SetString(PyExc_TypeError,
                         "StopIteration interacts badly with generators and cannot be raised "
                         "into a Future");
         return NULL;
+#endif
     }
     self->exception = value;
     self->state = WAITER_FINISHED;
@@ -1510,6 +1528,10 @@ waiter_remove_done_callback(WaiterObject *self, PyObject *callback)
 static PyObject *
 waiter_get_loop(WaiterObject *self, PyObject *unused)
 {
+    if (self->loop == NULL) { /* (cleared by the collector) */
+        PyErr_SetString(PyExc_RuntimeError, "the Waiter has no loop");
+        return NULL;
+    }
     Py_INCREF(self->loop);
     return self->loop;
 }
@@ -1598,8 +1620,7 @@ waiter_set_blocking(WaiterObject *self, PyObject *value, void *closure)
 static PyObject *
 waiter_get_loop_attr(WaiterObject *self, void *closure)
 {
-    Py_INCREF(self->loop);
-    return self->loop;
+    return waiter_get_loop(self, NULL);
 }
 
 static PyObject *
@@ -1667,7 +1688,7 @@ static PyTypeObject WaiterType = {
  *   Waiter above); on another Future, that one message is its result;
  *   send_nowait: a server sends a small str or bytes message, uncompressed;
  *   _end_turn and _flush: what was gathered is written;
- *   recv, __anext__ and send: a Coroutine (below) that does their common case.
+ *   recv and __anext__: a Coroutine (below) that does _receive's common case.
  *
  * Anything else, and any state they do not expect, goes to the Python method they replace,
  * called with the same arguments before anything changed: those methods are the
@@ -1692,15 +1713,14 @@ static PyTypeObject WaiterType = {
 enum {
     WS_PROTOCOL, WS_TRANSPORT, WS_LISTENER, WS_PENDING, WS_PENDING_SIZE, WS_BYTES_RECEIVED,
     WS_BYTES_SENT, WS_MESSAGES_RECEIVED, WS_MESSAGES_SENT, WS_WAITER, WS_MESSAGES,
-    WS_PROCESSING, WS_LOST, WS_LOOP, WS_CLOSE_TIMER, WS_IN_READ, WS_WRITING_PAUSED, WS_SLOTS,
+    WS_PROCESSING, WS_LOST, WS_LOOP, WS_CLOSE_TIMER, WS_IN_READ, WS_SLOTS,
     /* and the methods whose work the fused ones do themselves */
     WS_PROCESS_EVENTS = WS_SLOTS, WS_RECEIVE, WS_FIELDS
 };
 static const char *const ws_fields[WS_FIELDS] = {
     "protocol", "transport", "_listener", "_pending", "_pending_size", "bytes_received",
     "bytes_sent", "messages_received", "messages_sent", "_waiter", "_messages", "_processing",
-    "_lost", "loop", "_close_timer", "_in_read", "_writing_paused", "_process_events",
-    "_receive",
+    "_lost", "loop", "_close_timer", "_in_read", "_process_events", "_receive",
 };
 enum {
     C_STATE, C_INPUT_CLOSED, C_LARGE_FRAME, C_BUFFER, C_MSG_OPCODE, C_IS_SERVER,
@@ -1734,7 +1754,7 @@ static PyObject *current_tasks; /* asyncio's {loop: the Task running}, or NULL *
 /* The Python methods that the fused ones replace, in fused_defs' order. */
 enum {
     FUSED_DATA_RECEIVED, FUSED_SEND_NOWAIT, FUSED_END_TURN, FUSED_FLUSH, FUSED_RECV,
-    FUSED_ANEXT, FUSED_SEND, FUSED_METHODS
+    FUSED_ANEXT, FUSED_METHODS
 };
 static PyObject *generals[FUSED_METHODS];
 #define general_data_received generals[FUSED_DATA_RECEIVED]
@@ -1743,7 +1763,6 @@ static PyObject *generals[FUSED_METHODS];
 #define general_flush generals[FUSED_FLUSH]
 #define general_recv generals[FUSED_RECV]
 #define general_anext generals[FUSED_ANEXT]
-#define general_send_function generals[FUSED_SEND]
 static PyObject *str_on_message, *str_listener_failed, *str_write, *str_ws_write, *str_flush,
     *str_receive_close, *str_done, *str_set_result, *str_call_soon, *str_end_turn,
     *str_process_events, *str_join;
@@ -2079,45 +2098,38 @@ hand_over(PyObject *ws, PyObject **messages, Py_ssize_t n)
     return woke != 0;
 }
 
-/* ---- recv(), `async for` and send(): Coroutine ---------------------------------------------
+/* ---- recv() and `async for`: Coroutine ----------------------------------------------------
  *
- * WebSocket.recv() and __anext__ return WebSocket._receive(iterating), and send(message) is a
- * coroutine function; the fused ones return a Coroutine, a coroutine in every way asyncio asks
- * (send, throw, close, __await__: asyncio.iscoroutine() says yes, so create_task(ws.recv())
- * works; nothing happens until it is awaited), that does the common case without a Python
- * frame:
+ * WebSocket.recv() and __anext__ return WebSocket._receive(iterating), a coroutine; the fused
+ * ones return a Coroutine, a coroutine in every way asyncio asks (send, throw, close,
+ * __await__: asyncio.iscoroutine() says yes, so create_task(ws.recv()) works; nothing happens
+ * until it is awaited; dropped unawaited, it warns as a coroutine does), that does _receive's
+ * common case without a Python frame: nothing queued, the connection open, nobody else
+ * waiting: flush the replies (unless _in_read), await a new Waiter, clear it, return its
+ * message. Any other case, found before anything changed, is the Python coroutine's: the
+ * Coroutine creates ws._receive(iterating) and passes everything on to it.
  *
- *   _receive: nothing queued, the connection open, nobody else waiting: flush the replies
- *   (unless _in_read), await a new Waiter, clear it, return its message;
- *   send: send_nowait(message), and done unless writing is paused.
- *
- * Any other case, found before anything changed, is the Python coroutine's: the Coroutine
- * creates it (ws._receive(iterating), the Python send(message), or ws._drain() once the
- * message is sent and writing is paused) and passes everything on to it. */
+ * (send() stays the Python coroutine function: a builtin would not be one to
+ * inspect.iscoroutinefunction(), which frameworks and unittest.mock's autospec ask.) */
 
 enum { CORO_FRESH, CORO_WAITING, CORO_INNER, CORO_DONE };
-enum { CORO_RECEIVE, CORO_SEND };
 
 typedef struct {
     PyObject_HEAD
     PyObject *ws;
-    PyObject *message; /* send's */
-    PyObject *waiter;  /* _receive's, while waiting */
-    PyObject *inner;   /* the Python coroutine it passes everything to */
-    char kind;
+    PyObject *waiter; /* while waiting */
+    PyObject *inner;  /* the Python coroutine it passes everything to */
     char iterating;
     char state;
 } CoroutineObject;
 
 static PyTypeObject CoroutineType;
-static PyObject *closed_sentinel, *connection_closed, *str_receive, *str_end_error,
-    *str_send_nowait, *str_drain;
+static PyObject *closed_sentinel, *str_receive, *str_end_error;
 
 static int
 coroutine_traverse(CoroutineObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->ws);
-    Py_VISIT(self->message);
     Py_VISIT(self->waiter);
     Py_VISIT(self->inner);
     return 0;
@@ -2127,7 +2139,6 @@ static int
 coroutine_clear(CoroutineObject *self)
 {
     Py_CLEAR(self->ws);
-    Py_CLEAR(self->message);
     Py_CLEAR(self->waiter);
     Py_CLEAR(self->inner);
     return 0;
@@ -2136,13 +2147,42 @@ coroutine_clear(CoroutineObject *self)
 static void
 coroutine_dealloc(CoroutineObject *self)
 {
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return; /* resurrected */
+    }
     PyObject_GC_UnTrack(self);
     coroutine_clear(self);
     PyObject_GC_Del(self);
 }
 
+static void receive_finish(CoroutineObject *self);
+
+/* As a coroutine's finalizer: one never awaited warns; one dropped while it waits runs
+ * _receive's `finally` (ws._waiter let go). */
+static void
+coroutine_finalize(PyObject *obj)
+{
+    CoroutineObject *self = (CoroutineObject *)obj;
+    PyObject *type, *value, *tb;
+    if (self->state != CORO_FRESH && self->state != CORO_WAITING) {
+        return;
+    }
+    PyErr_Fetch(&type, &value, &tb);
+    if (self->state == CORO_WAITING) {
+        receive_finish(self);
+    }
+    else {
+        self->state = CORO_DONE;
+        if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "coroutine '%s' was never awaited",
+                             self->iterating ? "WebSocket.__anext__" : "WebSocket.recv") < 0) {
+            PyErr_WriteUnraisable(obj);
+        }
+    }
+    PyErr_Restore(type, value, tb);
+}
+
 static PyObject *
-new_coroutine(PyObject *ws, int kind, int iterating, PyObject *message)
+new_coroutine(PyObject *ws, int iterating)
 {
     CoroutineObject *self = PyObject_GC_New(CoroutineObject, &CoroutineType);
     if (self == NULL) {
@@ -2150,10 +2190,7 @@ new_coroutine(PyObject *ws, int kind, int iterating, PyObject *message)
     }
     Py_INCREF(ws);
     self->ws = ws;
-    Py_XINCREF(message);
-    self->message = message;
     self->waiter = self->inner = NULL;
-    self->kind = (char)kind;
     self->iterating = (char)iterating;
     self->state = CORO_FRESH;
     PyObject_GC_Track(self);
@@ -2173,40 +2210,12 @@ pass_on(CoroutineObject *self, PyObject *inner, PyObject **result)
     return PyIter_Send(inner, Py_None, result);
 }
 
-/* send's first step. */
-static PySendResult
-send_start(CoroutineObject *self, PyObject **result)
-{
-    PyObject *stack[2] = {self->ws, self->message}, *sent;
-    sent = PyObject_VectorcallMethod(str_send_nowait, stack, 2, NULL); /* (by name) */
-    if (sent == NULL) {
-        if (!PyErr_ExceptionMatches(connection_closed)) {
-            self->state = CORO_DONE;
-            return PYGEN_ERROR;
-        }
-        /* Closed: the Python send's to answer, which meets it again (a closed connection's
-         * send_nowait raises before it changes anything) and waits for the closing. */
-        PyErr_Clear();
-        return pass_on(self, call_general(general_send_function, self->ws, &self->message, 1),
-                       result);
-    }
-    Py_DECREF(sent);
-    if (WS(self->ws, WS_WRITING_PAUSED) != Py_False) {
-        return pass_on(self, PyObject_CallMethodNoArgs(self->ws, str_drain), result);
-    }
-    Py_CLEAR(self->message);
-    self->state = CORO_DONE;
-    Py_INCREF(Py_None);
-    *result = Py_None;
-    return PYGEN_RETURN;
-}
-
 /* _receive's `finally`: the Waiter is no longer ws._waiter once the wait ends. */
 static void
 receive_finish(CoroutineObject *self)
 {
     PyObject *ws = self->ws, *waiter = self->waiter;
-    if (waiter != NULL && WS(ws, WS_WAITER) == waiter) {
+    if (waiter != NULL && ws != NULL && WS(ws, WS_WAITER) == waiter) {
         SET_WS(ws, WS_WAITER, Py_None);
     }
     Py_CLEAR(self->waiter);
@@ -2261,6 +2270,9 @@ coroutine_am_send(PyObject *obj, PyObject *arg, PyObject **result)
     CoroutineObject *self = (CoroutineObject *)obj;
     PySendResult status;
     PyObject *error;
+    if (self->ws == NULL) { /* (cleared by the collector) */
+        self->state = CORO_DONE;
+    }
     switch (self->state) {
     case CORO_FRESH:
         if (arg != Py_None) {
@@ -2268,7 +2280,7 @@ coroutine_am_send(PyObject *obj, PyObject *arg, PyObject **result)
                             "can't send non-None value to a just-started coroutine");
             return PYGEN_ERROR;
         }
-        return self->kind == CORO_SEND ? send_start(self, result) : receive_start(self, result);
+        return receive_start(self, result);
     case CORO_WAITING:
         status = waiter_am_send(self->waiter, arg, result);
         if (status == PYGEN_NEXT) { /* (it raises rather than yield twice) */
@@ -2394,11 +2406,66 @@ coroutine_close(PyObject *obj, PyObject *unused)
 }
 
 static PyObject *
-coroutine_await(PyObject *self)
+coroutine_await(PyObject *obj)
 {
-    Py_INCREF(self);
-    return self;
+    CoroutineObject *self = (CoroutineObject *)obj;
+    if (self->state == CORO_WAITING || self->state == CORO_INNER) {
+        PyErr_SetString(PyExc_RuntimeError, "coroutine is being awaited already");
+        return NULL;
+    }
+    Py_INCREF(obj);
+    return obj;
 }
+
+static PyObject *
+coroutine_name(CoroutineObject *self, void *qualified)
+{
+    const char *name = self->iterating ? "__anext__" : "recv";
+    return qualified ? PyUnicode_FromFormat("WebSocket.%s", name) : PyUnicode_FromString(name);
+}
+
+/* cr_await: what it waits on (its Waiter, or the Python coroutine it passes things to). */
+static PyObject *
+coroutine_cr_await(CoroutineObject *self, void *closure)
+{
+    PyObject *awaited = self->state == CORO_WAITING ? self->waiter
+                        : self->state == CORO_INNER ? self->inner
+                                                      : NULL;
+    if (awaited == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(awaited);
+    return awaited;
+}
+
+static PyObject *
+coroutine_suspended(CoroutineObject *self, void *closure)
+{
+    return PyBool_FromLong(self->state == CORO_WAITING || self->state == CORO_INNER);
+}
+
+static PyObject *
+coroutine_none(PyObject *self, void *closure)
+{
+    Py_RETURN_NONE; /* no frame, no code: compiled */
+}
+
+static PyObject *
+coroutine_false(PyObject *self, void *closure)
+{
+    Py_RETURN_FALSE; /* (never running: it runs no Python code of its own) */
+}
+
+static PyGetSetDef coroutine_getset[] = {
+    {"__name__", (getter)coroutine_name, NULL, NULL, NULL},
+    {"__qualname__", (getter)coroutine_name, NULL, NULL, (void *)1},
+    {"cr_await", (getter)coroutine_cr_await, NULL, NULL, NULL},
+    {"cr_suspended", (getter)coroutine_suspended, NULL, NULL, NULL},
+    {"cr_running", (getter)coroutine_false, NULL, NULL, NULL},
+    {"cr_frame", (getter)coroutine_none, NULL, NULL, NULL},
+    {"cr_code", (getter)coroutine_none, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
 
 static PyMethodDef coroutine_methods[] = {
     {"send", (PyCFunction)coroutine_send, METH_O, NULL},
@@ -2415,17 +2482,18 @@ static PyAsyncMethods coroutine_async = {
 static PyTypeObject CoroutineType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "tether.accel._speedups.Coroutine",
-    .tp_doc = "What the compiled WebSocket.recv(), __anext__() and send() return: a coroutine "
-              "that does their common case in C.",
+    .tp_doc = "What the compiled WebSocket.recv() and __anext__() return: a coroutine that "
+              "does WebSocket._receive's common case in C.",
     .tp_basicsize = sizeof(CoroutineObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_dealloc = (destructor)coroutine_dealloc,
     .tp_traverse = (traverseproc)coroutine_traverse,
     .tp_clear = (inquiry)coroutine_clear,
     .tp_as_async = &coroutine_async,
-    .tp_iter = PyObject_SelfIter,
     .tp_iternext = coroutine_iternext,
     .tp_methods = coroutine_methods,
+    .tp_getset = coroutine_getset,
+    .tp_finalize = coroutine_finalize,
 };
 
 /* WebSocket.data_received; see the top of this section. */
@@ -2437,6 +2505,7 @@ fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t end, pos, header, n, limit, count = 0, delivered, most, i;
     const unsigned char *buf;
     int masked, woke = 0, failed = 0, resume = 0;
+    PyObject *exit_type = NULL, *exit_value = NULL, *exit_tb = NULL;
 
     if (nargs != 1 || !layout_fits(&ws_layout, ws_type, ws)) {
         goto general;
@@ -2604,15 +2673,29 @@ fused_data_received(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
                 }
                 break;
             }
+            if (add_to(ws, ws_layout.offsets[WS_MESSAGES_RECEIVED], 1) < 0) {
+                failed = 1;
+                goto done;
+            }
             Py_INCREF(next);
             SET_WS(ws, WS_WAITER, Py_None);
             SET_WS(ws, WS_PROCESSING, Py_True);
-            resumed = add_to(ws, ws_layout.offsets[WS_MESSAGES_RECEIVED], 1) == 0 &&
-                      waiter_resume((WaiterObject *)next, messages[i]) == 0;
+            resumed = waiter_resume((WaiterObject *)next, messages[i]) == 0;
             Py_DECREF(next);
             if (!resumed) {
-                failed = 1;
-                goto done;
+                /* KeyboardInterrupt or SystemExit from the step: held while the read ends as
+                 * it would have (the rest as events, the turn's write), then raised, as it
+                 * would come from the loop's Handle of the step. */
+                PyErr_Fetch(&exit_type, &exit_value, &exit_tb);
+                SET_WS(ws, WS_IN_READ, Py_False);
+                if (i + 1 < count) {
+                    woke = hand_over(ws, messages + i + 1, count - i - 1);
+                    if (woke < 0) {
+                        PyErr_WriteUnraisable(ws);
+                        woke = 0;
+                    }
+                }
+                break;
             }
         }
         SET_WS(ws, WS_IN_READ, Py_False);
@@ -2697,6 +2780,13 @@ done:
     }
     Py_DECREF(listener);
     Py_DECREF(protocol);
+    if (exit_type != NULL) {
+        if (failed) {
+            PyErr_WriteUnraisable(ws); /* (an error of the read's end, after the exit) */
+        }
+        PyErr_Restore(exit_type, exit_value, exit_tb);
+        return NULL;
+    }
     if (failed) {
         return NULL;
     }
@@ -2866,7 +2956,7 @@ fused_recv(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
     if (nargs != 0 || !layout_fits(&ws_layout, ws_type, ws)) {
         return call_general(general_recv, ws, args, nargs);
     }
-    return new_coroutine(ws, CORO_RECEIVE, 0, NULL);
+    return new_coroutine(ws, 0);
 }
 
 static PyObject *
@@ -2875,16 +2965,7 @@ fused_anext(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
     if (nargs != 0 || !layout_fits(&ws_layout, ws_type, ws)) {
         return call_general(general_anext, ws, args, nargs);
     }
-    return new_coroutine(ws, CORO_RECEIVE, 1, NULL);
-}
-
-static PyObject *
-fused_send(PyObject *ws, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 1 || !layout_fits(&ws_layout, ws_type, ws)) {
-        return call_general(general_send_function, ws, args, nargs);
-    }
-    return new_coroutine(ws, CORO_SEND, 0, args[0]);
+    return new_coroutine(ws, 1);
 }
 
 static PyMethodDef fused_defs[] = {
@@ -2894,7 +2975,6 @@ static PyMethodDef fused_defs[] = {
     {"_flush", (PyCFunction)(void (*)(void))fused_flush, METH_FASTCALL, NULL},
     {"recv", (PyCFunction)(void (*)(void))fused_recv, METH_FASTCALL, NULL},
     {"__anext__", (PyCFunction)(void (*)(void))fused_anext, METH_FASTCALL, NULL},
-    {"send", (PyCFunction)(void (*)(void))fused_send, METH_FASTCALL, NULL},
 };
 static const char *const fused_signatures[FUSED_METHODS] = {
     "data_received($self, data, /)\n--\n\n",
@@ -2903,7 +2983,6 @@ static const char *const fused_signatures[FUSED_METHODS] = {
     "_flush($self, /)\n--\n\n",
     "recv($self, /)\n--\n\n",
     "__anext__($self, /)\n--\n\n",
-    "send($self, message, /)\n--\n\n",
 };
 
 /* The Python method `name` of type, kept as the general path; its docstring, with the text
@@ -2951,17 +3030,15 @@ fuse(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *descr;
 
     Py_BUILD_ASSERT(WS_FIELDS <= MAX_FIELDS && C_FIELDS <= MAX_FIELDS);
-    if (nargs != 10) {
-        PyErr_Format(PyExc_TypeError, "fuse() takes 10 arguments (%zd given)", nargs);
+    if (nargs != 9) {
+        PyErr_Format(PyExc_TypeError, "fuse() takes 9 arguments (%zd given)", nargs);
         return NULL;
     }
     if (!PyType_Check(args[0]) || !PyType_Check(args[1]) || !PyType_Check(args[3]) ||
-        !PyExceptionClass_Check(args[9]) ||
         !PyType_IsSubtype((PyTypeObject *)args[3], &PyTuple_Type) || !PyType_Check(args[4]) ||
         !PyType_IsSubtype((PyTypeObject *)args[4], &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "fuse() needs the WebSocket and Connection classes, "
-                                         "the two message events' (tuple subclasses) and an "
-                                         "exception class");
+        PyErr_SetString(PyExc_TypeError, "fuse() needs the WebSocket and Connection classes "
+                                         "and the two message events' (tuple subclasses)");
         return NULL;
     }
     if (ws_type != NULL) {
@@ -2988,8 +3065,6 @@ fuse(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     INTERN(str_join, "join");
     INTERN(str_receive, "_receive");
     INTERN(str_end_error, "_end_error");
-    INTERN(str_send_nowait, "send_nowait");
-    INTERN(str_drain, "_drain");
 #undef INTERN
     zero = PyLong_FromLong(0);
     empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
@@ -3012,8 +3087,6 @@ fuse(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     conn_type = (PyTypeObject *)args[1];
     Py_INCREF(args[8]);
     closed_sentinel = args[8];
-    Py_INCREF(args[9]);
-    connection_closed = args[9];
     if (PyDict_CheckExact(args[7])) { /* else no step is run from a read: Waiters are queued */
         Py_INCREF(args[7]);
         current_tasks = args[7];
@@ -3060,7 +3133,7 @@ static PyMethodDef speedups_methods[] = {
      "or None when that would not unpack to the same fields."},
     {"fuse", (PyCFunction)(void (*)(void))fuse, METH_FASTCALL,
      "fuse(websocket, connection, open_state, text_type, binary_type, join_limit, "
-     "coalesce_limit, current_tasks, closed, connection_closed) -> None\n\n"
+     "coalesce_limit, current_tasks, closed) -> None\n\n"
      "Give websocket's data_received and send_nowait their compiled fast paths; see "
      "tether/accel/_python.py."},
     {NULL, NULL, 0, NULL},

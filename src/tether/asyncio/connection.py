@@ -1047,14 +1047,13 @@ class WebSocket(asyncio.Protocol):
             await self._wait_lost()
 
 
-# With the C accelerator, data_received, send_nowait, _end_turn, _flush, recv, __anext__ and
-# send take their common case (whole messages in plain frames for a Listener or a waiting
-# recv(), whose step runs inside the read; a server's small message; the turn's write; a
-# recv() that waits; a send() that need not) in C, and call the methods above, their specification, for everything else: see
+# With the C accelerator, data_received, send_nowait, _end_turn, _flush, recv and __anext__
+# take their common case (whole messages in plain frames for a Listener or a waiting recv(),
+# whose step runs inside the read; a server's small message; the turn's write; a recv() that
+# waits) in C, and call the methods above, their specification, for everything else: see
 # accel.fuse and tests/asyncio/test_fused.py.
 accel.fuse(WebSocket, Connection, State.OPEN, TextMessage, BinaryMessage, _JOIN_LIMIT,
-           _COALESCE_LIMIT, getattr(asyncio.tasks, "_current_tasks", None), _CLOSED,
-           ConnectionClosed)
+           _COALESCE_LIMIT, getattr(asyncio.tasks, "_current_tasks", None), _CLOSED)
 
 
 class TurnEnd:
