@@ -308,9 +308,9 @@ def fuse(websocket: type, connection: type, open_state: object, text_type: type[
          current_tasks: dict[Any, Any] | None, closed: object) -> None:
     """Give the I/O layer's methods on the path of every message (tether.asyncio.connection's
     ``WebSocket.data_received``, ``send_nowait``, ``_end_turn``, ``_flush``, ``recv`` and
-    ``__anext__``) fast paths for
-    their common case: a read of whole messages in plain frames for a Listener, or for a
-    waiting ``recv()``; a server's small uncompressed message; writing what was gathered.
+    ``__anext__``) fast paths for their common case: a read of whole messages in plain frames
+    for a Listener, or for a waiting ``recv()``; a server's small uncompressed message; writing
+    what was gathered; a ``recv()`` that waits.
     ``connection`` is the sans-I/O core whose fields they read, ``open_state`` its OPEN state,
     the two types its text and binary message events (for messages handed back to
     ``_process_events``), and the limits ``_JOIN_LIMIT`` and ``_COALESCE_LIMIT`` of the

@@ -3134,8 +3134,8 @@ static PyMethodDef speedups_methods[] = {
     {"fuse", (PyCFunction)(void (*)(void))fuse, METH_FASTCALL,
      "fuse(websocket, connection, open_state, text_type, binary_type, join_limit, "
      "coalesce_limit, current_tasks, closed) -> None\n\n"
-     "Give websocket's data_received and send_nowait their compiled fast paths; see "
-     "tether/accel/_python.py."},
+     "Give websocket's per-message methods (data_received, send_nowait, _end_turn, _flush, recv, "
+     "__anext__) their compiled fast paths; see tether/accel/_python.py."},
     {NULL, NULL, 0, NULL},
 };
 
