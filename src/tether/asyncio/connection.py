@@ -1142,15 +1142,21 @@ class _PayloadReader(asyncio.BufferedProtocol):
 
 
 _SCATTERING_LOOPS: dict[type, bool] = {}
+# asyncio's writelines() writes with one sendmsg() since Python 3.12, but before 3.12.9 and
+# 3.13.2 it never paused the protocol above the transport's high-water mark (CPython
+# gh-127655, GHSA-fw89-6wjj-8j95): a peer that reads nothing would grow the buffer without
+# bound, as send() would never wait. There tether joins and write()s instead.
+_ASYNCIO_WRITELINES = (3, 12, 9) <= sys.version_info < (3, 13) or sys.version_info >= (3, 13, 2)
 
 
 def _scatters(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether the loop's ``transport.writelines()`` writes its chunks in one vectored system
-    call rather than joining them first (a copy): uvloop does, and asyncio since Python 3.12."""
+    call rather than joining them first (a copy), and pauses the protocol as write() does:
+    uvloop's does, and asyncio's since Python 3.12.9 and 3.13.2 (see _ASYNCIO_WRITELINES)."""
     kind = type(loop)
     scatters = _SCATTERING_LOOPS.get(kind)
     if scatters is None:
-        scatters = kind.__module__.startswith("uvloop") or sys.version_info >= (3, 12)
+        scatters = kind.__module__.startswith("uvloop") or _ASYNCIO_WRITELINES
         _SCATTERING_LOOPS[kind] = scatters
     return scatters
 
