@@ -1282,18 +1282,37 @@ waiter_cancelled(WaiterObject *self, PyObject *unused)
     return PyBool_FromLong(self->state == WAITER_CANCELLED);
 }
 
+/* asyncio's InvalidStateError(text) raised; NULL. */
+static PyObject *
+raise_invalid_state(PyObject *text)
+{
+    if (text != NULL) {
+        raise_asyncio("InvalidStateError", text);
+        Py_DECREF(text);
+    }
+    return NULL;
+}
+
+/* Whether the Waiter has no outcome to give (cancelled, or pending: `pending` says so), with
+ * the exception a Future raises then. */
+static int
+no_outcome(WaiterObject *self, const char *pending)
+{
+    if (self->state == WAITER_CANCELLED) {
+        raise_cancelled(self);
+        return 1;
+    }
+    if (self->state == WAITER_PENDING) {
+        raise_invalid_state(PyUnicode_FromString(pending));
+        return 1;
+    }
+    return 0;
+}
+
 static PyObject *
 waiter_result(WaiterObject *self, PyObject *unused)
 {
-    if (self->state == WAITER_CANCELLED) {
-        return raise_cancelled(self);
-    }
-    if (self->state == WAITER_PENDING) {
-        PyObject *text = PyUnicode_FromString("Result is not ready.");
-        if (text != NULL) {
-            raise_asyncio("InvalidStateError", text);
-            Py_DECREF(text);
-        }
+    if (no_outcome(self, "Result is not ready.")) {
         return NULL;
     }
     if (self->exception != NULL) {
@@ -1307,15 +1326,7 @@ waiter_result(WaiterObject *self, PyObject *unused)
 static PyObject *
 waiter_exception(WaiterObject *self, PyObject *unused)
 {
-    if (self->state == WAITER_CANCELLED) {
-        return raise_cancelled(self);
-    }
-    if (self->state == WAITER_PENDING) {
-        PyObject *text = PyUnicode_FromString("Exception is not set.");
-        if (text != NULL) {
-            raise_asyncio("InvalidStateError", text);
-            Py_DECREF(text);
-        }
+    if (no_outcome(self, "Exception is not set.")) {
         return NULL;
     }
     if (self->exception != NULL) {
@@ -1329,12 +1340,7 @@ static PyObject *
 invalid_state(WaiterObject *self)
 {
     const char *names[] = {"PENDING", "FINISHED", "CANCELLED"};
-    PyObject *text = PyUnicode_FromFormat("invalid state: %s", names[(int)self->state]);
-    if (text != NULL) {
-        raise_asyncio("InvalidStateError", text);
-        Py_DECREF(text);
-    }
-    return NULL;
+    return raise_invalid_state(PyUnicode_FromFormat("invalid state: %s", names[(int)self->state]));
 }
 
 static PyObject *
